@@ -1,0 +1,46 @@
+"""bon: best-of-N sampling with FLIP, a reward model that infers the instruction behind a response.
+
+Stages (each also a `bon` CLI command): `generate` samples N candidates per prompt, `score` scores
+them, `select` keeps the best; `rerank` is score + select; `run` is all three.
+"""
+
+from bon.api import (
+    generate,
+    generate_records,
+    rerank,
+    rerank_records,
+    run,
+    run_records,
+    score,
+    score_records,
+    select,
+    select_records,
+)
+from bon.errors import BonError, ConfigError, EngineError, InputError
+from bon.generator import GenerateOptions
+from bon.pipeline import Report
+from bon.scorers import ScoreOptions
+from bon.select import SelectOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BonError",
+    "ConfigError",
+    "EngineError",
+    "GenerateOptions",
+    "InputError",
+    "Report",
+    "ScoreOptions",
+    "SelectOptions",
+    "generate",
+    "generate_records",
+    "rerank",
+    "rerank_records",
+    "run",
+    "run_records",
+    "score",
+    "score_records",
+    "select",
+    "select_records",
+]

@@ -1,0 +1,148 @@
+"""The embedded default engine: Hugging Face transformers, on CPU or GPU.
+
+Conversations are length-sorted into micro-batches of at most `batch_size` sequences (each
+conversation counts `n` times), left-padded, sampled with `num_return_sequences=n`, and
+returned in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from bon.chat import Message, merge_system
+from bon.engines.base import Completion, Engine, EngineOptions, SamplingOptions
+from bon.errors import EngineError
+from bon.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class HFEngine(Engine):
+    """transformers `generate` over a causal LM with a chat template."""
+
+    name = "hf"
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self.device = _pick_device(torch, options.device)
+        dtype = _pick_dtype(torch, options.dtype)
+        path = resolve_model(options.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise EngineError(
+                f"cannot load model {options.model!r} with transformers: {exc}. "
+                "Give a model alias, a local folder or a Hub id reachable from this machine."
+            ) from exc
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        self._system_role = _accepts_system_role(self.tokenizer)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "device": str(self.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+        }
+
+    def render(self, conversation: list[Message]) -> str:
+        """The conversation as the model's chat template formats it, ready for the reply."""
+        if not self._system_role:
+            conversation = merge_system(conversation)
+        return self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        texts = [self.render(c) for c in conversations]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        per_batch = max(1, self.options.batch_size // sampling.n)
+        results: list[list[Completion]] = [[] for _ in ids]
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
+            seed = seeds[chunk[0]] if seeds is not None else sampling.seed
+            for i, completions in zip(
+                chunk, self._generate_batch([ids[i] for i in chunk], sampling, seed), strict=True
+            ):
+                results[i] = completions
+        return results
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _generate_batch(
+        self, batch: list[list[int]], sampling: SamplingOptions, seed: int
+    ) -> list[list[Completion]]:
+        torch = self._torch
+        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
+        kwargs: dict[str, Any] = {"do_sample": not sampling.greedy}
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **padded,
+                max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=sampling.n,
+                eos_token_id=self._stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
+            )
+        new = out[:, padded["input_ids"].shape[1] :].tolist()
+        completions = [self._completion(row) for row in new]
+        return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
+
+    def _completion(self, token_ids: list[int]) -> Completion:
+        end = next((i for i, t in enumerate(token_ids) if t in self._stop_ids), None)
+        if end is None:
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+            return Completion(text=text, finish_reason="length", tokens=len(token_ids))
+        text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
+        return Completion(text=text, finish_reason="stop", tokens=end + 1)
+
+
+def _pick_device(torch: Any, device: str) -> Any:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} was asked for but CUDA is not available here")
+    return torch.device(device)
+
+
+def _pick_dtype(torch: Any, dtype: str) -> Any:
+    return torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted({i for i in ids if i is not None})
+
+
+def _accepts_system_role(tokenizer: Any) -> bool:
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # jinja raises its own TemplateError for "system role not supported"
+        return False
+    return True

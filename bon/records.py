@@ -1,0 +1,114 @@
+"""Record shapes, their validation, and the ids that join them across stages.
+
+One record per prompt travels through every stage and is enriched, never rebuilt:
+
+    {"id", "prompt" | "messages", ...user fields...}
+    + "candidates": [{"text", "finish_reason", "tokens"}], "generator": {...}       (generate)
+    + per candidate "scores": {name: float} and evidence under the scorer's name   (score)
+    + "selected": {"index", "text", "score", "by"}                                 (select)
+
+Validators raise `RecordProblem` with a message that says what to fix; the pipeline adds the
+file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from bon.chat import Message
+
+ROLES = ("system", "user", "assistant")
+
+
+class RecordProblem(ValueError):
+    """A record does not have the shape a stage needs."""
+
+
+def check_prompt(record: Any) -> None:
+    """A record the generator can read: a non-empty `prompt` string or chat `messages`."""
+    if not isinstance(record, dict):
+        raise RecordProblem(f"expected a JSON object, got {type(record).__name__}")
+    if ("id" in record and not isinstance(record["id"], (str, int))) or record.get("id") == "":
+        raise RecordProblem(f"`id` must be a non-empty string or an integer, got {record['id']!r}")
+    has_prompt, has_messages = "prompt" in record, "messages" in record
+    if has_prompt == has_messages:
+        raise RecordProblem("needs exactly one of `prompt` (a string) or `messages` (chat turns)")
+    if has_prompt:
+        prompt = record["prompt"]
+        if not isinstance(prompt, str):
+            raise RecordProblem(f"`prompt` must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise RecordProblem("`prompt` is empty")
+    else:
+        _check_messages(record["messages"])
+
+
+def check_candidates(record: Any) -> None:
+    """A record the reranker can read: a prompt plus `candidates` or `responses`."""
+    check_prompt(record)
+    if "candidates" in record:
+        candidates = record["candidates"]
+        if not isinstance(candidates, list):
+            raise RecordProblem(f"`candidates` must be a list, got {type(candidates).__name__}")
+        for i, candidate in enumerate(candidates):
+            if not isinstance(candidate, dict) or not isinstance(candidate.get("text"), str):
+                raise RecordProblem(f"`candidates[{i}]` must be an object with a string `text`")
+    elif "responses" in record:
+        responses = record["responses"]
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise RecordProblem("`responses` must be a list of strings")
+        candidates = responses
+    else:
+        raise RecordProblem("needs `candidates` (objects with `text`) or `responses` (strings)")
+    if not candidates:
+        raise RecordProblem("the candidate list is empty: nothing to score or select")
+
+
+def check_scored(record: Any, by: str) -> None:
+    """A record the selector can read: candidates that each carry `scores[by]`."""
+    check_candidates(record)
+    if "candidates" not in record:
+        raise RecordProblem("has `responses` but no scored `candidates`: run `bon score` first")
+    for i, candidate in enumerate(record["candidates"]):
+        value = candidate.get("scores", {}).get(by)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RecordProblem(
+                f"`candidates[{i}].scores.{by}` is missing or not a number: "
+                f"score with `{by}` first, or choose another score with --by"
+            )
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise RecordProblem("`messages` must be a non-empty list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise RecordProblem(f"`messages[{i}].role` must be one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise RecordProblem(f"`messages[{i}].content` must be a string")
+    if messages[-1]["role"] != "user":
+        raise RecordProblem("the last of `messages` must be a user turn: the one to answer")
+    if not messages[-1]["content"].strip():
+        raise RecordProblem("the last user turn in `messages` is empty")
+
+
+def conversation(record: dict) -> list[Message]:
+    """The chat turns to send to a generator."""
+    if "messages" in record:
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    return [{"role": "user", "content": record["prompt"]}]
+
+
+def candidates(record: dict) -> list[dict]:
+    """The record's candidates, made from `responses` when it has only those."""
+    if "candidates" in record:
+        return record["candidates"]
+    return [{"text": text} for text in record["responses"]]
+
+
+def content_id(record: dict) -> str:
+    """A stable id from the record's whole content (all fields, canonical JSON)."""
+    canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,54 @@
+"""Selectors: pick the best candidate of a scored record.
+
+Tie rule: among equal best scores the lowest candidate index wins, so a selection never depends
+on anything but the scores and their order. A NaN score never wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bon.errors import require
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """Options of the selector.
+
+    Attributes:
+        by: the score to rank by (a key of each candidate's `scores`).
+        keep_all: keep the candidate list in the output instead of only the selection.
+    """
+
+    by: str = "flip"
+    keep_all: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.by), "by", "a score name", self.by)
+
+
+def best_index(values: Sequence[float], higher_is_better: bool = True) -> int:
+    """Index of the best value; ties go to the lowest index, NaN never wins."""
+    sign = 1.0 if higher_is_better else -1.0
+    keys = [-math.inf if math.isnan(v) else sign * v for v in values]
+    return max(range(len(keys)), key=lambda i: (keys[i], -i))
+
+
+def select_record(record: dict, options: SelectOptions, higher_is_better: bool = True) -> dict:
+    """Return `record` with `selected` added (and its candidates dropped unless `keep_all`)."""
+    candidates = record["candidates"]
+    values = [float(c["scores"][options.by]) for c in candidates]
+    index = best_index(values, higher_is_better)
+    out = dict(record)
+    if not options.keep_all:
+        out.pop("candidates", None)
+        out.pop("responses", None)
+    out["selected"] = {
+        "index": index,
+        "text": candidates[index]["text"],
+        "score": values[index],
+        "by": options.by,
+    }
+    return out
