@@ -32,7 +32,7 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
     """
     path = str(path)
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; errors named first)
     except OSError as exc:
         raise InputError(path, None, f"cannot read the file: {exc.strerror}") from None
     with handle:
