@@ -31,9 +31,14 @@ def _common(fn: Callable) -> Callable:
         help="On a bad record: stop, or write it to OUTPUT.errors.jsonl and go on.",
     )(fn)
     fn = click.option(
-        "--overwrite", is_flag=True, help="Start over instead of resuming an earlier run."
+        "--overwrite",
+        is_flag=True,
+        default=False,
+        help="Start over instead of resuming an earlier run.",
     )(fn)
-    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")(fn)
+    fn = click.option(
+        "--quiet", "-q", is_flag=True, default=False, help="No progress bars or log lines."
+    )(fn)
     return fn
 
 
@@ -158,9 +163,9 @@ def _selection(fn: Callable) -> Callable:
     fn = click.option("--by", default=None, help="Score to select by  [default: the first scorer]")(
         fn
     )
-    fn = click.option("--keep-all", is_flag=True, help="Keep all candidates beside the selection.")(
-        fn
-    )
+    fn = click.option(
+        "--keep-all", is_flag=True, default=False, help="Keep all candidates beside the selection."
+    )(fn)
     return fn
 
 
@@ -251,7 +256,9 @@ def score(candidates: str, output: str, **options: Any) -> Report:
 @click.argument("scored", type=INPUT)
 @click.option("--output", "-o", required=True, help="Selected JSONL to write.")
 @click.option("--by", default=SelectOptions.by, show_default=True, help="Score to select by.")
-@click.option("--keep-all", is_flag=True, help="Keep all candidates beside the selection.")
+@click.option(
+    "--keep-all", is_flag=True, default=False, help="Keep all candidates beside the selection."
+)
 @_common
 @_reported
 def select(scored: str, output: str, **options: Any) -> Report:

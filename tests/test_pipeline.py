@@ -1,0 +1,256 @@
+"""End-to-end stages on a tiny random Llama, through the Python API and the CLI."""
+
+import dataclasses
+import inspect
+import json
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import bon
+from bon import api
+from bon.cli import main
+from bon.generator import GenerateOptions
+from bon.jsonl import manifest_path
+from bon.scorers import ScoreOptions
+from bon.select import SelectOptions
+from tests.conftest import read_jsonl, write_jsonl
+
+PROMPTS = [
+    {"id": "a", "prompt": "Name a colour.", "source": "team"},
+    {"prompt": "Count to three."},
+    {"prompt": "Count to three."},  # equal content: a distinct record with its own id
+    {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Bye?"},
+        ]
+    },
+]
+
+
+@pytest.fixture
+def fast(tiny_model):
+    """Options that keep the tiny model's runs short."""
+    return {"model": tiny_model, "max_new_tokens": 6}
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_generate_records_adds_candidates_and_provenance(fast):
+    out = bon.generate_records(PROMPTS, n=3, seed=5, **fast)
+    assert len(out) == 4
+    assert out[0]["id"] == "a" and out[0]["source"] == "team"
+    assert out[1]["id"] != out[2]["id"]
+    assert out[2]["id"] == f"{out[1]['id']}-2"
+    for record in out:
+        assert len(record["candidates"]) == 3
+        assert set(record["candidates"][0]) == {"text", "finish_reason", "tokens"}
+        meta = record["generator"]
+        assert (meta["engine"], meta["n"], meta["seed"], meta["max_new_tokens"]) == ("hf", 3, 5, 6)
+        assert isinstance(meta["request_seed"], int)
+
+
+def test_generation_is_reproducible_for_a_seed(fast):
+    first = bon.generate_records(PROMPTS[:2], n=2, seed=1, **fast)
+    again = bon.generate_records(PROMPTS[:2], n=2, seed=1, **fast)
+    other = bon.generate_records(PROMPTS[:2], n=2, seed=2, **fast)
+    assert first == again
+    assert [r["candidates"] for r in first] != [r["candidates"] for r in other]
+
+
+def test_score_accepts_responses_from_elsewhere_and_empty_ones_score_zero(fast):
+    records = [{"prompt": "Name a colour.", "responses": ["Blue.", "", "   "], "model": "theirs"}]
+    out = bon.score_records(records, **fast)[0]
+    assert out["responses"] == records[0]["responses"] and out["model"] == "theirs"
+    flip = [c["scores"]["flip"] for c in out["candidates"]]
+    assert 0.0 <= flip[0] <= 1.0
+    assert flip[1:] == [0.0, 0.0]
+    assert out["candidates"][1]["flip"]["parse"] == "empty-response"
+    assert out["scoring"]["flip"]["similarity"] == "f1"
+
+
+def test_rerank_and_run_records_select_the_argmax(fast):
+    records = [{"prompt": "p", "responses": ["x", "y"]}]
+    selected = bon.rerank_records(records, **fast)[0]
+    assert selected["selected"]["by"] == "flip"
+    assert "candidates" not in selected and "responses" not in selected
+    out = bon.run_records(
+        PROMPTS[:2], n=2, reranker_model=fast["model"], reranker_max_new_tokens=6, **fast
+    )
+    assert out[0]["id"] == "a"
+    assert all(0 <= r["selected"]["index"] < 2 for r in out)
+
+
+def test_cli_run_writes_the_three_files(tmp_path, fast):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    result = _cli(
+        "run",
+        prompts,
+        "-o",
+        tmp_path / "out",
+        "--n",
+        2,
+        "--model",
+        fast["model"],
+        "--max-new-tokens",
+        6,
+        "--reranker-model",
+        fast["model"],
+        "--reranker-max-new-tokens",
+        6,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    candidates, scored, selected = (read_jsonl(tmp_path / "out" / name) for name in api.RUN_FILES)
+    assert [r["id"] for r in candidates] == [r["id"] for r in scored] == [r["id"] for r in selected]
+    assert len(selected) == 4
+    assert all("scores" in c for r in scored for c in r["candidates"])
+    best = scored[0]["candidates"][selected[0]["selected"]["index"]]
+    assert best["scores"]["flip"] == max(c["scores"]["flip"] for c in scored[0]["candidates"])
+
+
+def test_cli_stages_one_by_one_and_resume_skips_done_records(tmp_path, fast):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    cands, scored, selected = (tmp_path / n for n in api.RUN_FILES)
+    args = ["--model", fast["model"], "--max-new-tokens", 6, "-q"]
+    assert _cli("generate", prompts, "-o", cands, "--n", 2, *args).exit_code == 0
+    assert _cli("score", cands, "-o", scored, *args).exit_code == 0
+    assert _cli("select", scored, "-o", selected, "--keep-all").exit_code == 0
+    assert len(read_jsonl(selected)[0]["candidates"]) == 2
+    before = cands.read_text()
+    result = CliRunner().invoke(
+        main, [str(a) for a in ["generate", prompts, "-o", cands, "--n", 2, *args[:-1]]]
+    )
+    assert result.exit_code == 0
+    assert "0 records" in result.output and "4 were already done" in result.output
+    assert cands.read_text() == before
+
+
+def test_cli_refuses_a_changed_config_then_overwrites(tmp_path, fast):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    out = tmp_path / "c.jsonl"
+    args = ["generate", prompts, "-o", out, "--model", fast["model"], "--max-new-tokens", 6, "-q"]
+    assert _cli(*args, "--n", 2).exit_code == 0
+    result = _cli(*args, "--n", 3)
+    assert result.exit_code == 1
+    assert "different configuration" in result.output and "--overwrite" in result.output
+    assert _cli(*args, "--n", 3, "--overwrite").exit_code == 0
+    assert len(read_jsonl(out)[0]["candidates"]) == 3
+    assert json.loads(manifest_path(out).read_text())["config"]["n"] == 3
+
+
+BAD_LINES = [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"id": "x"}), "needs exactly one of `prompt`"),
+    (json.dumps({"prompt": ""}), "`prompt` is empty"),
+    (json.dumps({"prompt": ["a"]}), "`prompt` must be a string, got list"),
+    (json.dumps({"id": "a", "prompt": "again"}), "duplicate id 'a' \\(first on line 1\\)"),
+]
+
+
+@pytest.mark.parametrize(("line", "problem"), BAD_LINES)
+def test_bad_input_names_file_and_line_and_does_no_work(tmp_path, fast, line, problem):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "ok"}, line])
+    out = tmp_path / "c.jsonl"
+    result = _cli("generate", prompts, "-o", out, "--model", fast["model"], "-q")
+    assert result.exit_code == 1
+    assert f"{prompts}:2: " in result.output
+    assert re.search(problem, result.output)
+    assert not out.exists()
+
+
+def test_empty_candidate_list_is_a_clear_error(tmp_path, fast):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "candidates": []}])
+    result = _cli("score", path, "-o", tmp_path / "s.jsonl", "--model", fast["model"], "-q")
+    assert result.exit_code == 1
+    assert f"{path}:1: the candidate list is empty" in result.output
+
+
+def test_on_error_skip_writes_bad_records_aside_and_goes_on(tmp_path, fast):
+    rows = [{"id": "a", "prompt": "ok"}, "{bad", {"prompt": 1}, {"id": "b", "prompt": "fine"}]
+    prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "c.jsonl"
+    args = [
+        "generate",
+        prompts,
+        "-o",
+        out,
+        "--model",
+        fast["model"],
+        "--max-new-tokens",
+        4,
+        "--n",
+        1,
+        "--on-error",
+        "skip",
+    ]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0
+    assert [r["id"] for r in read_jsonl(out)] == ["a", "b"]
+    errors = read_jsonl(tmp_path / "c.jsonl.errors.jsonl")
+    assert [e["line"] for e in errors] == [2, 3]
+    assert "2 bad records skipped" in result.output
+    again = CliRunner().invoke(main, [str(a) for a in args])
+    assert again.exit_code == 0 and len(read_jsonl(tmp_path / "c.jsonl.errors.jsonl")) == 2
+
+
+def test_invalid_option_is_reported_before_any_model_loads(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}])
+    result = _cli(
+        "generate",
+        prompts,
+        "-o",
+        tmp_path / "c.jsonl",
+        "--model",
+        tmp_path / "missing",
+        "--top-p",
+        2,
+    )
+    assert result.exit_code == 1
+    assert "`top_p` must be in (0, 1], got 2.0" in result.output
+
+
+def test_api_rejects_unknown_options():
+    with pytest.raises(bon.ConfigError, match="unknown option\\(s\\) nn; known: .*n,"):
+        bon.generate_records([{"prompt": "x"}], nn=3)
+
+
+def test_records_api_names_the_bad_record():
+    with pytest.raises(bon.InputError, match="<records>:2: `prompt` is empty"):
+        bon.generate_records([{"prompt": "x"}, {"prompt": ""}])
+
+
+def _params(command: click.Command) -> dict:
+    return {
+        p.name: p.default for p in command.params if isinstance(p, click.Option) and not p.required
+    }
+
+
+@pytest.mark.parametrize(
+    ("command", "classes"),
+    [
+        ("generate", [GenerateOptions]),
+        ("score", [ScoreOptions]),
+        ("select", [SelectOptions]),
+        ("rerank", [ScoreOptions, SelectOptions]),
+    ],
+)
+def test_cli_options_mirror_the_api(command, classes):
+    """Every CLI option is an API keyword with the same default (lists become tuples)."""
+    fields = {f.name: f.default for cls in classes for f in dataclasses.fields(cls)}
+    run_keywords = inspect.signature(getattr(api, command)).parameters
+    for name, default in _params(main.commands[command]).items():
+        if name in run_keywords:
+            assert run_keywords[name].default == default, name
+            continue
+        assert name in fields, f"--{name} of `bon {command}` is not an API option"
+        if name != "by" or command == "select":
+            assert (
+                tuple(default) if isinstance(default, (list, tuple)) else default == fields[name]
+            ), name

@@ -1,0 +1,80 @@
+import pytest
+
+from bon.records import (
+    RecordProblem,
+    candidates,
+    check_candidates,
+    check_prompt,
+    check_scored,
+    content_id,
+    conversation,
+)
+
+GOOD = {"prompt": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        ([1, 2], "expected a JSON object"),
+        ({}, "exactly one of `prompt`"),
+        ({"prompt": "a", "messages": []}, "exactly one of `prompt`"),
+        ({"prompt": ""}, "`prompt` is empty"),
+        ({"prompt": "  "}, "`prompt` is empty"),
+        ({"prompt": 3}, "`prompt` must be a string, got int"),
+        ({"prompt": "a", "id": ""}, "`id` must be"),
+        ({"prompt": "a", "id": [1]}, "`id` must be"),
+        ({"messages": []}, "non-empty list"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, r"messages\[0\]\.role"),
+        ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            "last of `messages` must be a user turn",
+        ),
+    ],
+)
+def test_bad_prompt_records(record, match):
+    with pytest.raises(RecordProblem, match=match):
+        check_prompt(record)
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        (GOOD, "needs `candidates`"),
+        ({**GOOD, "candidates": []}, "candidate list is empty"),
+        ({**GOOD, "responses": []}, "candidate list is empty"),
+        ({**GOOD, "candidates": "text"}, "`candidates` must be a list, got str"),
+        (
+            {**GOOD, "candidates": [{"txt": "a"}]},
+            r"`candidates\[0\]` must be an object with a string `text`",
+        ),
+        ({**GOOD, "responses": ["a", 1]}, "`responses` must be a list of strings"),
+    ],
+)
+def test_bad_candidate_records(record, match):
+    with pytest.raises(RecordProblem, match=match):
+        check_candidates(record)
+
+
+def test_scored_record_needs_the_selected_score():
+    record = {**GOOD, "candidates": [{"text": "a", "scores": {"flip": 0.5}}, {"text": "b"}]}
+    check_scored({**record, "candidates": record["candidates"][:1]}, "flip")
+    with pytest.raises(RecordProblem, match=r"candidates\[1\]\.scores\.flip"):
+        check_scored(record, "flip")
+    with pytest.raises(RecordProblem, match="run `bon score` first"):
+        check_scored({**GOOD, "responses": ["a"]}, "flip")
+
+
+def test_empty_response_text_is_a_valid_candidate():
+    check_candidates({**GOOD, "responses": [""]})
+
+
+def test_conversation_and_candidates_views():
+    assert conversation(GOOD) == [{"role": "user", "content": "hi"}]
+    assert candidates({**GOOD, "responses": ["x"]}) == [{"text": "x"}]
+
+
+def test_content_id_depends_on_every_field_not_key_order():
+    assert content_id({"prompt": "a", "k": 1}) == content_id({"k": 1, "prompt": "a"})
+    assert content_id({"prompt": "a", "k": 1}) != content_id({"prompt": "a", "k": 2})
