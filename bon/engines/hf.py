@@ -126,13 +126,17 @@ class HFEngine(Engine):
             input_ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": positions.to(self.device),
+        }
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=input_ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                logits_to_keep=keep + 1,
-            ).logits[:, -(keep + 1) : -1]
+            try:
+                out = self.model(**inputs, logits_to_keep=keep + 1)
+            except TypeError:  # a model without `logits_to_keep` returns every position's logits
+                out = self.model(**inputs)
+            logits = out.logits[:, -(keep + 1) : -1]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             wanted = input_ids[:, width - keep :].to(self.device)
             picked = logprobs.gather(-1, wanted.unsqueeze(-1)).squeeze(-1).cpu()
