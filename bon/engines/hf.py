@@ -83,6 +83,65 @@ class HFEngine(Engine):
                 results[i] = completions
         return results
 
+    def continuation_logprobs(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        """Teacher-forced log-probabilities of each continuation's tokens, in input order.
+
+        Pairs are length-sorted into micro-batches of `batch_size`, left-padded (so every
+        continuation ends at the last position and only the last logits are computed), with
+        position ids counted from each sequence's first real token.
+        """
+        if len(conversations) != len(continuations):
+            raise EngineError("conversations and continuations differ in length")
+        prompts = [
+            self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]
+            for c in conversations
+        ]
+        targets = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in continuations]
+        order = sorted(
+            range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]), reverse=True
+        )
+        results: list[list[float]] = [[] for _ in prompts]
+        for start in range(0, len(order), self.options.batch_size):
+            chunk = [i for i in order[start : start + self.options.batch_size] if targets[i]]
+            if not chunk:
+                continue
+            rows = self._logprob_batch([prompts[i] for i in chunk], [targets[i] for i in chunk])
+            for i, row in zip(chunk, rows, strict=True):
+                results[i] = row
+        return results
+
+    def _logprob_batch(
+        self, prompts: list[list[int]], targets: list[list[int]]
+    ) -> list[list[float]]:
+        torch = self._torch
+        sequences = [p + t for p, t in zip(prompts, targets, strict=True)]
+        width = max(len(s) for s in sequences)
+        keep = max(len(t) for t in targets)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": positions.to(self.device),
+        }
+        with torch.inference_mode():
+            try:
+                out = self.model(**inputs, logits_to_keep=keep + 1)
+            except TypeError:  # a model without `logits_to_keep` returns every position's logits
+                out = self.model(**inputs)
+            logits = out.logits[:, -(keep + 1) : -1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            wanted = input_ids[:, width - keep :].to(self.device)
+            picked = logprobs.gather(-1, wanted.unsqueeze(-1)).squeeze(-1).cpu()
+        return [picked[row, keep - len(t) :].tolist() for row, t in enumerate(targets)]
+
     def close(self) -> None:
         del self.model
         if self.device.type == "cuda":

@@ -1,14 +1,32 @@
-"""Scorers: map (conversation, candidates) to one score per candidate, plus evidence."""
+"""Scorers: map (conversation, candidates) to one score per candidate, plus evidence.
+
+Built-ins: `flip`, `flip-k`, `flip-likelihood` (bon.scorers.flip); `judge-pointwise`,
+`judge-pairwise`, `judge-listwise` (bon.scorers.judges); `random`, `longest`, `shortest`
+(bon.scorers.controls).
+"""
 
 from __future__ import annotations
 
 from bon.registry import Registry
 from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
-from bon.scorers.flip import FlipScorer
+from bon.scorers.controls import LongestScorer, RandomScorer, ShortestScorer
+from bon.scorers.flip import FlipKScorer, FlipLikelihoodScorer, FlipScorer
+from bon.scorers.judges import ListwiseJudge, PairwiseJudge, PointwiseJudge
 
 scorers: Registry[type[Scorer]] = Registry("scorer", "bon.scorers")
 register = scorers.register
-register("flip")(FlipScorer)
+for _cls in (
+    FlipScorer,
+    FlipKScorer,
+    FlipLikelihoodScorer,
+    PointwiseJudge,
+    PairwiseJudge,
+    ListwiseJudge,
+    RandomScorer,
+    LongestScorer,
+    ShortestScorer,
+):
+    register(_cls.name)(_cls)
 
 
 def higher_is_better(name: str) -> bool:
@@ -17,7 +35,12 @@ def higher_is_better(name: str) -> bool:
 
 
 __all__ = [
+    "FlipKScorer",
+    "FlipLikelihoodScorer",
     "FlipScorer",
+    "ListwiseJudge",
+    "PairwiseJudge",
+    "PointwiseJudge",
     "Query",
     "ScoreOptions",
     "Scored",

@@ -6,6 +6,7 @@ reads instead of assuming an argmax.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from bon.chat import Message
 from bon.engines import Engine, EngineOptions
 from bon.errors import require
 from bon.models import DEFAULT_MODEL
+from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
+
+PROMPTS = ("paper", "short")
+TARGETS = ("instruction", "system")
+PAIRWISE = ("round-robin", "knockout")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,31 @@ class ScoreOptions:
         engine: the engine that runs it.
         device, dtype, batch_size: as for `EngineOptions`.
         max_new_tokens: cap on each generated reconstruction or judgement.
-        similarity: how FLIP compares inferred and original instructions (`bon.similarity`).
+        similarity: how FLIP compares inferred and original instructions (`bon.similarity`):
+            f1, rougeL, bleu, bleu-rougeL, cosine or f1-cosine.
+        embedder: sentence-transformers model (name or path) of the embedding similarities;
+            the default is the packaged all-MiniLM-L6-v2.
+        prompt: FLIP's reconstruction prompt: "paper" (reasoning, then a JSON object, as in
+            the paper) or "short" (reply with only the instruction). flip-likelihood always
+            uses "short", since it teacher-forces the bare instruction as the reply.
+        target: what FLIP reconstructs: "instruction" (the last user turn, earlier turns shown
+            as context) or "system" (the system prompt, the user turns shown as context).
+        k: reconstructions sampled per candidate by flip-k.
+        temperature: sampling temperature of flip-k (flip and the judges decode greedily).
+        seed: base seed of flip-k and of the random control; per-candidate seeds derive from
+            it and the candidate's text (an engine that seeds a whole batch, such as `hf`, uses
+            the batch's first seed, so flip-k samples can change with the batch size).
+        echo_guard: penalise FLIP scores of responses that restate the target.
+        echo_ngram: n of the word n-grams the echo guard compares.
+        echo_threshold: share of the target's n-grams found in the response at or above which
+            the response counts as an echo, in (0, 1].
+        echo_penalty: subtracted from an echo's FLIP score, not below 0 for the similarity
+            variants (the default 1.0 scores an echo 0, like an empty answer); flip-likelihood
+            subtracts it from the mean token log-probability.
+        pairwise: how judge-pairwise aggregates: "round-robin" (every ordered pair, both
+            orders, cancels position bias; N(N-1) calls) or "knockout" (N-1 calls).
+        cache_path: the SQLite score cache; default `bon.models.cache_dir()/scores.sqlite`.
+        no_cache: neither read nor write the score cache.
     """
 
     scorers: tuple[str, ...] = ("flip",)
@@ -64,10 +94,29 @@ class ScoreOptions:
     batch_size: int = 16
     max_new_tokens: int = 128
     similarity: str = "f1"
+    embedder: str = DEFAULT_EMBEDDER
+    prompt: str = "paper"
+    target: str = "instruction"
+    k: int = 4
+    temperature: float = 0.7
+    seed: int = 0
+    echo_guard: bool = True
+    echo_ngram: int = 3
+    echo_threshold: float = 0.8
+    echo_penalty: float = 1.0
+    pairwise: str = "round-robin"
+    cache_path: str | None = None
+    no_cache: bool = False
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "similarity": tuple(sorted(SIMILARITIES)),
+        "prompt": PROMPTS,
+        "target": TARGETS,
+        "pairwise": PAIRWISE,
+    }
+    """The allowed values of the options that take one of a fixed set."""
 
     def __post_init__(self) -> None:
-        from bon.similarity import SIMILARITIES
-
         object.__setattr__(self, "scorers", tuple(self.scorers))
         require(len(self.scorers) > 0, "scorers", "at least one scorer name", self.scorers)
         require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
@@ -76,6 +125,18 @@ class ScoreOptions:
             "similarity",
             f"one of {', '.join(sorted(SIMILARITIES))}",
             self.similarity,
+        )
+        require(bool(self.embedder), "embedder", "a model name or path", self.embedder)
+        require(self.prompt in PROMPTS, "prompt", f"one of {', '.join(PROMPTS)}", self.prompt)
+        require(self.target in TARGETS, "target", f"one of {', '.join(TARGETS)}", self.target)
+        require(self.k >= 1, "k", "an integer >= 1", self.k)
+        require(self.temperature > 0, "temperature", "> 0 (flip-k samples)", self.temperature)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(self.echo_ngram >= 1, "echo_ngram", "an integer >= 1", self.echo_ngram)
+        require(0 < self.echo_threshold <= 1, "echo_threshold", "in (0, 1]", self.echo_threshold)
+        require(self.echo_penalty >= 0, "echo_penalty", ">= 0", self.echo_penalty)
+        require(
+            self.pairwise in PAIRWISE, "pairwise", f"one of {', '.join(PAIRWISE)}", self.pairwise
         )
         self.engine_options()  # validates the engine fields
 
@@ -98,6 +159,9 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    independent: ClassVar[bool] = True
+    """True when a candidate's score depends only on the conversation and its own text (so the
+    cache can key it alone); False for scorers that compare candidates (pairwise, listwise)."""
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         self.options = options
@@ -114,3 +178,27 @@ class Scorer(ABC):
     def describe(self) -> dict[str, Any]:
         """The configuration that determines this scorer's values (recorded per record)."""
         return {"scorer": self.name}
+
+    def model_config(self) -> dict[str, Any]:
+        """The part of `describe()` that names the scoring model."""
+        return {
+            "model": self.options.model,
+            "engine": self.options.engine,
+            "dtype": self.options.dtype,
+            "max_new_tokens": self.options.max_new_tokens,
+        }
+
+
+def text_seed(seed: int, *parts: str) -> int:
+    """A 31-bit seed from a base seed and some text (stable across runs and machines)."""
+    digest = hashlib.sha256("\x1f".join([str(seed), *parts]).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def regroup(flat: Sequence[Scored], sizes: Sequence[int]) -> list[list[Scored]]:
+    """Split a flat list of scores back into one list per query."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(list(flat[start : start + size]))
+        start += size
+    return out

@@ -1,9 +1,20 @@
-"""FLIP: reward by backward inference (arXiv 2602.13551).
+"""FLIP: reward by backward inference (arXiv 2602.13551), and two variants beyond the paper.
 
 A small instruction-tuned LM reads only a candidate response and infers the instruction that
 most plausibly produced it; the similarity between the inferred and the original instruction is
-the reward. Reconstructions are decoded greedily in batches; an empty response scores 0 without
-a model call.
+the reward.
+
+- `flip`: one greedy reconstruction (the paper's MAP estimate); an empty response scores 0
+  without a model call.
+- `flip-k`: the mean similarity over `k` sampled reconstructions (the expectation the paper
+  approximates with one decode).
+- `flip-likelihood`: the mean log-probability of the original instruction's tokens as the
+  model's reply to the reconstruction prompt, teacher-forced in one forward pass (no decoding).
+  Since the target instruction is the same for every candidate of a record, ranking by
+  log p(x | y) ranks by how much each response makes x more likely.
+
+Every variant can reconstruct the system prompt instead of the last user turn (`target`), and is
+guarded against responses that restate their target (`bon.scorers.guards`).
 """
 
 from __future__ import annotations
@@ -11,25 +22,31 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
-from bon.similarity import load_similarity
+from bon.errors import ConfigError
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, regroup, text_seed
+from bon.scorers.guards import EchoGuard
+from bon.similarity import USES_EMBEDDER, load_similarity
 
-PROMPT_VERSION = "flip-v1"
+PROMPT_VERSIONS = {"paper": "flip-v1", "short": "flip-short-v1"}
+PROMPT_VERSION = PROMPT_VERSIONS["paper"]
 
-SYSTEM_PROMPT = """\
-You reconstruct instructions. You are shown a response written by an AI assistant. Work out the \
-one instruction from a user that most plausibly led to exactly this response.
-
+_GUIDELINES = """\
 Guidelines:
-- Reconstruct a single instruction.
+- Reconstruct a single {thing}.
 - Say what the user wanted, the output format they asked for, and any constraints they set.
 - Be concise and concrete.
 - Add nothing that the response does not support.
-- Do not copy the response's wording or its examples.
+- Do not copy the response's wording or its examples."""
+
+SYSTEM_PROMPT = f"""\
+You reconstruct instructions. You are shown a response written by an AI assistant. Work out the \
+one instruction from a user that most plausibly led to exactly this response.
+
+{_GUIDELINES.format(thing="instruction")}
 - Give brief reasoning first, then the instruction.
 
 Answer with a JSON object with exactly two keys, "REASONING" and "INFERRED INSTRUCTION"."""
@@ -41,87 +58,292 @@ USER_TEMPLATE = """\
 [Your Inferred Instruction]
 Answer with the JSON object {{"REASONING": "...", "INFERRED INSTRUCTION": "..."}}."""
 
+SHORT_SYSTEM_PROMPT = """\
+You guess the request behind an answer. Read the answer an AI assistant wrote and write the \
+user's request that it answers. Reply with the request only, in one sentence."""
 
-class FlipScorer(Scorer):
+SHORT_USER_TEMPLATE = """\
+{history}Answer:
+{response}
+
+What was the user's request?"""
+
+SYSTEM_TARGET_PROMPT = f"""\
+You reconstruct system prompts. You are shown a conversation in which an AI assistant followed a \
+hidden system prompt: the role, rules and style its operator set. Work out the system prompt \
+that most plausibly led to exactly this response.
+
+{_GUIDELINES.format(thing="system prompt")}
+- Give brief reasoning first, then the system prompt.
+
+Answer with a JSON object with exactly two keys, "REASONING" and "INFERRED SYSTEM PROMPT"."""
+
+SYSTEM_TARGET_USER = """\
+{history}[Response]
+{response}
+
+[Your Inferred System Prompt]
+Answer with the JSON object {{"REASONING": "...", "INFERRED SYSTEM PROMPT": "..."}}."""
+
+SHORT_SYSTEM_TARGET_PROMPT = """\
+You guess the system prompt behind an answer. Read a conversation in which an AI assistant \
+followed a hidden system prompt (the role, rules and style its operator set) and write that \
+system prompt. Reply with the system prompt only."""
+
+SHORT_SYSTEM_TARGET_USER = """\
+{history}Answer:
+{response}
+
+What system prompt was the assistant given?"""
+
+_TEMPLATES = {
+    ("paper", "instruction"): (SYSTEM_PROMPT, USER_TEMPLATE),
+    ("short", "instruction"): (SHORT_SYSTEM_PROMPT, SHORT_USER_TEMPLATE),
+    ("paper", "system"): (SYSTEM_TARGET_PROMPT, SYSTEM_TARGET_USER),
+    ("short", "system"): (SHORT_SYSTEM_TARGET_PROMPT, SHORT_SYSTEM_TARGET_USER),
+}
+
+
+def target_and_context(messages: Sequence[Message], target: str) -> tuple[str, list[Message]]:
+    """What FLIP reconstructs for a conversation, and the turns shown as context.
+
+    "instruction": the last user turn, with the earlier turns as context. "system": the leading
+    system message, with the rest of the conversation (the user turns) as context.
+    """
+    if target == "instruction":
+        return messages[-1]["content"], list(messages[:-1])
+    if not messages or messages[0]["role"] != "system" or not messages[0]["content"].strip():
+        raise ConfigError(
+            "target 'system' needs records whose `messages` start with a non-empty system "
+            "message; use target 'instruction' for the others"
+        )
+    return messages[0]["content"], list(messages[1:])
+
+
+def reconstruction_messages(
+    response: str,
+    history: Sequence[Message] = (),
+    *,
+    prompt: str = "paper",
+    target: str = "instruction",
+) -> list[Message]:
+    """The chat turns that ask the model to infer the instruction (or system prompt) behind
+    `response`. Turns of `history`, when there are any, are shown as context."""
+    system, template = _TEMPLATES[(prompt, target)]
+    context = ""
+    if history:
+        turns = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in history)
+        context = f"[Conversation so far]\n{turns}\n\n"
+    user = template.format(history=context, response=response.strip())
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+class _Item:
+    """One candidate to score: its response, its target and the context turns."""
+
+    __slots__ = ("context", "response", "target")
+
+    def __init__(self, response: str, target: str, context: list[Message]) -> None:
+        self.response, self.target, self.context = response, target, context
+
+
+class _FlipBase(Scorer):
+    """Shared by the FLIP variants: targets, prompts, similarity, echo guard, description."""
+
+    prompt_variant: ClassVar[str | None] = None  # a fixed prompt, or None to follow options
+    uses_similarity: ClassVar[bool] = True
+
+    def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
+        super().__init__(options, engine)
+        self.prompt = self.prompt_variant or options.prompt
+        if self.uses_similarity:
+            device = None if options.device == "auto" else options.device
+            self._similarity = load_similarity(
+                options.similarity, embedder=options.embedder, device=device
+            )
+        self.guard = EchoGuard(
+            enabled=options.echo_guard,
+            n=options.echo_ngram,
+            threshold=options.echo_threshold,
+            penalty=options.echo_penalty,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "scorer": self.name,
+            "prompt": PROMPT_VERSIONS[self.prompt],
+            "target": self.options.target,
+            **self.model_config(),
+            "similarity": self.options.similarity,
+        }
+        if self.options.similarity in USES_EMBEDDER:
+            out["embedder"] = self.options.embedder
+        return {**out, **self.decoding(), **self.guard.describe()}
+
+    def decoding(self) -> dict[str, Any]:
+        return {"decoding": "greedy"}
+
+    def messages(self, item: _Item) -> list[Message]:
+        return reconstruction_messages(
+            item.response, item.context, prompt=self.prompt, target=self.options.target
+        )
+
+    def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
+        items = []
+        for query in queries:
+            target, context = target_and_context(query.messages, self.options.target)
+            items.extend(_Item(text, target, context) for text in query.candidates)
+        flat = self.score_items(items) if items else []
+        guarded = []
+        for item, scored in zip(items, flat, strict=True):
+            value, evidence = self.guard.apply(
+                scored.value, item.response, item.target, 0.0 if self.uses_similarity else None
+            )
+            guarded.append(Scored(value, {**scored.evidence, **evidence}))
+        return regroup(guarded, [len(q.candidates) for q in queries])
+
+    def score_items(self, items: list[_Item]) -> list[Scored]:
+        raise NotImplementedError
+
+
+class FlipScorer(_FlipBase):
     """Scores each candidate by how well its reconstructed instruction matches the original."""
 
     name = "flip"
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
-        self._similarity = load_similarity(options.similarity)
         self._sampling = SamplingOptions(n=1, temperature=0, max_new_tokens=options.max_new_tokens)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "scorer": self.name,
-            "prompt": PROMPT_VERSION,
-            "model": self.options.model,
-            "engine": self.options.engine,
-            "max_new_tokens": self.options.max_new_tokens,
-            "similarity": self.options.similarity,
-            "decoding": "greedy",
-        }
-
-    def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
-        pairs = [(q, text) for q in queries for text in q.candidates]
-        todo = [i for i, (_, text) in enumerate(pairs) if text.strip()]
-        prompts = [reconstruction_messages(pairs[i][1], pairs[i][0].history) for i in todo]
+    def score_items(self, items: list[_Item]) -> list[Scored]:
+        todo = [i for i, item in enumerate(items) if item.response.strip()]
+        prompts = [self.messages(items[i]) for i in todo]
         outputs = self.engine.generate(prompts, self._sampling) if prompts else []
-        parsed = [parse_reconstruction(out[0].text) for out in outputs]
-        values = self._similarity(
-            [inferred for inferred, _ in parsed], [pairs[i][0].instruction for i in todo]
-        )
-        flat = [Scored(0.0, {"inferred": "", "parse": "empty-response"}) for _ in pairs]
+        parsed = [parse_reconstruction(out[0].text, self.prompt) for out in outputs]
+        values = self._similarity([p[0] for p in parsed], [items[i].target for i in todo])
+        flat = [Scored(0.0, {"inferred": "", "parse": "empty-response"}) for _ in items]
         for i, (inferred, status), value in zip(todo, parsed, values, strict=True):
             flat[i] = Scored(float(value), {"inferred": inferred, "parse": status})
-        return _regroup(flat, [len(q.candidates) for q in queries])
+        return flat
 
 
-def reconstruction_messages(response: str, history: Sequence[Message] = ()) -> list[Message]:
-    """The chat turns that ask the model to infer the instruction behind `response`.
+class FlipKScorer(_FlipBase):
+    """The mean similarity over `k` reconstructions sampled at `temperature`."""
 
-    Earlier turns of a multi-turn record, when there are any, are shown as context.
-    """
-    context = ""
-    if history:
-        turns = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in history)
-        context = f"[Conversation so far]\n{turns}\n\n"
-    user = USER_TEMPLATE.format(history=context, response=response.strip())
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    name = "flip-k"
+
+    def decoding(self) -> dict[str, Any]:
+        return {
+            "decoding": "sampled",
+            "k": self.options.k,
+            "temperature": self.options.temperature,
+            "seed": self.options.seed,
+        }
+
+    def score_items(self, items: list[_Item]) -> list[Scored]:
+        k = self.options.k
+        todo = [i for i, item in enumerate(items) if item.response.strip()]
+        prompts = [self.messages(items[i]) for i in todo]
+        sampling = SamplingOptions(
+            n=k,
+            temperature=self.options.temperature,
+            max_new_tokens=self.options.max_new_tokens,
+            seed=self.options.seed,
+        )
+        seeds = [text_seed(self.options.seed, items[i].target, items[i].response) for i in todo]
+        outputs = self.engine.generate(prompts, sampling, seeds) if prompts else []
+        parsed = [[parse_reconstruction(c.text, self.prompt) for c in out] for out in outputs]
+        values = self._similarity(
+            [p[0] for group in parsed for p in group],
+            [items[i].target for i in todo for _ in range(k)],
+        )
+        flat = [Scored(0.0, {"inferred": [], "parse": ["empty-response"]}) for _ in items]
+        for j, (i, group) in enumerate(zip(todo, parsed, strict=True)):
+            sims = [float(v) for v in values[j * k : (j + 1) * k]]
+            flat[i] = Scored(
+                sum(sims) / k,
+                {
+                    "inferred": [p[0] for p in group],
+                    "parse": [p[1] for p in group],
+                    "similarities": [round(v, 4) for v in sims],
+                },
+            )
+        return flat
+
+
+class FlipLikelihoodScorer(_FlipBase):
+    """The mean log-probability of the target's tokens as the reply to the reconstruction
+    prompt (always the "short" prompt, whose reply is the bare instruction)."""
+
+    name = "flip-likelihood"
+    prompt_variant = "short"
+    uses_similarity = False
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        for key in ("similarity", "embedder", "max_new_tokens"):
+            out.pop(key, None)
+        return out
+
+    def decoding(self) -> dict[str, Any]:
+        return {"decoding": "teacher-forced", "reduce": "mean-token-logprob"}
+
+    def score_items(self, items: list[_Item]) -> list[Scored]:
+        rows = self.engine.continuation_logprobs(
+            [self.messages(item) for item in items], [item.target for item in items]
+        )
+        flat = []
+        for row in rows:
+            total = float(sum(row))
+            mean = total / len(row) if row else 0.0
+            flat.append(Scored(mean, {"tokens": len(row), "logprob_sum": round(total, 4)}))
+        return flat
 
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z]*\n?|```")
-_KEY = re.compile(r"^\W*inferred[\s_-]*instruction\W*$", re.IGNORECASE)
+_KEY = re.compile(r"^\W*inferred[\s_-]*(?:instruction|system[\s_-]*prompt)\W*$", re.IGNORECASE)
 _QUOTED_VALUE = re.compile(
-    r"[\"']?inferred[\s_-]*instruction[\"']?\s*[:=]\s*\"((?:[^\"\\]|\\.)*)", re.IGNORECASE
-)
-_LABELLED_LINE = re.compile(
-    r"^\W*(?:inferred\s+)?instruction\W*[:=]\s*(.+)$", re.IGNORECASE | re.MULTILINE
-)
-_PREAMBLES = re.compile(
-    r"^\s*(?:\[(?:response|your inferred instruction)\]\s*"
-    r"|(?:the\s+)?(?:user|human)\s+(?:has\s+)?(?:requested|asked(?:\s+(?:me|you))?|wants?"
-    r"(?:\s+(?:me|you))?|is\s+asking(?:\s+(?:me|you))?)(?:\s+(?:to|for|that))?\s*[:,]?\s*"
-    r"|(?:the\s+)?(?:inferred\s+)?instruction\s+(?:is|was)\s*:?\s*)+",
+    r"[\"']?inferred[\s_-]*(?:instruction|system[\s_-]*prompt)[\"']?\s*[:=]\s*"
+    r"\"((?:[^\"\\]|\\.)*)",
     re.IGNORECASE,
 )
+_LABELLED_LINE = re.compile(
+    r"^\W*(?:inferred\s+)?(?:instruction|system\s+prompt)\W*[:=]\s*(.+)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_PREAMBLES = re.compile(
+    r"^\s*(?:\[(?:response|instruction|system prompt|your inferred (?:instruction|system prompt))"
+    r"\]\s*"
+    r"|(?:sure|okay|ok|certainly)[!,.]?\s+"
+    r"|here\s+is\s+(?:the|an?|my)\s+(?:inferred\s+|reconstructed\s+)?"
+    r"(?:instruction|system\s+prompt)\s*[:.]?\s*"
+    r"|(?:the\s+)?(?:user|human)\s+(?:has\s+)?(?:requested|asked(?:\s+(?:me|you))?|wants?"
+    r"(?:\s+(?:me|you))?|is\s+asking(?:\s+(?:me|you))?)(?:\s+(?:to|for|that))?\s*[:,]?\s*"
+    r"|(?:the\s+)?(?:inferred\s+)?(?:instruction|system\s+prompt)\s+(?:is|was)\s*:?\s*)+",
+    re.IGNORECASE,
+)
+_QUOTES = "\"'\u201c\u201d\u2018\u2019"
 
 
-def parse_reconstruction(output: str) -> tuple[str, str]:
+def parse_reconstruction(output: str, prompt: str = "paper") -> tuple[str, str]:
     """Extract the inferred instruction from a reconstruction; return (text, parse status).
 
     Status is "json" (a JSON object with an instruction key), "partial-json" (the key's value
-    recovered from broken JSON), "labelled" (an "Instruction: ..." line), "fallback" (the whole
-    cleaned output) or "empty" (nothing left to score).
+    recovered from broken JSON), "labelled" (an "Instruction: ..." line), then, for the
+    "paper" prompt, "fallback" (the whole cleaned output) or, for the "short" prompt, "text"
+    (its first paragraph: the reply it asked for); "empty" when nothing is left to score.
     """
-    text = _FENCE.sub("", _THINK.sub("", output)).strip()
+    text = clean_output(output)
+    if prompt == "short":
+        last: tuple[str | None, str] = (_first_paragraph(text), "text")
+    else:
+        last = (text, "fallback")
     for candidate, status in (
         (_from_json(text), "json"),
         (_from_quoted_value(text), "partial-json"),
         (_from_labelled_line(text), "labelled"),
-        (text, "fallback"),
+        last,
     ):
         if candidate is not None:
             cleaned = strip_preamble(candidate)
@@ -130,10 +352,25 @@ def parse_reconstruction(output: str) -> tuple[str, str]:
     return "", "empty"
 
 
+def clean_output(output: str) -> str:
+    """A model's output without think blocks and markdown code fences."""
+    return _FENCE.sub("", _THINK.sub("", output)).strip()
+
+
 def strip_preamble(text: str) -> str:
-    """Drop echoed prompt headers and openers such as "The user requested ..."."""
+    """Drop echoed prompt headers and openers such as "The user requested ...", and quotes
+    around the whole text."""
     text = _PREAMBLES.sub("", text.strip(), count=1).strip()
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
     return text[:1].upper() + text[1:]
+
+
+def _first_paragraph(text: str) -> str | None:
+    for part in re.split(r"\n\s*\n", text):
+        if part.strip():
+            return part.strip()
+    return None
 
 
 def _from_json(text: str) -> str | None:
@@ -165,11 +402,3 @@ def _from_quoted_value(text: str) -> str | None:
 def _from_labelled_line(text: str) -> str | None:
     match = _LABELLED_LINE.search(text)
     return match.group(1) if match else None
-
-
-def _regroup(flat: list[Scored], sizes: list[int]) -> list[list[Scored]]:
-    out, start = [], 0
-    for size in sizes:
-        out.append(flat[start : start + size])
-        start += size
-    return out

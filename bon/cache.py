@@ -1,0 +1,181 @@
+"""A content-addressed score cache in SQLite (standard library only).
+
+A cached score's key is the SHA-256 of the scorer's configuration (`Scorer.describe()`: model,
+prompt version, similarity, sampling, guards), the conversation, and the candidate's text, or,
+for scorers that compare candidates (pairwise, listwise), the whole candidate list and the
+candidate's index. Nothing else (record ids, file names, line numbers, N, the selector) enters
+the key, so rescoring the same candidates, changing N or changing the selector makes no model
+call, and two records with equal content share their scores.
+
+Scorers stay unaware of it: `CachedScorer` wraps one, scores only the misses (deduplicated),
+and stores them. Writes are committed once per batch in WAL mode, so a killed run keeps what it
+finished and several processes can share one file. Local model paths are keyed by path: if a
+folder's weights change, clear the cache (delete the file) or use `no_cache`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bon.errors import ConfigError
+from bon.models import cache_dir
+from bon.scorers.base import Query, Scored, Scorer
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def default_path() -> Path:
+    """`bon.models.cache_dir()/scores.sqlite`."""
+    return cache_dir() / "scores.sqlite"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def score_key(config: dict[str, Any], messages: Sequence[dict], candidate: Any) -> str:
+    """The cache key of one candidate's score under a scorer configuration."""
+    payload = _canonical([SCHEMA_VERSION, config, list(messages), candidate])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class ScoreCache:
+    """Maps keys to (value, evidence) in one SQLite file."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS scores ("
+                "key TEXT PRIMARY KEY, value REAL NOT NULL, evidence TEXT NOT NULL, "
+                "created REAL NOT NULL)"
+            )
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the score cache {self.path}: {exc}. Give a writable cache_path, "
+                "or turn the cache off with no_cache"
+            ) from exc
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Scored]:
+        """The cached scores among `keys`."""
+        found: dict[str, Scored] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, value, evidence FROM scores WHERE key IN ({marks})", chunk
+            )
+            for key, value, evidence in rows:
+                found[key] = Scored(float(value), json.loads(evidence))
+        return found
+
+    def put_many(self, items: dict[str, Scored]) -> None:
+        """Store scores and commit (one transaction)."""
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO scores (key, value, evidence, created) VALUES (?,?,?,?)",
+                [(k, s.value, _canonical(s.evidence), now) for k, s in items.items()],
+            )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedScorer:
+    """A scorer behind the cache: same `name`, `describe()` and `score()`; only misses reach
+    the wrapped scorer (so its engine loads only when something is missing)."""
+
+    def __init__(self, scorer: Scorer, cache: ScoreCache) -> None:
+        self.scorer = scorer
+        self.cache = cache
+        self.name = scorer.name
+        self.hits = 0
+        self.misses = 0
+
+    def describe(self) -> dict[str, Any]:
+        return self.scorer.describe()
+
+    def _keys(self, query: Query, config: dict[str, Any]) -> list[str]:
+        if self.scorer.independent:
+            return [score_key(config, query.messages, text) for text in query.candidates]
+        return [
+            score_key(config, query.messages, {"candidates": query.candidates, "index": i})
+            for i in range(len(query.candidates))
+        ]
+
+    def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
+        config = self.scorer.describe()
+        keys = [self._keys(q, config) for q in queries]
+        found = self.cache.get_many([k for row in keys for k in row])
+        if self.scorer.independent:
+            fresh = self._score_missing_candidates(queries, keys, found)
+        else:
+            fresh = self._score_missing_queries(queries, keys, found)
+        if fresh:
+            self.cache.put_many(fresh)
+        found.update(fresh)
+        total = sum(len(row) for row in keys)
+        self.misses += len(fresh)
+        self.hits += total - len(fresh)
+        return [[found[k] for k in row] for row in keys]
+
+    def _score_missing_candidates(
+        self, queries: Sequence[Query], keys: list[list[str]], found: dict[str, Scored]
+    ) -> dict[str, Scored]:
+        # One sub-query per record holding its missing candidates, each distinct key once.
+        sub_queries, sub_keys, seen = [], [], set(found)
+        for query, row in zip(queries, keys, strict=True):
+            texts, ks = [], []
+            for text, key in zip(query.candidates, row, strict=True):
+                if key not in seen:
+                    seen.add(key)
+                    texts.append(text)
+                    ks.append(key)
+            if texts:
+                sub_queries.append(Query(query.messages, texts))
+                sub_keys.append(ks)
+        if not sub_queries:
+            return {}
+        results = self.scorer.score(sub_queries)
+        return {
+            k: s
+            for ks, scored in zip(sub_keys, results, strict=True)
+            for k, s in zip(ks, scored, strict=True)
+        }
+
+    def _score_missing_queries(
+        self, queries: Sequence[Query], keys: list[list[str]], found: dict[str, Scored]
+    ) -> dict[str, Scored]:
+        todo, todo_keys, seen = [], [], set()
+        for query, row in zip(queries, keys, strict=True):
+            if any(k not in found for k in row) and row[0] not in seen:
+                seen.add(row[0])
+                todo.append(query)
+                todo_keys.append(row)
+        if not todo:
+            return {}
+        results = self.scorer.score(todo)
+        return {
+            k: s
+            for row, scored in zip(todo_keys, results, strict=True)
+            for k, s in zip(row, scored, strict=True)
+        }

@@ -1,0 +1,53 @@
+"""FLIP on the real packaged SmolLM2-135M: true answers beat off-topic ones (under a minute)."""
+
+from __future__ import annotations
+
+import bon
+
+# Written by this team: each instruction, a true answer, and an answer to something else.
+CASES = [
+    (
+        "What is the capital of France?",
+        "The capital of France is Paris, which lies on the river Seine.",
+        "To bake bread, mix flour, water, yeast and salt, knead, let it rise, then bake it.",
+    ),
+    (
+        "Give me three tips for sleeping better.",
+        "1. Go to bed at the same time every night. 2. Avoid screens before bed. "
+        "3. Keep your bedroom cool and dark.",
+        "Photosynthesis is how plants use sunlight, water and carbon dioxide to make sugar.",
+    ),
+    (
+        "Write a haiku about the ocean.",
+        "Waves fold into foam,\nthe ocean breathes salt and light,\nblue without an end.",
+        "The French Revolution began in 1789 and ended the absolute monarchy in France.",
+    ),
+    (
+        "How do I reverse a list in Python?",
+        "Use my_list.reverse() to reverse a Python list in place, or my_list[::-1] for a copy.",
+        "A healthy breakfast could be oatmeal with fruit, yogurt, and a glass of orange juice.",
+    ),
+    (
+        "Explain what a black hole is.",
+        "A black hole is a region of space where gravity is so strong that nothing, not even "
+        "light, can escape it. It forms when a massive star collapses.",
+        "Tennis is played by two or four players who hit a ball over a net with rackets.",
+    ),
+]
+
+
+def test_flip_ranks_true_answers_above_off_topic_ones(smollm2_path, tmp_path):
+    records = [{"prompt": x, "responses": [good, bad]} for x, good, bad in CASES]
+    out = bon.score_records(
+        records,
+        scorers=["flip", "flip-likelihood"],
+        similarity="cosine",
+        prompt="short",
+        max_new_tokens=32,
+        no_cache=True,
+    )
+    for name in ("flip", "flip-likelihood"):
+        wins = [
+            r["candidates"][0]["scores"][name] > r["candidates"][1]["scores"][name] for r in out
+        ]
+        assert sum(wins) == len(CASES), (name, wins)
