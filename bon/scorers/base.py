@@ -7,7 +7,7 @@ reads instead of assuming an argmax.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,7 +51,7 @@ class ScoreOptions:
         scorers: names of the scorers to run; each writes its own key in `scores`.
         model: the scoring LM (alias, Hub id or local path); independent of the generator's.
         engine: the engine that runs it.
-        device, dtype, batch_size: as for `EngineOptions`.
+        device, dtype, batch_size, engine_args: as for `EngineOptions`.
         max_new_tokens: cap on each generated reconstruction or judgement.
         similarity: how FLIP compares inferred and original instructions (`bon.similarity`).
     """
@@ -64,6 +64,7 @@ class ScoreOptions:
     batch_size: int = 16
     max_new_tokens: int = 128
     similarity: str = "f1"
+    engine_args: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from bon.similarity import SIMILARITIES
@@ -77,7 +78,8 @@ class ScoreOptions:
             f"one of {', '.join(sorted(SIMILARITIES))}",
             self.similarity,
         )
-        self.engine_options()  # validates the engine fields
+        # Validates the engine fields and keeps a typed copy of the engine args.
+        object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(
@@ -86,6 +88,7 @@ class ScoreOptions:
             device=self.device,
             dtype=self.dtype,
             batch_size=self.batch_size,
+            engine_args=self.engine_args,
         )
 
 

@@ -41,6 +41,14 @@ USER_TEMPLATE = """\
 [Your Inferred Instruction]
 Answer with the JSON object {{"REASONING": "...", "INFERRED INSTRUCTION": "..."}}."""
 
+# The answer's shape; engines with structured outputs (vllm, openai) enforce it.
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"REASONING": {"type": "string"}, "INFERRED INSTRUCTION": {"type": "string"}},
+    "required": ["REASONING", "INFERRED INSTRUCTION"],
+    "additionalProperties": False,
+}
+
 
 class FlipScorer(Scorer):
     """Scores each candidate by how well its reconstructed instruction matches the original."""
@@ -50,7 +58,9 @@ class FlipScorer(Scorer):
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
         self._similarity = load_similarity(options.similarity)
-        self._sampling = SamplingOptions(n=1, temperature=0, max_new_tokens=options.max_new_tokens)
+        self._sampling = SamplingOptions(
+            n=1, temperature=0, max_new_tokens=options.max_new_tokens, json_schema=JSON_SCHEMA
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -68,7 +78,10 @@ class FlipScorer(Scorer):
         todo = [i for i, (_, text) in enumerate(pairs) if text.strip()]
         prompts = [reconstruction_messages(pairs[i][1], pairs[i][0].history) for i in todo]
         outputs = self.engine.generate(prompts, self._sampling) if prompts else []
-        parsed = [parse_reconstruction(out[0].text) for out in outputs]
+        parsed = [
+            ("", f"error: {out[0].error}") if out[0].error else parse_reconstruction(out[0].text)
+            for out in outputs
+        ]
         values = self._similarity(
             [inferred for inferred, _ in parsed], [pairs[i][0].instruction for i in todo]
         )
