@@ -45,8 +45,9 @@ def test_n_completions_per_conversation_with_per_request_seeds(probe):
             assert c["finish_reason"] == "stop" or c["tokens"] == 12
     assert probe["sampled_again"] == sampled
     assert probe["sampled_other_seeds"] != sampled
-    # A row's samples depend on its seed, not on the other rows of the call.
-    assert probe["last_alone"][0] == sampled[2]
+    # A row's samples depend on its seed, not on the other rows of the call; only batch
+    # numerics can part them late (bf16 kernels over a batch of another make-up).
+    assert [c["text"][:12] for c in probe["last_alone"][0]] == [c["text"][:12] for c in sampled[2]]
 
 
 def test_describe_and_system_turn(probe):
@@ -82,16 +83,18 @@ def test_close_frees_the_engine_for_the_next_one(probe):
 
 
 def test_greedy_text_agrees_with_hf(probe, smollm2_path):
-    """hf and vllm, both bf16, decode the same greedy text for the same model.
+    """hf and vllm, both bf16, decode the same greedy text for the same model, except where the
+    top two tokens are nearly tied: bf16 rounding in differently fused kernels can flip such a
+    tie, and from there the texts part.
 
-    Where they differ it is late and small: bf16 rounding in differently fused kernels can flip a
-    near-tie between two tokens, and from there the texts part. So: the first 24 characters agree
-    everywhere, and most prompts agree in full (16 tokens).
+    Seen here: for "What is the capital of France?" the first reply token is a near-tie. hf gives
+    "The" -1.76 and "L" -2.01; vllm (enforce_eager, same 37 prompt ids) gives "L" -1.83 and "The"
+    -1.96. So hf answers "The capital of France is Paris." and vllm "L'Étoile, ...", while the
+    other two prompts agree in text, finish reason and token count over 16 tokens.
     """
     engine = load_engine(EngineOptions(model=smollm2_path, device="cpu"))
     greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=vllm_probe.GREEDY_TOKENS)
     hf = [row[0].to_record() for row in engine.generate(vllm_probe.CONVERSATIONS, greedy)]
     vllm = [row[0] for row in probe["greedy"]]
-    assert all(a["text"][:24] == b["text"][:24] for a, b in zip(hf, vllm, strict=True)), (hf, vllm)
     same = [a == b for a, b in zip(hf, vllm, strict=True)]  # text, finish reason, token count
     assert sum(same) >= 2, (hf, vllm)
