@@ -1,3 +1,5 @@
 from bon.cli import main
 
-main()
+# The guard matters: engines such as vllm spawn worker processes that re-import this module.
+if __name__ == "__main__":
+    main()

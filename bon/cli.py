@@ -56,6 +56,28 @@ def _hardware(fn: Callable) -> Callable:
     return fn
 
 
+def _engine_args(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str] | None:
+    """`KEY=VALUE` pairs as a dict; the engine converts and checks them."""
+    if not values:
+        return None
+    pairs = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", ctx, param)
+        pairs[key.strip()] = text
+    return pairs
+
+
+ENGINE_ARG_HELP = (
+    "Engine-specific option KEY=VALUE; repeat for several (e.g. enforce_eager=true, "
+    "gpu_memory_utilization=0.45, base_url=http://127.0.0.1:8000/v1). An unknown key lists the "
+    "engine's options."
+)
+
+
 def _generation(fn: Callable) -> Callable:
     for decorator in reversed(
         [
@@ -67,7 +89,19 @@ def _generation(fn: Callable) -> Callable:
                 help="Generator: an alias, a Hub id or a local path.",
             ),
             click.option(
-                "--engine", default=G.engine, show_default=True, help="Generation engine."
+                "--engine",
+                default=G.engine,
+                show_default=True,
+                help="Generation engine: hf, vllm or openai.",
+            ),
+            click.option(
+                "--engine-arg",
+                "engine_args",
+                multiple=True,
+                default=G.engine_args,
+                callback=_engine_args,
+                metavar="KEY=VALUE",
+                help=ENGINE_ARG_HELP,
             ),
             click.option(
                 "--n", "-n", type=int, default=G.n, show_default=True, help="Candidates per prompt."
@@ -127,7 +161,16 @@ def _scoring(prefix: str = "", option_prefix: str = "") -> Callable[[Callable], 
                     f"{prefix}engine",
                     default=S.engine,
                     show_default=True,
-                    help="Reranker engine.",
+                    help="Reranker engine: hf, vllm or openai.",
+                ),
+                click.option(
+                    f"--{option_prefix}engine-arg",
+                    f"{prefix}engine_args",
+                    multiple=True,
+                    default=S.engine_args,
+                    callback=_engine_args,
+                    metavar="KEY=VALUE",
+                    help=ENGINE_ARG_HELP,
                 ),
                 click.option(
                     f"--{option_prefix}batch-size",

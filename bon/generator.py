@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ class GenerateOptions:
         seed: base seed; each record's request seed is derived from it and the record's id.
         batch_size: most sequences decoded at once (a prompt counts n times).
         device, dtype: where and in which precision the model runs.
+        engine_args: options of the chosen engine only (`EngineOptions.engine_args`), e.g.
+            {"gpu_memory_utilization": 0.5} for vllm or {"base_url": ...} for openai.
     """
 
     model: str = DEFAULT_MODEL
@@ -36,10 +39,12 @@ class GenerateOptions:
     batch_size: int = 32
     device: str = "auto"
     dtype: str = "auto"
+    engine_args: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.sampling()
-        self.engine_options()
+        # Keep the validated, typed copy: the caller's mapping is never shared or mutated.
+        object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(
@@ -57,6 +62,7 @@ class GenerateOptions:
             device=self.device,
             dtype=self.dtype,
             batch_size=self.batch_size,
+            engine_args=self.engine_args,
         )
 
 
@@ -92,7 +98,7 @@ class Generator:
         return [
             {
                 **record,
-                "candidates": [dataclasses.asdict(c) for c in completions],
+                "candidates": [c.to_record() for c in completions],
                 "generator": {**meta, "request_seed": seed},
             }
             for record, completions, seed in zip(batch, outputs, seeds, strict=True)

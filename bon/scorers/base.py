@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,7 +57,7 @@ class ScoreOptions:
         scorers: names of the scorers to run; each writes its own key in `scores`.
         model: the scoring LM (alias, Hub id or local path); independent of the generator's.
         engine: the engine that runs it.
-        device, dtype, batch_size: as for `EngineOptions`.
+        device, dtype, batch_size, engine_args: as for `EngineOptions`.
         max_new_tokens: cap on each generated reconstruction or judgement.
         similarity: how FLIP compares inferred and original instructions (`bon.similarity`):
             f1, rougeL, bleu, bleu-rougeL, cosine or f1-cosine.
@@ -107,6 +107,7 @@ class ScoreOptions:
     pairwise: str = "round-robin"
     cache_path: str | None = None
     no_cache: bool = False
+    engine_args: Mapping[str, Any] | None = None
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "similarity": tuple(sorted(SIMILARITIES)),
@@ -138,7 +139,8 @@ class ScoreOptions:
         require(
             self.pairwise in PAIRWISE, "pairwise", f"one of {', '.join(PAIRWISE)}", self.pairwise
         )
-        self.engine_options()  # validates the engine fields
+        # Validates the engine fields and keeps a typed copy of the engine args.
+        object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(
@@ -147,6 +149,7 @@ class ScoreOptions:
             device=self.device,
             dtype=self.dtype,
             batch_size=self.batch_size,
+            engine_args=self.engine_args,
         )
 
 

