@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="8,32,128")
+    parser.add_argument("--scorers", default="flip", help="comma-separated scorers to time")
     args = parser.parse_args()
 
     import bon
@@ -78,10 +79,13 @@ def main() -> None:
         seconds = time.perf_counter() - start
         tokens = sum(c["tokens"] for r in out for c in r["candidates"])
         report("generate", args, batch_size, seconds, tokens, out[0]["generator"]["device"])
-        start = time.perf_counter()
-        scored = bon.score_records(out, batch_size=batch_size, **common)
-        seconds = time.perf_counter() - start
-        report("flip-score", args, batch_size, seconds, len(scored) * args.n, "")
+        for scorer in args.scorers.split(","):
+            start = time.perf_counter()
+            scored = bon.score_records(
+                out, scorers=(scorer,), batch_size=batch_size, no_cache=True, **common
+            )
+            seconds = time.perf_counter() - start
+            report(scorer, args, batch_size, seconds, len(scored) * args.n, "")
 
 
 def report(
