@@ -159,6 +159,8 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    uses_model: ClassVar[bool] = True
+    """False for scorers that run no model (the controls): the reranker does not cache them."""
     independent: ClassVar[bool] = True
     """True when a candidate's score depends only on the conversation and its own text (so the
     cache can key it alone); False for scorers that compare candidates (pairwise, listwise)."""
