@@ -263,7 +263,8 @@ def _scoring(prefix: str = "", option_prefix: str = "") -> Callable[[Callable], 
                     type=float,
                     default=S.echo_penalty,
                     show_default=True,
-                    help="Subtracted from an echo's FLIP score.",
+                    help="Subtracted from an echo's FLIP score  "
+                    "[default: 1.0; 10.0 nats/token for flip-likelihood]",
                 ),
                 click.option(
                     "--pairwise",

@@ -39,7 +39,9 @@ class Reranker:
         self._scoring: list[Scorer | CachedScorer] = list(self.scorers)
         if not options.no_cache:
             self.cache = ScoreCache(options.cache_path)
-            self._scoring = [CachedScorer(s, self.cache) for s in self.scorers]
+            self._scoring = [
+                CachedScorer(s, self.cache) if s.uses_model else s for s in self.scorers
+            ]
 
     def _get_engine(self) -> Engine:
         if self._engine is None:

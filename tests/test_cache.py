@@ -132,6 +132,12 @@ def test_cache_options_do_not_change_the_stage_config(tiny_model, tmp_path):
     other.close()
 
 
+def test_controls_are_not_cached(tmp_path):
+    path = tmp_path / "c.sqlite"
+    bon.score_records(RECORDS, scorers=["random", "longest", "shortest"], cache_path=str(path))
+    assert len(ScoreCache(path)) == 0
+
+
 def test_default_cache_lives_in_bon_cache_dir(tmp_path, monkeypatch):
     from bon import cache
 

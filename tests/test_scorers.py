@@ -252,11 +252,10 @@ def test_echo_overlap_and_guard():
     assert echo_overlap("The sea was calm.", instruction) == 0.0
     assert echo_overlap("Anything", "Hi there") is None  # too short to judge
     guard = EchoGuard(threshold=0.8, penalty=1.0)
-    assert guard.apply(0.9, instruction, instruction) == (
-        0.0,
-        {"echo": 1.0, "echo_penalised": True},
-    )
-    assert guard.apply(-2.0, instruction, instruction, floor=None)[0] == -3.0
+    value, evidence = guard.apply(0.9, instruction, instruction)
+    assert value == pytest.approx(-0.1)
+    assert evidence == {"echo": 1.0, "echo_penalised": True}
+    assert guard.apply(-2.0, instruction, instruction)[0] == -3.0
     assert guard.apply(0.9, "Waves glow under the moon.", instruction) == (0.9, {"echo": 0.0})
     assert EchoGuard(enabled=False).apply(0.9, instruction, instruction) == (0.9, {})
 
@@ -270,8 +269,9 @@ def test_echo_guard_penalises_a_verbatim_restatement(fast):
     assert echo["flip-likelihood"]["echo_penalised"] is True
     assert "echo_penalised" not in answer["flip-likelihood"]
     assert echo["scores"]["flip-likelihood"] == pytest.approx(
-        plain["candidates"][0]["scores"]["flip-likelihood"] - 1.0
+        plain["candidates"][0]["scores"]["flip-likelihood"] - 10.0
     )
+    assert guarded["scoring"]["flip-likelihood"]["echo_penalty"] == 10.0
     assert guarded["scoring"]["flip-likelihood"] != plain["scoring"]["flip-likelihood"]
 
 

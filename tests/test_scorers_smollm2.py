@@ -51,3 +51,24 @@ def test_flip_ranks_true_answers_above_off_topic_ones(smollm2_path, tmp_path):
             r["candidates"][0]["scores"][name] > r["candidates"][1]["scores"][name] for r in out
         ]
         assert sum(wins) == len(CASES), (name, wins)
+
+
+def test_echo_guard_stops_a_restated_instruction_from_winning(smollm2_path):
+    records = [
+        {"prompt": x, "responses": [good, f"You asked: {x} Good question, let me think."]}
+        for x, good, _ in CASES[:3]
+    ]
+    options = {"prompt": "short", "max_new_tokens": 32, "no_cache": True}
+    plain = bon.score_records(records, scorers=["flip-likelihood"], echo_guard=False, **options)
+    guarded = bon.score_records(records, scorers=["flip", "flip-likelihood"], **options)
+    # Unguarded, the echo reconstructs its instruction trivially and beats the true answer.
+    assert all(
+        r["candidates"][1]["scores"]["flip-likelihood"]
+        > r["candidates"][0]["scores"]["flip-likelihood"]
+        for r in plain
+    )
+    for record in guarded:
+        good, echo = record["candidates"]
+        for name in ("flip", "flip-likelihood"):
+            assert echo[name]["echo_penalised"] is True
+            assert good["scores"][name] > echo["scores"][name], name

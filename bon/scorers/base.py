@@ -77,9 +77,9 @@ class ScoreOptions:
         echo_ngram: n of the word n-grams the echo guard compares.
         echo_threshold: share of the target's n-grams found in the response at or above which
             the response counts as an echo, in (0, 1].
-        echo_penalty: subtracted from an echo's FLIP score, not below 0 for the similarity
-            variants (the default 1.0 scores an echo 0, like an empty answer); flip-likelihood
-            subtracts it from the mean token log-probability.
+        echo_penalty: subtracted from an echo's FLIP score. None picks a default per scorer
+            that ranks an echo below every non-echo: 1.0 for the similarity variants (their
+            scores lie in [0, 1]) and 10.0 nats per token for flip-likelihood.
         pairwise: how judge-pairwise aggregates: "round-robin" (every ordered pair, both
             orders, cancels position bias; N(N-1) calls) or "knockout" (N-1 calls).
         cache_path: the SQLite score cache; default `bon.models.cache_dir()/scores.sqlite`.
@@ -103,7 +103,7 @@ class ScoreOptions:
     echo_guard: bool = True
     echo_ngram: int = 3
     echo_threshold: float = 0.8
-    echo_penalty: float = 1.0
+    echo_penalty: float | None = None
     pairwise: str = "round-robin"
     cache_path: str | None = None
     no_cache: bool = False
@@ -135,7 +135,12 @@ class ScoreOptions:
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         require(self.echo_ngram >= 1, "echo_ngram", "an integer >= 1", self.echo_ngram)
         require(0 < self.echo_threshold <= 1, "echo_threshold", "in (0, 1]", self.echo_threshold)
-        require(self.echo_penalty >= 0, "echo_penalty", ">= 0", self.echo_penalty)
+        require(
+            self.echo_penalty is None or self.echo_penalty >= 0,
+            "echo_penalty",
+            ">= 0 (or None for the per-scorer default)",
+            self.echo_penalty,
+        )
         require(
             self.pairwise in PAIRWISE, "pairwise", f"one of {', '.join(PAIRWISE)}", self.pairwise
         )
@@ -162,6 +167,8 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    uses_model: ClassVar[bool] = True
+    """False for scorers that run no model (the controls): the reranker does not cache them."""
     independent: ClassVar[bool] = True
     """True when a candidate's score depends only on the conversation and its own text (so the
     cache can key it alone); False for scorers that compare candidates (pairwise, listwise)."""

@@ -20,6 +20,7 @@ class RandomScorer(Scorer):
     """A seeded random score per candidate."""
 
     name = "random"
+    uses_model = False
 
     def describe(self) -> dict[str, Any]:
         return {"scorer": self.name, "seed": self.options.seed}
@@ -41,6 +42,7 @@ class LongestScorer(Scorer):
     """Length in characters; the longest candidate wins."""
 
     name = "longest"
+    uses_model = False
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         return [[Scored(float(len(t.strip()))) for t in q.candidates] for q in queries]

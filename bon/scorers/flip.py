@@ -161,6 +161,7 @@ class _FlipBase(Scorer):
 
     prompt_variant: ClassVar[str | None] = None  # a fixed prompt, or None to follow options
     uses_similarity: ClassVar[bool] = True
+    default_echo_penalty: ClassVar[float] = 1.0
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
@@ -174,7 +175,9 @@ class _FlipBase(Scorer):
             enabled=options.echo_guard,
             n=options.echo_ngram,
             threshold=options.echo_threshold,
-            penalty=options.echo_penalty,
+            penalty=self.default_echo_penalty
+            if options.echo_penalty is None
+            else options.echo_penalty,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -205,9 +208,7 @@ class _FlipBase(Scorer):
         flat = self.score_items(items) if items else []
         guarded = []
         for item, scored in zip(items, flat, strict=True):
-            value, evidence = self.guard.apply(
-                scored.value, item.response, item.target, 0.0 if self.uses_similarity else None
-            )
+            value, evidence = self.guard.apply(scored.value, item.response, item.target)
             guarded.append(Scored(value, {**scored.evidence, **evidence}))
         return regroup(guarded, [len(q.candidates) for q in queries])
 
@@ -297,6 +298,7 @@ class FlipLikelihoodScorer(_FlipBase):
     name = "flip-likelihood"
     prompt_variant = "short"
     uses_similarity = False
+    default_echo_penalty = 10.0
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

@@ -4,8 +4,9 @@ Such a response makes the reconstruction trivial (the model copies the instructi
 scores high without answering. The echo guard measures how much of the target (instruction or
 system prompt) reappears in the response, as the share of the target's word n-grams (normalised
 as for token F1) that the response contains. At or above a threshold the score is lowered by a
-fixed penalty (never below 0 for similarity scores, which live in [0, 1]; a log-probability
-score simply loses `penalty` nats per token). Targets shorter than n words are never flagged: a
+fixed penalty, chosen per scorer so that an echo ranks below every non-echo by default: 1.0 for
+similarity scores (which lie in [0, 1], so an echo lands in [-1, 0)) and 10 nats per token
+for mean log-probabilities. Targets shorter than n words are never flagged: a
 two-word greeting is restated by any polite answer. The default threshold (0.8) leaves answers
 that open by restating part of the question ("Three colours of the rainbow are ...") alone.
 """
@@ -42,11 +43,9 @@ class EchoGuard:
     threshold: float = 0.8
     penalty: float = 1.0
 
-    def apply(
-        self, value: float, response: str, target: str, floor: float | None = 0.0
-    ) -> tuple[float, dict[str, Any]]:
-        """The guarded value (lowered by `penalty`, not below `floor` unless it is None) and
-        the evidence: the overlap, and `echo_penalised` when the penalty applied."""
+    def apply(self, value: float, response: str, target: str) -> tuple[float, dict[str, Any]]:
+        """The guarded value (lowered by `penalty` for an echo) and the evidence: the overlap,
+        and `echo_penalised` when the penalty applied."""
         if not self.enabled:
             return value, {}
         overlap = echo_overlap(response, target, self.n)
@@ -56,8 +55,6 @@ class EchoGuard:
         if overlap >= self.threshold:
             evidence["echo_penalised"] = True
             value -= self.penalty
-            if floor is not None:
-                value = max(floor, value)
         return value, evidence
 
     def describe(self) -> dict[str, Any]:
