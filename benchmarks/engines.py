@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from bon import records
 from bon.engines import EngineOptions, SamplingOptions, load_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def prompts(path: Path, copies: int) -> list[list[dict]]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [[{"role": "user", "content": row["prompt"]}] for row in rows] * copies
+    return [records.conversation(row) for row in rows] * copies
 
 
 def timed(engine, conversations, sampling, seeds) -> tuple[float, int, int]:

@@ -50,6 +50,10 @@ def test_n_completions_per_conversation_with_per_request_seeds(probe):
     assert [c["text"][:12] for c in probe["last_alone"][0]] == [c["text"][:12] for c in sampled[2]]
 
 
+def test_many_seeded_requests_in_one_call(probe):
+    assert probe["many"] == 150
+
+
 def test_describe_and_system_turn(probe):
     assert probe["describe"] == {"engine": "vllm", "model": "smollm2-135m", "dtype": "bfloat16"}
     assert "<|im_start|>system\nBe brief.<|im_end|>" in probe["rendered"]

