@@ -3,7 +3,7 @@
 One record per prompt travels through every stage and is enriched, never rebuilt:
 
     {"id", "prompt" | "messages", ...user fields...}
-    + "candidates": [{"text", "finish_reason", "tokens"}], "generator": {...}       (generate)
+    + "candidates": [{"text", "finish_reason", "tokens"[, "error"]}], "generator": {...}  (generate)
     + per candidate "scores": {name: float} and evidence under the scorer's name   (score)
     + "selected": {"index", "text", "score", "by"}                                 (select)
 
