@@ -20,6 +20,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
+@pytest.fixture(autouse=True)
+def private_score_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own score cache, so no test is served scores another one computed."""
+    monkeypatch.setattr("bon.cache.default_path", lambda: tmp_path / "scores.sqlite")
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The packaged SmolLM2-135M-Instruct, converted to bf16 safetensors (once per machine)."""

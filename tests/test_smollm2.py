@@ -55,7 +55,7 @@ def test_bon_run_on_the_default_model(tmp_path, smollm2_path):
     scored = read_jsonl(out / "scored.jsonl")
     for record in scored:
         for candidate in record["candidates"]:
-            assert 0.0 <= candidate["scores"]["flip"] <= 1.0
+            assert candidate["scores"]["flip"] <= 1.0  # an echo the guard flags goes below 0
             assert candidate["flip"]["parse"] in ("json", "partial-json", "labelled", "fallback")
     selected = read_jsonl(out / "selected.jsonl")
     assert [r["id"] for r in selected] == ["capital", "colours"]
