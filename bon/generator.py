@@ -10,6 +10,7 @@ from typing import Any
 
 from bon import records
 from bon.engines import Engine, EngineOptions, SamplingOptions, load_engine
+from bon.engines.base import engine_options_of
 from bon.models import DEFAULT_MODEL
 
 
@@ -56,14 +57,7 @@ class GenerateOptions:
         )
 
     def engine_options(self) -> EngineOptions:
-        return EngineOptions(
-            model=self.model,
-            engine=self.engine,
-            device=self.device,
-            dtype=self.dtype,
-            batch_size=self.batch_size,
-            engine_args=self.engine_args,
-        )
+        return engine_options_of(self)
 
 
 def request_seed(seed: int, record_id: str) -> int:

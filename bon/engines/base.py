@@ -142,6 +142,13 @@ class EngineArg:
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def engine_options_of(options: Any) -> EngineOptions:
+    """The `EngineOptions` held by a stage's options object, which has all of its fields."""
+    return EngineOptions(
+        **{f.name: getattr(options, f.name) for f in dataclasses.fields(EngineOptions)}
+    )
+
+
 @dataclass(frozen=True)
 class Completion:
     """One sampled completion: its text, why it ended, its token count (the stop token included).

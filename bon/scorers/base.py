@@ -7,6 +7,7 @@ reads instead of assuming an argmax.
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, EngineOptions
+from bon.engines.base import engine_options_of
 from bon.errors import require
 from bon.models import DEFAULT_MODEL
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
@@ -148,14 +150,7 @@ class ScoreOptions:
         object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
 
     def engine_options(self) -> EngineOptions:
-        return EngineOptions(
-            model=self.model,
-            engine=self.engine,
-            device=self.device,
-            dtype=self.dtype,
-            batch_size=self.batch_size,
-            engine_args=self.engine_args,
-        )
+        return engine_options_of(self)
 
 
 class Scorer(ABC):
@@ -212,3 +207,15 @@ def regroup(flat: Sequence[Scored], sizes: Sequence[int]) -> list[list[Scored]]:
         out.append(list(flat[start : start + size]))
         start += size
     return out
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object spanning the first "{" to the last "}" of a model's output, if it parses."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -27,7 +27,15 @@ from typing import Any, ClassVar
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
 from bon.errors import ConfigError
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, regroup, text_seed
+from bon.scorers.base import (
+    Query,
+    Scored,
+    ScoreOptions,
+    Scorer,
+    json_object,
+    regroup,
+    text_seed,
+)
 from bon.scorers.guards import EchoGuard
 from bon.similarity import USES_EMBEDDER, load_similarity
 
@@ -395,14 +403,8 @@ def _first_paragraph(text: str) -> str | None:
 
 
 def _from_json(text: str) -> str | None:
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object(text)
+    if data is None:
         return None
     for key, value in data.items():
         if _KEY.match(str(key)) and isinstance(value, str):

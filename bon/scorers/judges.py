@@ -17,7 +17,6 @@ evidence, so parse-failure rates can be reported.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, json_object
 from bon.scorers.flip import clean_output
 
 PROMPT_VERSION = "judge-v1"
@@ -142,17 +141,6 @@ _INDEX_SENTENCE = re.compile(
 _CHOICE_VALUE = re.compile(r"^\W*(?:response|answer)?\s*([AB])\W*$", re.IGNORECASE)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _json_value(data: dict[str, Any] | None, pattern: str) -> Any:
     if data is None:
         return None
@@ -177,7 +165,7 @@ def parse_score(output: str) -> tuple[float | None, str]:
     """A pointwise rating in [1, 10] and its parse status ("json", "regex", "out-of-range",
     "failed")."""
     text = clean_output(output)
-    value = _as_number(_json_value(_json_object(text), r"score"))
+    value = _as_number(_json_value(json_object(text), r"score"))
     status = "json"
     if value is None:
         match = _SCORE_FIELD.search(text) or _SCORE_OUT_OF.search(text)
@@ -192,7 +180,7 @@ def parse_score(output: str) -> tuple[float | None, str]:
 def parse_choice(output: str) -> tuple[str | None, str]:
     """A pairwise verdict "A" or "B" and its parse status ("json", "regex", "failed")."""
     text = clean_output(output)
-    value = _json_value(_json_object(text), r"better[\s_-]*response")
+    value = _json_value(json_object(text), r"better[\s_-]*response")
     if isinstance(value, str):
         match = _CHOICE_VALUE.match(value)
         if match:
@@ -207,7 +195,7 @@ def parse_index(output: str, n: int) -> tuple[int | None, str]:
     """A listwise 0-based index in [0, n) and its parse status ("json", "regex",
     "out-of-range", "failed")."""
     text = clean_output(output)
-    value = _as_number(_json_value(_json_object(text), r"best[\s_-]*response[\s_-]*index"))
+    value = _as_number(_json_value(json_object(text), r"best[\s_-]*response[\s_-]*index"))
     status = "json"
     if value is None or value != int(value):
         match = _INDEX_FIELD.search(text) or _INDEX_SENTENCE.search(text)
