@@ -19,6 +19,12 @@ class EngineError(BonError):
     """A text-generation engine failed to load or to answer."""
 
 
+class RecordError(BonError):
+    """One record cannot be processed (e.g. its prompt is longer than the model's context);
+    the others can. The pipeline retries a failed batch one record at a time, and a record that
+    fails alone is reported with its file and line (or skipped under `on_error="skip"`)."""
+
+
 class InputError(BonError):
     """A record in an input file is malformed.
 
