@@ -68,7 +68,11 @@ def test_dev_and_test_are_disjoint_halves(name: str) -> None:
 def test_sizes() -> None:
     assert [len(read("focus", h)) for h in ("dev", "test")] == [80, 80]
     assert [len(read("vs_small", h)) for h in ("dev", "test")] == [60, 60]
-    assert len(read("ifeval_pref", "dev")) >= 10
+    # ifeval-pref keeps only the generated prompts whose samples both pass and fail.
+    manifest = json.loads((PREF / "manifest.json").read_text())
+    generated = manifest["statistics"]["ifeval_pref"]["prompts_generated"]
+    kept = len(read("ifeval_pref", "dev")) + len(read("ifeval_pref", "test"))
+    assert 2 <= kept < generated <= 240
 
 
 @pytest.mark.parametrize("name", ["focus", "vs_small"])
