@@ -76,6 +76,21 @@ def test_every_packaged_prompt_evaluates_offline() -> None:
     assert {r["prompt_strict"] for r in results} == {0, 1}
 
 
+def test_checks_do_not_depend_on_the_global_random_state() -> None:
+    """Prompt 1122 asks for the letter "#", which the official checker replaces by a random
+    letter; bon draws it from a private, reseeded generator."""
+    import random
+
+    (prompt,) = [p for p in load_prompts() if p["key"] == 1122]
+    response = "Some words here, with a few letters in them."
+    results = []
+    for seed in range(5):
+        random.seed(seed)
+        results.append(check(prompt, response))
+    assert all(r == results[0] for r in results)
+    assert results[0]["inst_strict"] <= results[0]["inst_loose"]
+
+
 def test_the_substitution_stays_private() -> None:
     """The installed NLTK and eval_framework are left as they were."""
     import sys
