@@ -337,8 +337,12 @@ def _setup_logging(quiet: bool) -> None:
 
 def _summarise(report: Report) -> None:
     parts = [f"wrote {report.written} records to {report.output}"]
+    if report.redone:
+        parts.append(f"{report.redone} of them redone because their input changed")
     if report.resumed:
         parts.append(f"{report.resumed} were already done")
+    if report.unselected:
+        parts.append(f"{report.unselected} records had no finite score (selected is null)")
     if report.errors:
         parts.append(f"{report.errors} bad records skipped (see {report.error_file})")
     click.echo("; ".join(parts), err=True)
