@@ -80,7 +80,9 @@ class EngineOptions:
         engine: the engine's registered name.
         device: "auto" picks CUDA when present, else the CPU.
         dtype: "auto" is bfloat16 (about twice as fast as float32 on CPUs with bf16 support).
-        batch_size: most sequences decoded at once.
+        batch_size: most sequences decoded at once where the engine batches them (hf batches
+            greedy conversations and log-probability pairs; it samples each conversation's n
+            sequences in a call of their own, so that they depend on its seed alone).
         engine_args: options only one engine understands (e.g. vllm's `gpu_memory_utilization`,
             openai's `base_url`); each engine lists the ones it accepts in `Engine.args`, and any
             other key is a `ConfigError`. Values may be strings ("true", "0.4"), as the CLI's
@@ -159,8 +161,9 @@ class Completion:
     """One sampled completion: its text, why it ended, its token count (the stop token included).
 
     `finish_reason` is "stop" or "length", or "error" when the engine could not answer this
-    conversation (a request the server refused, e.g. longer than the model's context); then
-    `text` is empty and `error` says why. Other rows of the same call are unaffected.
+    conversation (a prompt longer than the model's context, a request the server refused for
+    this row); then `text` is empty, `tokens` is 0 and `error` says why. Other rows of the same
+    call are unaffected.
     """
 
     text: str
