@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import bon
 from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
-from bon.errors import ConfigError, EngineError
+from bon.errors import ConfigError, EngineError, RecordError
 from bon.scorers.flip import JSON_SCHEMA
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -45,6 +45,8 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/tokenize"):  # vLLM's, beside /v1: one id per word
+                    return self._send(200, {"tokens": fake.tokenize(body)})
                 with fake._lock:
                     fake.requests.append(body)
                     fake.keys.append(self.headers.get("Authorization"))
@@ -60,6 +62,8 @@ class FakeOpenAI:
                         self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
                     elif refusal:
                         self._send(refusal[0], {"error": {"message": refusal[1], "code": 400}})
+                    elif self.path.endswith("/completions") and "prompt" in body:
+                        fake.complete(self, body)
                     elif REFUSED in body["messages"][-1]["content"]:
                         message = "This model's maximum context length is 2048 tokens"
                         self._send(400, {"error": {"message": message, "code": 400}})
@@ -110,6 +114,28 @@ class FakeOpenAI:
             "choices": choices,
             "usage": usage,
         }
+
+    @staticmethod
+    def tokenize(body: dict) -> list[int]:
+        texts = [m["content"] for m in body.get("messages", [])] or [body.get("prompt", "")]
+        return [7] * sum(len(text.split()) for text in texts)
+
+    CONTEXT = 20
+
+    def complete(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        """/v1/completions with `echo`: -0.5 for each prompt token after the first; prompts
+        over `CONTEXT` tokens are refused with a message naming their length."""
+        size = len(body["prompt"])
+        if size > self.CONTEXT:
+            message = (
+                f"This model's maximum context length is {self.CONTEXT} tokens. However, you "
+                f"requested {size + 1} tokens"
+            )
+            return handler._send(400, {"error": {"message": message}})
+        logprobs = {"token_logprobs": [None] + [-0.5] * (size - 1), "tokens": ["w"] * size}
+        choice = {"index": 0, "text": "", "finish_reason": "length", "logprobs": logprobs}
+        reply = {"id": "fake", "object": "text_completion", "created": 0, "model": body["model"]}
+        handler._send(200, {**reply, "choices": [choice]})
 
     def close(self) -> None:
         self.server.shutdown()
@@ -332,3 +358,21 @@ def test_row_specific_refusals_stay_row_errors(fake):
     mixed = engine.generate([too_long[0], *CONVERSATIONS[:2]], sampling)
     assert [row[0].finish_reason for row in mixed] == ["error", "stop", "stop"]
     assert engine.describe()["dropped_params"] == []
+
+
+def test_a_refused_continuation_is_a_record_error_naming_its_row(fake):
+    engine = _engine(fake)
+    question = [{"role": "user", "content": "one two three"}]
+    assert engine.continuation_logprobs([question], ["four five"]) == [[-0.5, -0.5]]
+    with pytest.raises(
+        RecordError, match=r"^row 1: .* refused it: HTTP 400: This model's maximum context"
+    ):
+        engine.continuation_logprobs([question, question], ["four", "w " * 30])
+
+
+def test_a_continuation_refusal_every_row_gets_stops_the_job(fake):
+    fake.refuse_all = (400, "echo is not supported")
+    engine = _engine(fake)
+    question = [{"role": "user", "content": "one two three"}]
+    with pytest.raises(EngineError, match=r"all 2 requests .*\(HTTP 400: echo is not supported\)"):
+        engine.continuation_logprobs([question, question], ["four", "five"])
