@@ -45,8 +45,20 @@ def check_prompt(record: Any) -> None:
             raise RecordProblem(f"`prompt` must be a string, got {type(prompt).__name__}")
         if not prompt.strip():
             raise RecordProblem("`prompt` is empty")
+        _check_text("prompt", prompt)
     else:
         _check_messages(record["messages"])
+
+
+def _check_text(name: str, text: str) -> None:
+    """Text for a model must be encodable: no lone surrogates (JSON allows them as escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordProblem(
+            f"`{name}` holds a lone surrogate (\\u{ord(text[exc.start]):04x} at character "
+            f"{exc.start + 1}), which is not text; fix the escape in the input"
+        ) from None
 
 
 def check_candidates(record: Any) -> None:
@@ -59,10 +71,13 @@ def check_candidates(record: Any) -> None:
         for i, candidate in enumerate(candidates):
             if not isinstance(candidate, dict) or not isinstance(candidate.get("text"), str):
                 raise RecordProblem(f"`candidates[{i}]` must be an object with a string `text`")
+            _check_text(f"candidates[{i}].text", candidate["text"])
     elif "responses" in record:
         responses = record["responses"]
         if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
             raise RecordProblem("`responses` must be a list of strings")
+        for i, response in enumerate(responses):
+            _check_text(f"responses[{i}]", response)
         candidates = responses
     else:
         raise RecordProblem("needs `candidates` (objects with `text`) or `responses` (strings)")
@@ -101,6 +116,7 @@ def _check_messages(messages: Any) -> None:
             raise RecordProblem(f"`messages[{i}].role` must be one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise RecordProblem(f"`messages[{i}].content` must be a string")
+        _check_text(f"messages[{i}].content", message["content"])
     if messages[-1]["role"] != "user":
         raise RecordProblem("the last of `messages` must be a user turn: the one to answer")
     if not messages[-1]["content"].strip():

@@ -30,6 +30,11 @@ GOOD = {"prompt": "hi"}
         ({"prompt": "a", "id": {"k": 1}}, "`id` must be"),
         ({"prompt": "a", "id": None}, "`id` must be"),
         ({"messages": []}, "non-empty list"),
+        ({"prompt": "a\ud800b"}, r"`prompt` holds a lone surrogate \(\\ud800 at character 2\)"),
+        (
+            {"messages": [{"role": "user", "content": "\udc00"}]},
+            r"`messages\[0\]\.content` holds a lone surrogate",
+        ),
         ({"messages": [{"role": "bot", "content": "x"}]}, r"messages\[0\]\.role"),
         ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content"),
         (
@@ -55,6 +60,11 @@ def test_bad_prompt_records(record, match):
             r"`candidates\[0\]` must be an object with a string `text`",
         ),
         ({**GOOD, "responses": ["a", 1]}, "`responses` must be a list of strings"),
+        ({**GOOD, "responses": ["a", "\ud800"]}, r"`responses\[1\]` holds a lone surrogate"),
+        (
+            {**GOOD, "candidates": [{"text": "\ud83d"}]},
+            r"`candidates\[0\]\.text` holds a lone surrogate",
+        ),
     ],
 )
 def test_bad_candidate_records(record, match):
