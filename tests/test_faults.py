@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -251,12 +252,15 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def _kill_when(proc: subprocess.Popen, out: Path, lines: int, deadline: float) -> None:
-    """SIGKILL `proc` once `out` holds `lines` lines (or at `deadline`)."""
+def _kill_when(proc: subprocess.Popen, out: Path, lines: int, delay: float) -> None:
+    """SIGKILL `proc` `delay` seconds after `out` holds `lines` lines; fail if it ended first."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and _lines(out) < lines:
-        time.sleep(0.005)
+        time.sleep(0.002)
+    time.sleep(delay)
     proc.kill()
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill: not a mid-run kill"
 
 
 TRIALS = ["generate"] * 4 + ["score"] * 4 + ["select"] * 2
@@ -266,6 +270,8 @@ TRIALS = ["generate"] * 4 + ["score"] * 4 + ["select"] * 2
 def test_kill_9_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(
     trial, references, tiny_model, tmp_path
 ):
+    """Kills land after a random number of written lines plus a random delay (0-30 ms), so some
+    hit a batch being computed and some (in `select`, which writes without pause) a write."""
     stage = TRIALS[trial]
     source, reference = references[stage]
     total = _lines(reference)
@@ -273,7 +279,8 @@ def test_kill_9_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(
     out = tmp_path / f"{stage}.jsonl"
     command = _command(stage, source, out, tiny_model)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, out, rng.randrange(1, total), time.monotonic() + 120)
+    _kill_when(proc, out, rng.randrange(1, int(total * 0.8)), rng.uniform(0, 0.03))
+    assert _lines(out) < total
     if rng.random() < 0.5:
         with open(out, "ab") as handle:  # as if the kill had landed in the middle of a write
             handle.write(b'{"id": "half-writ')
