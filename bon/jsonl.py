@@ -28,6 +28,7 @@ from bon.errors import BonError, ConfigError, InputError
 
 JSON_SPACE = " \t\r\n"
 BOM = b"\xef\xbb\xbf"
+BLANK = object()  # what `_parse` returns for a blank line (a `null` line parses to None)
 
 
 def dumps(record: Any) -> str:
@@ -75,12 +76,12 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             value = _parse(path, number, raw)
-            if value is not None:
+            if value is not BLANK:
                 yield number, value
 
 
 def _parse(path: str, number: int, raw: bytes) -> Any:
-    """The value of one line, an `InputError` for a bad one, or None for a blank one."""
+    """The value of one line, an `InputError` for a bad one, or `BLANK` for a blank one."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -89,7 +90,7 @@ def _parse(path: str, number: int, raw: bytes) -> Any:
             path, number, f"not valid UTF-8 (byte 0x{byte:02x} at column {exc.start + 1})"
         )
     if not line.strip(JSON_SPACE):
-        return None
+        return BLANK
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
@@ -107,9 +108,11 @@ def config_hash(config: dict) -> str:
 def write_error(path: str | Path, exc: OSError) -> BonError:
     """The error for a failed write of bon's output `path` (disk full, file too large, ...)."""
     reason = exc.strerror or os.strerror(exc.errno or errno.EIO)
-    return BonError(
-        f"cannot write {path}: {reason}; free space and rerun the same command to resume"
-    )
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "free space"
+    else:
+        advice = "check the path and its permissions"
+    return BonError(f"cannot write {path}: {reason}; {advice} and rerun the same command to resume")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -349,7 +352,7 @@ def _resume(path: Path, keep: Callable[[str, dict], bool]) -> ResumableOutput:
     kept_lines: list[int] = []
     for number, raw in enumerate(_lines(path), start=1):
         record = _parse(str(path), number, raw)
-        if record is None:
+        if record is BLANK:
             continue
         if not isinstance(record, dict) or "id" not in record:
             raise ConfigError(

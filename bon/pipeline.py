@@ -189,6 +189,11 @@ def run_file(
     input, output = str(input), str(output)
     if Path(input).resolve() == Path(output).resolve():
         raise ConfigError(f"the output {output} is the input file; choose another output path")
+    if Path(input).exists() and not Path(input).is_file():
+        raise ConfigError(
+            f"the input {input} is not a regular file (a pipe?); bon reads its input twice, "
+            "to check it and then to run it: save it to a file first"
+        )
     with locked(output):
         return _run_locked(stage, input, output, on_error, overwrite, quiet)
 

@@ -6,6 +6,7 @@ rest run `python -m bon` in real processes on the tiny random model.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import signal
@@ -127,6 +128,13 @@ def test_job_wide_errors_propagate_without_retries(tmp_path, error):
     with pytest.raises(type(error), match=str(error)):
         run_file(fake.stage(), _prompts(tmp_path), tmp_path / "out.jsonl", on_error="skip")
     assert fake.calls == [["r0", "r1", "r2"]]
+
+
+def test_a_pipe_as_input_is_refused_rather_than_read_once(tmp_path):
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file .*save it to a file first"):
+        run_file(FakeStage().stage(), fifo, tmp_path / "out.jsonl")
 
 
 def test_in_memory_runs_name_the_failed_record_by_position():

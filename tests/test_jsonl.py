@@ -18,6 +18,11 @@ def test_read_lines_reports_bad_json_with_line_and_goes_on(tmp_path):
     assert str(error).startswith(f"{path}:3: not valid JSON")
 
 
+def test_a_null_line_is_a_value_not_a_blank_line(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", ["null", " \t", "0"])
+    assert list(read_lines(path)) == [(1, None), (3, 0)]
+
+
 def test_read_lines_names_a_missing_file(tmp_path):
     with pytest.raises(InputError, match="missing.jsonl: cannot read the file"):
         list(read_lines(tmp_path / "missing.jsonl"))
