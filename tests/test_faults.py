@@ -206,8 +206,12 @@ def _select(source: Path, out: Path) -> list[str]:
     return _bon("select", source, "-o", out, "-q")
 
 
+# One torch thread per process: on a small, shared machine two threads mostly wait on each other.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _ok(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV, **kwargs)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -286,7 +290,7 @@ def test_kill_9_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(
     rng = random.Random(1000 + trial)
     out = tmp_path / f"{stage}.jsonl"
     command = _command(stage, source, out, tiny_model)
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     _kill_when(proc, out, rng.randrange(1, int(total * 0.8)), rng.uniform(0, 0.03))
     assert _lines(out) < total
     if rng.random() < 0.5:
@@ -300,7 +304,10 @@ def test_a_second_writer_is_refused_while_the_first_runs(tiny_model, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS * 20)
     out = tmp_path / "c.jsonl"
     first = subprocess.Popen(
-        _generate(prompts, out, tiny_model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _generate(prompts, out, tiny_model),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
     )
     lock = Path(f"{out}.lock")
     try:
@@ -308,7 +315,11 @@ def test_a_second_writer_is_refused_while_the_first_runs(tiny_model, tmp_path):
         while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
         second = subprocess.run(
-            _generate(prompts, out, tiny_model), capture_output=True, text=True, timeout=600
+            _generate(prompts, out, tiny_model),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=ENV,
         )
         assert first.poll() is None, "the first writer should still be running"
     finally:
@@ -335,7 +346,12 @@ def test_a_full_disk_stops_with_a_clear_message_and_a_rerun_completes(references
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     done = subprocess.run(
-        _select(big, out), capture_output=True, text=True, timeout=600, preexec_fn=small_files
+        _select(big, out),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=small_files,
+        env=ENV,
     )
     assert done.returncode == 1
     assert f"cannot write {out}: File too large; free space and rerun the same command" in (
