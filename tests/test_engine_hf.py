@@ -202,3 +202,11 @@ def test_a_continuation_that_does_not_fit_is_a_record_error_naming_its_row(short
         r"continuation \(29 tokens\) have 129 tokens; the model takes at most 128",
     ):
         short_context.continuation_logprobs([prompt, prompt], [" a", " a" * 29])  # fmt: skip
+
+
+def test_describe_names_what_changes_outputs_and_outlives_close(tiny_model):
+    engine = load_engine(EngineOptions(model=tiny_model, device="cpu", dtype="float32"))
+    expected = {"engine": "hf", "model": tiny_model, "device": "cpu", "dtype": "float32"}
+    assert engine.describe() == expected
+    engine.close()
+    assert json.loads(json.dumps(engine.describe())) == expected

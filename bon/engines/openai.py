@@ -149,7 +149,7 @@ class OpenAIEngine(Engine):
             for i, (c, s) in enumerate(zip(conversations, seeds, strict=True))
         ]
         results = self._run_all(jobs)
-        self._check_call([row[0].error if row[0].error else None for row in results])
+        self._check_call([row[0].error for row in results])
         return results
 
     def continuation_logprobs(
