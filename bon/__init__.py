@@ -22,7 +22,7 @@ from bon.pipeline import Report
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BonError",

@@ -24,7 +24,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
@@ -79,9 +79,7 @@ class OpenAIEngine(Engine):
                 "the openai engine needs the openai package: pip install bon[openai]"
             ) from None
         self._openai = openai
-        self.base_url = (
-            args["base_url"] or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        ).rstrip("/")
+        self.base_url = _base_url(args["base_url"])
         key = os.environ.get(args["api_key_env"])
         if not key:
             log.info(
@@ -91,6 +89,10 @@ class OpenAIEngine(Engine):
         self.client = openai.OpenAI(
             base_url=self.base_url, api_key=self._key, timeout=args["timeout"], max_retries=0
         )
+
+    @classmethod
+    def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:
+        return {"base_url": _base_url(engine_args.get("base_url", ""))}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url}
@@ -239,6 +241,11 @@ class OpenAIEngine(Engine):
         return (
             f"{self.base_url} refused the request: HTTP {status}: {_message(exc)}; {fixes[status]}"
         )
+
+
+def _base_url(given: str) -> str:
+    """The API root: the engine arg, else $OPENAI_BASE_URL, else OpenAI's."""
+    return (given or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
 
 
 def _completion(choice: Any, usage: int | None) -> Completion:
