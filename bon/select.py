@@ -10,23 +10,31 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bon.errors import require
+from bon.options import option, validate
+
+DEFAULT_SCORE = "flip"
 
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """Options of the selector.
+    """Options of the selector."""
 
-    Attributes:
-        by: the score to rank by (a key of each candidate's `scores`).
-        keep_all: keep the candidate list in the output instead of only the selection.
-    """
-
-    by: str = "flip"
-    keep_all: bool = False
+    by: str | None = option(
+        None,
+        "Score to select by (a key of each candidate's `scores`); unset: the first scorer run "
+        f"(`{DEFAULT_SCORE}` in `bon select`).",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a score name",
+    )
+    keep_all: bool = option(False, "Keep all candidates beside the selection.")
 
     def __post_init__(self) -> None:
-        require(bool(self.by), "by", "a score name", self.by)
+        validate(self)
+
+    @property
+    def score(self) -> str:
+        """The score selected by."""
+        return self.by or DEFAULT_SCORE
 
 
 def best_index(values: Sequence[float], higher_is_better: bool = True) -> int:
@@ -39,7 +47,7 @@ def best_index(values: Sequence[float], higher_is_better: bool = True) -> int:
 def select_record(record: dict, options: SelectOptions, higher_is_better: bool = True) -> dict:
     """Return `record` with `selected` added (and its candidates dropped unless `keep_all`)."""
     candidates = record["candidates"]
-    values = [float(c["scores"][options.by]) for c in candidates]
+    values = [float(c["scores"][options.score]) for c in candidates]
     index = best_index(values, higher_is_better)
     out = dict(record)
     if not options.keep_all:
@@ -49,6 +57,6 @@ def select_record(record: dict, options: SelectOptions, higher_is_better: bool =
         "index": index,
         "text": candidates[index]["text"],
         "score": values[index],
-        "by": options.by,
+        "by": options.score,
     }
     return out

@@ -119,7 +119,7 @@ def test_sampling_options_are_validated(kwargs, match):
 def test_engine_options_are_validated_before_loading():
     with pytest.raises(ConfigError, match="`device` must be one of"):
         EngineOptions(device="tpu")
-    with pytest.raises(ConfigError, match="unknown engine 'nope'; available: .*hf"):
+    with pytest.raises(ConfigError, match="`engine` must be one of hf, openai, vllm, got 'nope'"):
         load_engine(EngineOptions(engine="nope"))
 
 
