@@ -74,7 +74,7 @@ def score_stage(options: ScoreOptions) -> Stage:
     reranker = Reranker(options)
     return Stage(
         "score",
-        records.check_candidates,
+        lambda record: (records.check_candidates(record), reranker.check(record)),
         reranker.process,
         reranker.config(),
         cost=lambda record: len(records.candidates(record)),
@@ -84,16 +84,16 @@ def score_stage(options: ScoreOptions) -> Stage:
 
 
 def select_stage(options: SelectOptions) -> Stage:
-    direction = higher_is_better(options.by)
+    direction = higher_is_better(options.score)
 
     def process(batch: list[dict]) -> list[dict]:
         return [select_record(r, options, direction) for r in batch]
 
     return Stage(
         "select",
-        lambda record: records.check_scored(record, options.by),
+        lambda record: records.check_scored(record, options.score),
         process,
-        {"stage": "select", "by": options.by, "keep_all": options.keep_all},
+        {"stage": "select", "by": options.score, "keep_all": options.keep_all},
         budget=64,
     )
 

@@ -11,23 +11,31 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bon.errors import require
+from bon.options import option, validate
+
+DEFAULT_SCORE = "flip"
 
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """Options of the selector.
+    """Options of the selector."""
 
-    Attributes:
-        by: the score to rank by (a key of each candidate's `scores`).
-        keep_all: keep the candidate list in the output instead of only the selection.
-    """
-
-    by: str = "flip"
-    keep_all: bool = False
+    by: str | None = option(
+        None,
+        "Score to select by (a key of each candidate's `scores`); unset: the first scorer run "
+        f"(`{DEFAULT_SCORE}` in `bon select`).",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a score name",
+    )
+    keep_all: bool = option(False, "Keep all candidates beside the selection.")
 
     def __post_init__(self) -> None:
-        require(bool(self.by), "by", "a score name", self.by)
+        validate(self)
+
+    @property
+    def score(self) -> str:
+        """The score selected by."""
+        return self.by or DEFAULT_SCORE
 
 
 def best_index(values: Sequence[float | None], higher_is_better: bool = True) -> int | None:
@@ -53,7 +61,7 @@ def select_record(record: dict, options: SelectOptions, higher_is_better: bool =
     A record whose scores are all NaN or null gets `selected` with null index, text and score.
     """
     candidates = record["candidates"]
-    values = [_as_float(c["scores"][options.by]) for c in candidates]
+    values = [_as_float(c["scores"][options.score]) for c in candidates]
     index = best_index(values, higher_is_better)
     out = dict(record)
     if not options.keep_all:
@@ -63,7 +71,7 @@ def select_record(record: dict, options: SelectOptions, higher_is_better: bool =
         "index": index,
         "text": None if index is None else candidates[index]["text"],
         "score": None if index is None else values[index],
-        "by": options.by,
+        "by": options.score,
     }
     return out
 

@@ -119,7 +119,7 @@ def test_sampling_options_are_validated(kwargs, match):
 def test_engine_options_are_validated_before_loading():
     with pytest.raises(ConfigError, match="`device` must be one of"):
         EngineOptions(device="tpu")
-    with pytest.raises(ConfigError, match="unknown engine 'nope'; available: .*hf"):
+    with pytest.raises(ConfigError, match="`engine` must be one of hf, openai, vllm, got 'nope'"):
         load_engine(EngineOptions(engine="nope"))
 
 
@@ -202,3 +202,11 @@ def test_a_continuation_that_does_not_fit_is_a_record_error_naming_its_row(short
         r"continuation \(29 tokens\) have 129 tokens; the model takes at most 128",
     ):
         short_context.continuation_logprobs([prompt, prompt], [" a", " a" * 29])  # fmt: skip
+
+
+def test_describe_names_what_changes_outputs_and_outlives_close(tiny_model):
+    engine = load_engine(EngineOptions(model=tiny_model, device="cpu", dtype="float32"))
+    expected = {"engine": "hf", "model": tiny_model, "device": "cpu", "dtype": "float32"}
+    assert engine.describe() == expected
+    engine.close()
+    assert json.loads(json.dumps(engine.describe())) == expected

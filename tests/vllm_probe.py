@@ -76,8 +76,9 @@ def main(out: str) -> None:
     sampling = SamplingOptions(n=2, temperature=1.0, max_new_tokens=12)
     report["overflow"] = dump(second.generate(overflow, sampling, seeds=[1, 2, 3, 4]))
     report["overflow_greedy"] = dump(second.generate(overflow, greedy))
-    try:
-        second.continuation_logprobs(overflow[2:], ["Paris", " a" * 7])
+    report["record_error"] = None
+    try:  # the second pair has one token more than fits
+        second.continuation_logprobs([overflow[3], overflow[2]], ["Paris", " a" * 7])
     except RecordError as exc:
         report["record_error"] = str(exc)
     second.close()

@@ -64,13 +64,11 @@ class HFEngine(Engine):
         self._system_role = _accepts_system_role(self.tokenizer)
         self.context_length = _context_length(self.model.config)
         """Most tokens (prompt and completion) the model takes; None when its config says not."""
+        self._dtype = str(self.model.dtype).removeprefix("torch.")
 
     def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "device": str(self.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-        }
+        """The model, device and dtype: what changes this engine's outputs."""
+        return {**super().describe(), "device": str(self.device), "dtype": self._dtype}
 
     def render(self, conversation: list[Message]) -> str:
         """The conversation as the model's chat template formats it, ready for the reply."""

@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -111,9 +111,7 @@ class OpenAIEngine(Engine):
                 "the openai engine needs the openai package: pip install bon[openai]"
             ) from None
         self._openai = openai
-        self.base_url = (
-            args["base_url"] or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        ).rstrip("/")
+        self.base_url = _base_url(args["base_url"])
         key = os.environ.get(args["api_key_env"])
         if not key:
             log.info(
@@ -128,6 +126,10 @@ class OpenAIEngine(Engine):
         """Optional parameters the server refused, no longer sent (see the module docstring)."""
         self._rows = 0
         self._first: dict[int, str | None] = {}  # error (or None) of each of the first rows
+
+    @classmethod
+    def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:
+        return {"base_url": _base_url(engine_args.get("base_url", ""))}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -149,7 +151,7 @@ class OpenAIEngine(Engine):
             for i, (c, s) in enumerate(zip(conversations, seeds, strict=True))
         ]
         results = self._run_all(jobs)
-        self._check_call([row[0].error if row[0].error else None for row in results])
+        self._check_call([row[0].error for row in results])
         return results
 
     def continuation_logprobs(
@@ -379,6 +381,11 @@ class OpenAIEngine(Engine):
         return (
             f"{self.base_url} refused the request: HTTP {status}: {_message(exc)}; {fixes[status]}"
         )
+
+
+def _base_url(given: str) -> str:
+    """The API root: the engine arg, else $OPENAI_BASE_URL, else OpenAI's."""
+    return (given or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
 
 
 def _completion(choice: Any, usage: int | None) -> Completion:

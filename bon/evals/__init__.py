@@ -1,0 +1,1 @@
+"""Evaluations of bon's outputs and scorers."""
