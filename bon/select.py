@@ -38,17 +38,22 @@ class SelectOptions:
         return self.by or DEFAULT_SCORE
 
 
-def best_index(values: Sequence[float | None], higher_is_better: bool = True) -> int | None:
+def best_index(values: Sequence[float | None], higher_is_better: bool = True) -> int:
     """Index of the best value; ties go to the lowest index.
 
-    NaN (or None) never wins while any other value exists; infinities are real values. Returns
-    None when every value is NaN.
+    NaN (or None) ranks below every number, infinities included, so it never wins while a
+    number exists; among values that are all NaN the lowest index wins (`select_record`
+    writes such a record's selection as null).
     """
     sign = 1.0 if higher_is_better else -1.0
-    finite = [i for i, v in enumerate(values) if not _missing(v)]
-    if not finite:
-        return None
-    return max(finite, key=lambda i: (sign * values[i], -i))
+
+    def key(i: int) -> tuple[bool, float, int]:
+        value = values[i]
+        if _missing(value):
+            return (False, 0.0, -i)
+        return (True, sign * value, -i)  # type: ignore[operator]
+
+    return max(range(len(values)), key=key)
 
 
 def _missing(value: float | None) -> bool:
@@ -62,7 +67,7 @@ def select_record(record: dict, options: SelectOptions, higher_is_better: bool =
     """
     candidates = record["candidates"]
     values = [_as_float(c["scores"][options.score]) for c in candidates]
-    index = best_index(values, higher_is_better)
+    index = None if all(map(_missing, values)) else best_index(values, higher_is_better)
     out = dict(record)
     if not options.keep_all:
         out.pop("candidates", None)

@@ -50,8 +50,8 @@ def test_nan_loses_to_minus_infinity_which_is_a_real_value():
     assert best_index([-math.inf, math.nan, -math.inf]) == 0
 
 
-def test_all_nan_has_no_best_index():
-    assert best_index([math.nan, None, math.nan]) is None
+def test_among_all_nan_values_the_lowest_index_wins():
+    assert best_index([math.nan, None, math.nan]) == 0
     assert best_index([None, 2.0]) == 1
 
 
