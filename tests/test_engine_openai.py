@@ -22,6 +22,7 @@ import bon
 from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
 from bon.errors import ConfigError, EngineError, RecordError
+from bon.records import RecordProblem
 from bon.scorers.flip import JSON_SCHEMA
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -230,19 +231,18 @@ def test_a_refused_row_becomes_an_error_record_and_the_job_goes_on(fake):
     out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
     assert [c["finish_reason"] for c in out[0]["candidates"]] == ["stop", "stop"]
     assert "error" not in out[0]["candidates"][0]
-    bad = out[1]["candidates"]
-    assert [(c["text"], c["finish_reason"], c["tokens"]) for c in bad] == [("", "error", 0)] * 2
-    assert "maximum context length" in bad[0]["error"]
-    # The reranker records a refused reconstruction the same way, beside a score of 0.
+    # The generator stage turns the row's error completions into a per-record problem.
+    assert isinstance(out[1], RecordProblem)
+    assert "could not answer this prompt: HTTP 400: This model's maximum" in str(out[1])
+    # A refused reconstruction makes the scored record a per-record problem too.
     scored = bon.score_records(
         [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}],
         engine="openai",
         model="tiny",
         engine_args=args,
-    )[0]["candidates"]
-    assert scored[0]["flip"]["parse"] != "error"
-    assert scored[1]["flip"]["parse"].startswith("error: HTTP 400: This model's maximum")
-    assert scored[1]["scores"]["flip"] == 0.0
+    )[0]
+    assert isinstance(scored, RecordProblem)
+    assert "could not score candidate 1: error: HTTP 400: This model's maximum" in str(scored)
 
 
 def test_engine_args_are_checked_per_engine_before_anything_loads():
@@ -319,7 +319,8 @@ def test_dropped_parameters_are_recorded_beside_the_outputs(fake):
     out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
     assert all(c["finish_reason"] == "stop" for r in out for c in r["candidates"])
     assert out[-1]["generator"]["dropped_params"] == ["logprobs", "seed"]
-    assert not any("seed" in r or "logprobs" in r for r in fake.requests[-3:])
+    # Each row ends with one request that carries neither (and is answered).
+    assert sum("seed" not in r and "logprobs" not in r for r in fake.requests) == 3
 
 
 def test_the_same_refusal_of_every_row_of_a_call_stops_the_job(fake):
