@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -132,10 +133,12 @@ def _setup_logging(quiet: bool) -> None:
         stream=sys.stderr,
     )
     if quiet:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        # Through the environment: importing transformers here would slow every command.
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
 
 
 def _summarise(report: Report) -> None:
@@ -149,6 +152,10 @@ def _summarise(report: Report) -> None:
     if report.errors:
         parts.append(f"{report.errors} bad records skipped (see {report.error_file})")
     click.echo("; ".join(parts), err=True)
+    for scorer, counts in report.extra.get("parse", {}).items():
+        total = sum(counts.values())
+        rates = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(counts.items()))
+        click.echo(f"{scorer} parse status over {total} outputs: {rates}", err=True)
 
 
 @click.group()

@@ -55,6 +55,7 @@ class Stage:
     cost: Callable[[dict], int] = lambda record: 1
     budget: int = 1
     close: Callable[[], None] = lambda: None
+    summary: Callable[[], dict[str, Any]] = dict
 
 
 def generate_stage(options: GenerateOptions) -> Stage:
@@ -80,6 +81,7 @@ def score_stage(options: ScoreOptions) -> Stage:
         cost=lambda record: len(records.candidates(record)),
         budget=options.batch_size,
         close=reranker.close,
+        summary=reranker.summary,
     )
 
 
@@ -119,6 +121,7 @@ def chain(first: Stage, second: Stage) -> Stage:
         cost=first.cost,
         budget=first.budget,
         close=close,
+        summary=lambda: {**first.summary(), **second.summary()},
     )
 
 
@@ -235,6 +238,7 @@ def _run_locked(
                 log.info("%s: records put back in input order", output)
         finally:
             stage.close()
+    report.extra.update(stage.summary())
     return report
 
 

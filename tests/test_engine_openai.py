@@ -22,7 +22,6 @@ import bon
 from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
 from bon.errors import ConfigError, EngineError, RecordError
-from bon.records import RecordProblem
 from bon.scorers.flip import JSON_SCHEMA
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -225,24 +224,24 @@ def test_concurrency_limit_holds(fake):
     assert fake.max_in_flight == 2
 
 
-def test_a_refused_row_becomes_an_error_record_and_the_job_goes_on(fake):
+def test_a_refused_row_is_a_per_record_problem_and_the_job_goes_on(fake, tmp_path):
     records = [{"id": "ok", "prompt": "fine"}, {"id": "bad", "prompt": f"{REFUSED} prompt"}]
     args = {"base_url": fake.url, "backoff": 0.0}
-    out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
-    assert [c["finish_reason"] for c in out[0]["candidates"]] == ["stop", "stop"]
-    assert "error" not in out[0]["candidates"][0]
-    # The generator stage turns the row's error completions into a per-record problem.
-    assert isinstance(out[1], RecordProblem)
-    assert "could not answer this prompt: HTTP 400: This model's maximum" in str(out[1])
-    # A refused reconstruction makes the scored record a per-record problem too.
-    scored = bon.score_records(
-        [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}],
-        engine="openai",
-        model="tiny",
-        engine_args=args,
-    )[0]
-    assert isinstance(scored, RecordProblem)
-    assert "could not score candidate 1: error: HTTP 400: This model's maximum" in str(scored)
+    options = {"engine": "openai", "model": "tiny", "engine_args": args}
+    prompts = write_jsonl(tmp_path / "p.jsonl", records)
+    out = tmp_path / "c.jsonl"
+    report = bon.generate(prompts, out, n=2, on_error="skip", quiet=True, **options)
+    assert (report.written, report.errors) == (1, 1)
+    assert [c["finish_reason"] for c in read_jsonl(out)[0]["candidates"]] == ["stop", "stop"]
+    (error,) = read_jsonl(tmp_path / "c.jsonl.errors.jsonl")
+    assert error["line"] == 2 and error["id"] == "bad"
+    assert "could not answer this prompt: HTTP 400: This model's maximum" in error["error"]
+    # In memory the problem names the record; a refused reconstruction is one too.
+    with pytest.raises(bon.InputError, match="<records>:2: the generator could not answer"):
+        bon.generate_records(records, n=2, **options)
+    scored = [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}]
+    with pytest.raises(bon.InputError, match="could not score candidate 1: error: HTTP 400"):
+        bon.score_records(scored, scorers=["flip"], **options)
 
 
 def test_engine_args_are_checked_per_engine_before_anything_loads():
