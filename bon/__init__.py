@@ -16,13 +16,15 @@ from bon.api import (
     select,
     select_records,
 )
-from bon.errors import BonError, ConfigError, EngineError, InputError
+from bon.errors import BonError, ConfigError, EngineError, InputError, RecordError
+from bon.evals.curve import curve_file as curve
+from bon.evals.pref import eval_pref
 from bon.generator import GenerateOptions
 from bon.pipeline import Report
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BonError",
@@ -30,9 +32,12 @@ __all__ = [
     "EngineError",
     "GenerateOptions",
     "InputError",
+    "RecordError",
     "Report",
     "ScoreOptions",
     "SelectOptions",
+    "curve",
+    "eval_pref",
     "generate",
     "generate_records",
     "rerank",

@@ -2,211 +2,275 @@
 
 Each stage has a file function (`generate(input, output, ...)`, resumable, returns a `Report`)
 and a records function (`generate_records(records, ...)`, in memory, returns the records).
-Keyword options are the fields of the stage's options class (`GenerateOptions`, `ScoreOptions`,
-`SelectOptions`); an unknown keyword is a `ConfigError`.
+Their keyword options are the fields of the stage's options classes (`GenerateOptions`,
+`ScoreOptions`, `SelectOptions`, and `FileOptions` for file runs), declared once there; each
+function's signature is derived from those declarations, so `help(bon.generate)` and
+`inspect.signature` list every option with its default. An unknown keyword is a `ConfigError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bon import pipeline
 from bon.errors import ConfigError
 from bon.generator import GenerateOptions
-from bon.pipeline import Report, Stage
+from bon.options import fields, option, types_of, validate
+from bon.pipeline import ON_ERROR, Report, Stage
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
 # In `bon run`, reranker options whose names the generator also has (model, engine, batch_size,
-# max_new_tokens) take this prefix; device and dtype are shared by both stages.
+# max_new_tokens, ...) take this prefix; device and dtype are shared by both stages.
 RERANKER_PREFIX = "reranker_"
 SHARED_FIELDS = ("device", "dtype")
 RUN_FILES = ("candidates.jsonl", "scored.jsonl", "selected.jsonl")
 
 
-def generate(
-    input: str | Path,
-    output: str | Path,
-    *,
-    on_error: str = "fail",
-    overwrite: bool = False,
-    quiet: bool = False,
-    **options: Any,
-) -> Report:
-    """Sample candidates for each prompt record of `input` into `output` (see `GenerateOptions`)."""
-    stage = pipeline.generate_stage(_build(GenerateOptions, options))
+@dataclass(frozen=True)
+class FileOptions:
+    """How a stage treats its files."""
+
+    on_error: str = option(
+        "fail",
+        "On a bad record: stop (fail), or write it to OUTPUT.errors.jsonl and go on (skip).",
+        choices=ON_ERROR,
+    )
+    overwrite: bool = option(
+        False,
+        "Redo the records whose configuration changed instead of refusing to resume.",
+    )
+    quiet: bool = option(False, "No progress bars or log lines.", short="-q")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class Group:
+    """The options of one class as a command takes them: `prefix` before clashing names."""
+
+    cls: type
+    prefix: str = ""
+    clashes: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+
+    def names(self) -> dict[str, str]:
+        """Keyword name -> field name, for the fields this group contributes."""
+        out = {}
+        for field in fields(self.cls):
+            if field.name in self.skip:
+                continue
+            out[(self.prefix if field.name in self.clashes else "") + field.name] = field.name
+        return out
+
+
+def _generator_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(GenerateOptions))
+
+
+COMMANDS: dict[str, list[Group]] = {
+    "generate": [Group(GenerateOptions)],
+    "score": [Group(ScoreOptions)],
+    "select": [Group(SelectOptions)],
+    "rerank": [Group(ScoreOptions), Group(SelectOptions)],
+    "run": [
+        Group(GenerateOptions),
+        Group(
+            ScoreOptions,
+            RERANKER_PREFIX,
+            clashes=tuple(n for n in _generator_names() if n not in SHARED_FIELDS),
+            skip=SHARED_FIELDS,
+        ),
+        Group(SelectOptions),
+    ],
+}
+"""The option groups of each command, in the order the CLI lists them."""
+
+
+def keywords(command: str, *, files: bool = True) -> list[inspect.Parameter]:
+    """The keyword parameters of a command's API function (with `FileOptions` for file runs)."""
+    groups = [*COMMANDS[command], *([Group(FileOptions)] if files else [])]
+    params = []
+    for group in groups:
+        hints = types_of(group.cls)
+        for keyword, name in group.names().items():
+            default = next(f.default for f in fields(group.cls) if f.name == name)
+            params.append(
+                inspect.Parameter(
+                    keyword, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[name]
+                )
+            )
+    return params
+
+
+def _mirrors(command: str, *, files: bool) -> Callable[[Callable], Callable]:
+    """Give an API function the derived signature and an options section in its docstring."""
+
+    def wrap(fn: Callable) -> Callable:
+        head = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
+        fn.__signature__ = inspect.Signature(
+            [*head, *keywords(command, files=files)],
+            return_annotation=inspect.signature(fn).return_annotation,
+        )
+        lines = [
+            f"    {p.name}={p.default!r}: {_help(command, p.name)}"
+            for p in keywords(command, files=files)
+        ]
+        fn.__doc__ = f"{fn.__doc__}\n\n    Options:\n" + "\n".join(lines)
+        return fn
+
+    return wrap
+
+
+def _help(command: str, keyword: str) -> str:
+    for group in [*COMMANDS[command], Group(FileOptions)]:
+        name = group.names().get(keyword)
+        if name is not None:
+            return next(f.metadata["help"] for f in fields(group.cls) if f.name == name)
+    return ""
+
+
+def _split(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
+    """Build each group's options object from the keywords; an unknown keyword is an error."""
+    options = dict(options)
+    groups = [*COMMANDS[command], *([Group(FileOptions)] if files else [])]
+    shared = {name: options[name] for name in SHARED_FIELDS if name in options}
+    built = []
+    for group in groups:
+        mine = {name: options.pop(kw) for kw, name in group.names().items() if kw in options}
+        if set(group.skip) & set(shared):  # the reranker in `run` shares device and dtype
+            mine.update({name: shared[name] for name in group.skip if name in shared})
+        built.append(mine)
+    if options:
+        known = sorted(kw for g in groups for kw in g.names())
+        raise ConfigError(
+            f"unknown option(s) {', '.join(sorted(options))}; known: {', '.join(known)}"
+        )
+    return [g.cls(**mine) for g, mine in zip(groups, built, strict=True)]
+
+
+def _run_file(stage: Stage, input: str | Path, output: str | Path, files: FileOptions) -> Report:
     return pipeline.run_file(
-        stage, input, output, on_error=on_error, overwrite=overwrite, quiet=quiet
+        stage,
+        input,
+        output,
+        on_error=files.on_error,
+        overwrite=files.overwrite,
+        quiet=files.quiet,
     )
 
 
+@_mirrors("generate", files=True)
+def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
+    """Sample candidates for each prompt record of `input` into `output`."""
+    generate_options, files = _split("generate", options, files=True)
+    return _run_file(pipeline.generate_stage(generate_options), input, output, files)
+
+
+@_mirrors("generate", files=False)
 def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`generate` over in-memory records; returns them with `candidates` added."""
-    return pipeline.run_records(pipeline.generate_stage(_build(GenerateOptions, options)), records)
+    (generate_options,) = _split("generate", options, files=False)
+    return pipeline.run_records(pipeline.generate_stage(generate_options), records)
 
 
-def score(
-    input: str | Path,
-    output: str | Path,
-    *,
-    on_error: str = "fail",
-    overwrite: bool = False,
-    quiet: bool = False,
-    **options: Any,
-) -> Report:
-    """Score every candidate of each record of `input` into `output` (see `ScoreOptions`)."""
-    stage = pipeline.score_stage(_build(ScoreOptions, options))
-    return pipeline.run_file(
-        stage, input, output, on_error=on_error, overwrite=overwrite, quiet=quiet
-    )
+@_mirrors("score", files=True)
+def score(input: str | Path, output: str | Path, **options: Any) -> Report:
+    """Score every candidate of each record of `input` into `output`."""
+    score_options, files = _split("score", options, files=True)
+    return _run_file(pipeline.score_stage(score_options), input, output, files)
 
 
+@_mirrors("score", files=False)
 def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`score` over in-memory records."""
-    return pipeline.run_records(pipeline.score_stage(_build(ScoreOptions, options)), records)
+    (score_options,) = _split("score", options, files=False)
+    return pipeline.run_records(pipeline.score_stage(score_options), records)
 
 
-def select(
-    input: str | Path,
-    output: str | Path,
-    *,
-    on_error: str = "fail",
-    overwrite: bool = False,
-    quiet: bool = False,
-    **options: Any,
-) -> Report:
-    """Keep the best candidate of each scored record (see `SelectOptions`)."""
-    stage = pipeline.select_stage(_build(SelectOptions, options))
-    return pipeline.run_file(
-        stage, input, output, on_error=on_error, overwrite=overwrite, quiet=quiet
-    )
+@_mirrors("select", files=True)
+def select(input: str | Path, output: str | Path, **options: Any) -> Report:
+    """Keep the best candidate of each scored record."""
+    select_options, files = _split("select", options, files=True)
+    return _run_file(pipeline.select_stage(select_options), input, output, files)
 
 
+@_mirrors("select", files=False)
 def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`select` over in-memory records."""
-    return pipeline.run_records(pipeline.select_stage(_build(SelectOptions, options)), records)
+    (select_options,) = _split("select", options, files=False)
+    return pipeline.run_records(pipeline.select_stage(select_options), records)
 
 
-def rerank(
-    input: str | Path,
-    output: str | Path,
-    *,
-    on_error: str = "fail",
-    overwrite: bool = False,
-    quiet: bool = False,
-    **options: Any,
-) -> Report:
+@_mirrors("rerank", files=True)
+def rerank(input: str | Path, output: str | Path, **options: Any) -> Report:
     """`score` then `select` in one pass, for outputs made elsewhere."""
-    stage = _rerank_stage(options)
-    return pipeline.run_file(
-        stage, input, output, on_error=on_error, overwrite=overwrite, quiet=quiet
-    )
+    score_options, select_options, files = _split("rerank", options, files=True)
+    return _run_file(_rerank_stage(score_options, select_options), input, output, files)
 
 
+@_mirrors("rerank", files=False)
 def rerank_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`rerank` over in-memory records."""
-    return pipeline.run_records(_rerank_stage(options), records)
+    score_options, select_options = _split("rerank", options, files=False)
+    return pipeline.run_records(_rerank_stage(score_options, select_options), records)
 
 
-def run(
-    prompts: str | Path,
-    out_dir: str | Path,
-    *,
-    on_error: str = "fail",
-    overwrite: bool = False,
-    quiet: bool = False,
-    **options: Any,
-) -> list[Report]:
+@_mirrors("run", files=True)
+def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report]:
     """Generate, score and select: writes candidates.jsonl, scored.jsonl and selected.jsonl.
 
     The stages run one after another, each streaming its input and freeing its model before the
-    next loads; each resumes on its own. Reranker options take the prefix `reranker_`
-    (`reranker_model`, ...); `device` and `dtype` apply to both models.
+    next loads; each resumes on its own, and with `overwrite` only the stages whose input or
+    configuration changed are redone. Reranker options whose names the generator also has take
+    the prefix `reranker_` (`reranker_model`, ...); `device` and `dtype` apply to both models.
     """
+    *stage_options, files = _split("run", options, files=True)
     paths = [Path(out_dir) / name for name in RUN_FILES]
-    stages = _run_stages(options)
     inputs = [Path(prompts), *paths[:2]]
-    # Only the first stage sees user input; later stages read what bon wrote, which is valid.
-    return [
-        pipeline.run_file(
-            stage,
-            source,
-            target,
-            on_error=on_error if i == 0 else "fail",
-            overwrite=overwrite,
-            quiet=quiet,
-        )
-        for i, (stage, source, target) in enumerate(zip(stages, inputs, paths, strict=True))
-    ]
+    reports = []
+    for i, (stage, source, target) in enumerate(
+        zip(_run_stages(*stage_options), inputs, paths, strict=True)
+    ):
+        # Only the first stage sees user input; later stages read what bon wrote, which is valid.
+        step = files if i == 0 else FileOptions("fail", files.overwrite, files.quiet)
+        reports.append(_run_file(stage, source, target, step))
+    return reports
 
 
+@_mirrors("run", files=False)
 def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     """`run` over in-memory prompt records; returns the selected records."""
     items = list(prompts)
-    for stage in _run_stages(options):
+    for stage in _run_stages(*_split("run", options, files=False)):
         items = pipeline.run_records(stage, items)
     return items
 
 
-def _rerank_stage(options: dict[str, Any]) -> Stage:
-    options = _without_default_by(options)
-    score_options = _take(ScoreOptions, options)
-    select_options = _take(SelectOptions, options, defaults={"by": score_options.scorers[0]})
-    _reject_leftovers(options, ScoreOptions, SelectOptions)
+def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) -> SelectOptions:
+    """Selection by the first scorer run, unless `by` names a score."""
+    if select_options.by is not None:
+        return select_options
+    return SelectOptions(by=score_options.scorers[0], keep_all=select_options.keep_all)
+
+
+def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) -> Stage:
     return pipeline.chain(
-        pipeline.score_stage(score_options), pipeline.select_stage(select_options)
+        pipeline.score_stage(score_options),
+        pipeline.select_stage(_first_scorer(select_options, score_options)),
     )
 
 
-def _run_stages(options: dict[str, Any]) -> list[Stage]:
-    options = _without_default_by(options)
-    generator_fields = {f.name for f in dataclasses.fields(GenerateOptions)}
-    reranker: dict[str, Any] = {}
-    for field in dataclasses.fields(ScoreOptions):
-        prefixed = RERANKER_PREFIX + field.name
-        if field.name in SHARED_FIELDS and field.name in options:
-            reranker[field.name] = options[field.name]
-        elif field.name in generator_fields and prefixed in options:
-            reranker[field.name] = options.pop(prefixed)
-        elif field.name not in generator_fields and field.name in options:
-            reranker[field.name] = options.pop(field.name)
-    generate_options = _take(GenerateOptions, options)
-    select_options = _take(
-        SelectOptions, options, defaults={"by": ScoreOptions(**reranker).scorers[0]}
-    )
-    _reject_leftovers(options, GenerateOptions, SelectOptions)
+def _run_stages(
+    generate_options: GenerateOptions, score_options: ScoreOptions, select_options: SelectOptions
+) -> list[Stage]:
     return [
         pipeline.generate_stage(generate_options),
-        pipeline.score_stage(ScoreOptions(**reranker)),
-        pipeline.select_stage(select_options),
+        pipeline.score_stage(score_options),
+        pipeline.select_stage(_first_scorer(select_options, score_options)),
     ]
-
-
-def _without_default_by(options: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `options`; `by=None` is dropped, so selection follows the first scorer."""
-    return {k: v for k, v in options.items() if not (k == "by" and v is None)}
-
-
-def _build(cls: type, options: dict[str, Any]) -> Any:
-    options = dict(options)
-    built = _take(cls, options)
-    _reject_leftovers(options, cls)
-    return built
-
-
-def _take(cls: type, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> Any:
-    """Build `cls` from the keys of `options` that are its fields, removing them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    mine = {**(defaults or {}), **{k: options.pop(k) for k in list(options) if k in names}}
-    return cls(**mine)
-
-
-def _reject_leftovers(options: dict[str, Any], *classes: type) -> None:
-    if options:
-        known = sorted({f.name for cls in classes for f in dataclasses.fields(cls)})
-        raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(options))}; known: {', '.join(known)}"
-        )

@@ -1,7 +1,9 @@
 """A content-addressed score cache in SQLite (standard library only).
 
-A cached score's key is the SHA-256 of the scorer's configuration (`Scorer.describe()`: model,
-prompt version, similarity, sampling, guards), the conversation, and the candidate's text, or,
+A cached score's key is the SHA-256 of bon's version, the scorer's configuration
+(`Scorer.describe()`: the scorer's own version, the model with its weights' fingerprint, the engine
+and its settings such as a server's URL, the prompt version, similarity, sampling, guards), the
+conversation, and the candidate's text, or,
 for scorers that compare candidates (pairwise, listwise), the whole candidate list and the
 candidate's index. Nothing else (record ids, file names, line numbers, N, the selector) enters
 the key, so rescoring the same candidates, changing N or changing the selector makes no model
@@ -9,8 +11,9 @@ call, and two records with equal content share their scores.
 
 Scorers stay unaware of it: `CachedScorer` wraps one, scores only the misses (deduplicated),
 and stores them. Writes are committed once per batch in WAL mode, so a killed run keeps what it
-finished and several processes can share one file. Local model paths are keyed by path: if a
-folder's weights change, clear the cache (delete the file) or use `no_cache`.
+finished and several processes can share one file. A local model folder is fingerprinted by its
+config and its weight files' names, sizes and modification times; a Hub id by the commit of its
+locally cached snapshot.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ def _canonical(value: Any) -> str:
 
 
 def score_key(config: dict[str, Any], messages: Sequence[dict], candidate: Any) -> str:
-    """The cache key of one candidate's score under a scorer configuration."""
-    payload = _canonical([SCHEMA_VERSION, config, list(messages), candidate])
+    """The cache key of one candidate's score under a scorer configuration (which holds the
+    scorer's version and the model's identity) and bon's version."""
+    from bon import __version__
+
+    payload = _canonical([SCHEMA_VERSION, __version__, config, list(messages), candidate])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -130,8 +136,9 @@ class CachedScorer:
             fresh = self._score_missing_candidates(queries, keys, found)
         else:
             fresh = self._score_missing_queries(queries, keys, found)
-        if fresh:
-            self.cache.put_many(fresh)
+        lasting = {k: s for k, s in fresh.items() if not _refused(s)}
+        if lasting:
+            self.cache.put_many(lasting)
         found.update(fresh)
         total = sum(len(row) for row in keys)
         self.misses += len(fresh)
@@ -179,3 +186,9 @@ class CachedScorer:
             for row, scored in zip(todo_keys, results, strict=True)
             for k, s in zip(row, scored, strict=True)
         }
+
+
+def _refused(scored: Scored) -> bool:
+    """True for a score standing in for an engine's refusal: retried next time, never cached."""
+    status = scored.evidence.get("parse")
+    return isinstance(status, str) and status.startswith("error")

@@ -2,58 +2,27 @@
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import functools
+import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from bon import api
-from bon.engines.base import DTYPES
 from bon.errors import BonError
-from bon.generator import GenerateOptions as G
-from bon.pipeline import ON_ERROR, Report
-from bon.scorers import ScoreOptions as S
-from bon.select import SelectOptions
+from bon.options import choices_of, fields, types_of
+from bon.pipeline import Report
+from bon.scorers import ScoreOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
-
-
-def _common(fn: Callable) -> Callable:
-    """Options every file command takes."""
-    fn = click.option(
-        "--on-error",
-        type=click.Choice(ON_ERROR),
-        default="fail",
-        show_default=True,
-        help="On a bad record: stop, or write it to OUTPUT.errors.jsonl and go on.",
-    )(fn)
-    fn = click.option(
-        "--overwrite",
-        is_flag=True,
-        default=False,
-        help="Start over instead of resuming an earlier run.",
-    )(fn)
-    fn = click.option(
-        "--quiet", "-q", is_flag=True, default=False, help="No progress bars or log lines."
-    )(fn)
-    return fn
-
-
-def _hardware(fn: Callable) -> Callable:
-    fn = click.option(
-        "--device", default=G.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps."
-    )(fn)
-    fn = click.option(
-        "--dtype",
-        type=click.Choice(DTYPES),
-        default=G.dtype,
-        show_default=True,
-        help="Model precision; auto is bfloat16.",
-    )(fn)
-    return fn
 
 
 def _engine_args(
@@ -71,238 +40,73 @@ def _engine_args(
     return pairs
 
 
-ENGINE_ARG_HELP = (
-    "Engine-specific option KEY=VALUE; repeat for several (e.g. enforce_eager=true, "
-    "gpu_memory_utilization=0.45, base_url=http://127.0.0.1:8000/v1). An unknown key lists the "
-    "engine's options."
-)
+def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: bool) -> Callable:
+    """The click option derived from one declared option (see `bon.options`)."""
+    meta = field.metadata
+    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    if prefixed:
+        flag = "--" + api.RERANKER_PREFIX.replace("_", "-") + flag.removeprefix("--")
+    names = [flag] if prefixed or not meta["short"] else [flag, meta["short"]]
+    help = meta["help"]
+    if meta["used_by"]:
+        help += f" [{', '.join(meta['used_by'])}]"
+    base = _base_type(hint)
+    kwargs: dict[str, Any] = {"default": field.default, "help": help, "show_default": True}
+    choices = choices_of(field)
+    if base is bool:
+        if field.default:
+            names[0] = f"{flag}/--no-{flag.removeprefix('--')}"
+        else:
+            kwargs["is_flag"] = True
+    elif base is Mapping:
+        kwargs.update(multiple=True, callback=_engine_args, metavar="KEY=VALUE", show_default=False)
+    else:
+        kwargs["type"] = click.Choice(choices) if choices else base
+        kwargs["multiple"] = base is tuple or typing.get_origin(hint) is tuple
+        if kwargs["multiple"]:
+            kwargs["type"] = click.Choice(choices) if choices else str
+    if field.default is None:
+        kwargs["show_default"] = False
+    return click.option(*names, keyword, **kwargs)
 
 
-def _generation(fn: Callable) -> Callable:
-    for decorator in reversed(
-        [
-            click.option(
-                "--model",
-                "-m",
-                default=G.model,
-                show_default=True,
-                help="Generator: an alias, a Hub id or a local path.",
-            ),
-            click.option(
-                "--engine",
-                default=G.engine,
-                show_default=True,
-                help="Generation engine: hf, vllm or openai.",
-            ),
-            click.option(
-                "--engine-arg",
-                "engine_args",
-                multiple=True,
-                default=G.engine_args,
-                callback=_engine_args,
-                metavar="KEY=VALUE",
-                help=ENGINE_ARG_HELP,
-            ),
-            click.option(
-                "--n", "-n", type=int, default=G.n, show_default=True, help="Candidates per prompt."
-            ),
-            click.option(
-                "--temperature",
-                type=float,
-                default=G.temperature,
-                show_default=True,
-                help="0 is greedy.",
-            ),
-            click.option("--top-p", type=float, default=G.top_p, show_default=True),
-            click.option("--max-new-tokens", type=int, default=G.max_new_tokens, show_default=True),
-            click.option(
-                "--seed",
-                type=int,
-                default=G.seed,
-                show_default=True,
-                help="Base seed; each record's seed derives from it and its id.",
-            ),
-            click.option(
-                "--batch-size",
-                type=int,
-                default=G.batch_size,
-                show_default=True,
-                help="Sequences decoded at once (a prompt counts N times).",
-            ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+def _base_type(hint: Any) -> Any:
+    """The type of an option's values: `X | None` is X, `tuple[str, ...]` is tuple."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        hint = args[0]
+    origin = typing.get_origin(hint) or hint
+    if origin in (Mapping, collections.abc.Mapping, dict):
+        return Mapping
+    return origin
 
 
-def _scoring(prefix: str = "", option_prefix: str = "") -> Callable[[Callable], Callable]:
-    """Reranker options; `bon run` prefixes the ones that clash with the generator's."""
+def _declared(
+    command: str | None = None, *, groups: list[api.Group] | None = None
+) -> Callable[[Callable], Callable]:
+    """Add the options a command takes (a stage's groups and the file options, or `groups`),
+    derived from their one declaration."""
 
     def add(fn: Callable) -> Callable:
-        for decorator in reversed(
-            [
-                click.option(
-                    "--scorer",
-                    "scorers",
-                    multiple=True,
-                    default=S.scorers,
-                    show_default=True,
-                    help="Scorer to run; repeat for several.",
-                ),
-                click.option(
-                    f"--{option_prefix}model",
-                    f"{prefix}model",
-                    default=S.model,
-                    show_default=True,
-                    help="Reranker LM: an alias, a Hub id or a local path.",
-                ),
-                click.option(
-                    f"--{option_prefix}engine",
-                    f"{prefix}engine",
-                    default=S.engine,
-                    show_default=True,
-                    help="Reranker engine: hf, vllm or openai.",
-                ),
-                click.option(
-                    f"--{option_prefix}engine-arg",
-                    f"{prefix}engine_args",
-                    multiple=True,
-                    default=S.engine_args,
-                    callback=_engine_args,
-                    metavar="KEY=VALUE",
-                    help=ENGINE_ARG_HELP,
-                ),
-                click.option(
-                    f"--{option_prefix}batch-size",
-                    f"{prefix}batch_size",
-                    type=int,
-                    default=S.batch_size,
-                    show_default=True,
-                    help="Reconstructions decoded at once.",
-                ),
-                click.option(
-                    f"--{option_prefix}max-new-tokens",
-                    f"{prefix}max_new_tokens",
-                    type=int,
-                    default=S.max_new_tokens,
-                    show_default=True,
-                    help="Cap on each reconstruction.",
-                ),
-                click.option(
-                    "--similarity",
-                    type=click.Choice(S.CHOICES["similarity"]),
-                    default=S.similarity,
-                    show_default=True,
-                    help="How inferred and original instructions are compared.",
-                ),
-                click.option(
-                    "--embedder",
-                    default=S.embedder,
-                    show_default=True,
-                    help="sentence-transformers model (name or path) of the cosine similarities.",
-                ),
-                click.option(
-                    "--prompt",
-                    type=click.Choice(S.CHOICES["prompt"]),
-                    default=S.prompt,
-                    show_default=True,
-                    help="FLIP reconstruction prompt: paper (reasoning + JSON) or short.",
-                ),
-                click.option(
-                    "--target",
-                    type=click.Choice(S.CHOICES["target"]),
-                    default=S.target,
-                    show_default=True,
-                    help="What FLIP reconstructs: the last user turn or the system prompt.",
-                ),
-                click.option(
-                    "--k",
-                    type=int,
-                    default=S.k,
-                    show_default=True,
-                    help="Reconstructions sampled per candidate by flip-k.",
-                ),
-                click.option(
-                    f"--{option_prefix}temperature",
-                    f"{prefix}temperature",
-                    type=float,
-                    default=S.temperature,
-                    show_default=True,
-                    help="Sampling temperature of flip-k.",
-                ),
-                click.option(
-                    f"--{option_prefix}seed",
-                    f"{prefix}seed",
-                    type=int,
-                    default=S.seed,
-                    show_default=True,
-                    help="Base seed of flip-k and the random control.",
-                ),
-                click.option(
-                    "--echo-guard/--no-echo-guard",
-                    default=S.echo_guard,
-                    show_default=True,
-                    help="Penalise FLIP scores of responses that restate the instruction.",
-                ),
-                click.option(
-                    "--echo-ngram",
-                    type=int,
-                    default=S.echo_ngram,
-                    show_default=True,
-                    help="Word n-gram size of the echo guard.",
-                ),
-                click.option(
-                    "--echo-threshold",
-                    type=float,
-                    default=S.echo_threshold,
-                    show_default=True,
-                    help="Share of the instruction's n-grams in a response that marks an echo.",
-                ),
-                click.option(
-                    "--echo-penalty",
-                    type=float,
-                    default=S.echo_penalty,
-                    show_default=True,
-                    help="Subtracted from an echo's FLIP score  "
-                    "[default: 1.0; 10.0 nats/token for flip-likelihood]",
-                ),
-                click.option(
-                    "--pairwise",
-                    type=click.Choice(S.CHOICES["pairwise"]),
-                    default=S.pairwise,
-                    show_default=True,
-                    help="judge-pairwise aggregation: both orders of every pair, or a knockout.",
-                ),
-                click.option(
-                    "--cache-path",
-                    default=S.cache_path,
-                    help="Score cache file  [default: scores.sqlite in bon's cache folder]",
-                ),
-                click.option(
-                    "--no-cache",
-                    is_flag=True,
-                    default=S.no_cache,
-                    help="Neither read nor write the score cache.",
-                ),
-            ]
-        ):
+        chosen = (
+            groups if groups is not None else [*api.COMMANDS[command], api.Group(api.FileOptions)]
+        )
+        decorators = []
+        for group in chosen:
+            hints = types_of(group.cls)
+            by_name = {f.name: f for f in fields(group.cls)}
+            for keyword, name in group.names().items():
+                decorators.append(
+                    _click_option(by_name[name], hints[name], keyword, keyword != name)
+                )
+        for decorator in reversed(decorators):
             fn = decorator(fn)
         return fn
 
     return add
 
 
-def _selection(fn: Callable) -> Callable:
-    fn = click.option("--by", default=None, help="Score to select by  [default: the first scorer]")(
-        fn
-    )
-    fn = click.option(
-        "--keep-all", is_flag=True, default=False, help="Keep all candidates beside the selection."
-    )(fn)
-    return fn
-
-
-def _reported(fn: Callable[..., Report | list[Report]]) -> Callable[..., None]:
+def _reported(fn: Callable[..., Report | list[Report] | None]) -> Callable[..., None]:
     """Set up logging, turn bon errors into a one-line message, and summarise on stderr."""
 
     @functools.wraps(fn)
@@ -315,7 +119,7 @@ def _reported(fn: Callable[..., Report | list[Report]]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
             sys.exit(130)
-        if not kwargs.get("quiet"):
+        if result is not None and not kwargs.get("quiet"):
             for report in result if isinstance(result, list) else [result]:
                 _summarise(report)
 
@@ -329,19 +133,29 @@ def _setup_logging(quiet: bool) -> None:
         stream=sys.stderr,
     )
     if quiet:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        # Through the environment: importing transformers here would slow every command.
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
 
 
 def _summarise(report: Report) -> None:
     parts = [f"wrote {report.written} records to {report.output}"]
+    if report.redone:
+        parts.append(f"{report.redone} of them redone because their input changed")
     if report.resumed:
         parts.append(f"{report.resumed} were already done")
+    if report.unselected:
+        parts.append(f"{report.unselected} records had no finite score (selected is null)")
     if report.errors:
         parts.append(f"{report.errors} bad records skipped (see {report.error_file})")
     click.echo("; ".join(parts), err=True)
+    for scorer, counts in report.extra.get("parse", {}).items():
+        total = sum(counts.values())
+        rates = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(counts.items()))
+        click.echo(f"{scorer} parse status over {total} outputs: {rates}", err=True)
 
 
 @click.group()
@@ -355,9 +169,7 @@ def main() -> None:
 @click.option(
     "--output", "-o", required=True, help="Candidates JSONL to write (resumed if present)."
 )
-@_generation
-@_hardware
-@_common
+@_declared("generate")
 @_reported
 def generate(prompts: str, output: str, **options: Any) -> Report:
     """Sample N candidates for each prompt of PROMPTS (JSONL: `prompt` or `messages`).
@@ -370,9 +182,7 @@ def generate(prompts: str, output: str, **options: Any) -> Report:
 @main.command()
 @click.argument("candidates", type=INPUT)
 @click.option("--output", "-o", required=True, help="Scored JSONL to write (resumed if present).")
-@_scoring()
-@_hardware
-@_common
+@_declared("score")
 @_reported
 def score(candidates: str, output: str, **options: Any) -> Report:
     """Score every candidate of CANDIDATES with FLIP (or other scorers).
@@ -388,11 +198,7 @@ def score(candidates: str, output: str, **options: Any) -> Report:
 @main.command()
 @click.argument("scored", type=INPUT)
 @click.option("--output", "-o", required=True, help="Selected JSONL to write.")
-@click.option("--by", default=SelectOptions.by, show_default=True, help="Score to select by.")
-@click.option(
-    "--keep-all", is_flag=True, default=False, help="Keep all candidates beside the selection."
-)
-@_common
+@_declared("select")
 @_reported
 def select(scored: str, output: str, **options: Any) -> Report:
     """Keep the best-scoring candidate of each record (ties: the lowest index).
@@ -405,10 +211,7 @@ def select(scored: str, output: str, **options: Any) -> Report:
 @main.command()
 @click.argument("file", type=INPUT)
 @click.option("--output", "-o", required=True, help="Selected JSONL to write.")
-@_scoring()
-@_selection
-@_hardware
-@_common
+@_declared("rerank")
 @_reported
 def rerank(file: str, output: str, **options: Any) -> Report:
     """Score and select in one step, for outputs you already have.
@@ -427,11 +230,7 @@ def rerank(file: str, output: str, **options: Any) -> Report:
     required=True,
     help="Folder for candidates.jsonl, scored.jsonl and selected.jsonl.",
 )
-@_generation
-@_scoring(prefix=api.RERANKER_PREFIX, option_prefix="reranker-")
-@_selection
-@_hardware
-@_common
+@_declared("run")
 @_reported
 def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
     """Generate, score and select: the whole best-of-N job over PROMPTS.
@@ -439,3 +238,58 @@ def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
     Example: bon run data/sample_prompts.jsonl -o out/ --n 4
     """
     return api.run(prompts, out_dir, **options)
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure scorers and best-of-N runs: preference accuracy, IFEval."""
+
+
+@eval_group.command("pref")
+@click.argument("files", nargs=-1, required=True, type=INPUT)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table."
+)
+@click.option(
+    "--subset-field",
+    default="subset",
+    show_default=True,
+    help="Record field that names an item's subset (a file's stem when absent).",
+)
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--bootstrap-seed", default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@_declared(groups=[api.Group(ScoreOptions)])
+@_reported
+def eval_pref(files: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
+    """Accuracy of scorers on labelled candidates: a preferred candidate must score strictly
+    above every other (ties are wrong). Candidates carry `label` 1/0, or records have `chosen`
+    and `rejected` lists; the table has one column per subset and a 95% bootstrap interval.
+
+    Example: bon eval pref data/pref/focus.dev.jsonl --scorer flip-likelihood --scorer longest
+    """
+    from bon.evals.pref import eval_pref as run_eval
+
+    report = run_eval(list(files), **options)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_markdown())
+
+
+@main.command("curve")
+@click.argument("scored", type=INPUT)
+@click.option(
+    "--metric", required=True, help="Candidate field to average, a dotted path (e.g. label)."
+)
+@click.option("--by", multiple=True, help="Score to select by; repeat for several [default: all].")
+@click.option("--plot", "plot", default=None, help="Also draw the curves into this PNG file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
+@_reported
+def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_json: bool) -> None:
+    """Best-of-N' for N' = 1, 2, 4 ... N from one scored file, by the exact expectation over all
+    subsets of N' candidates (ties broken as the selector does), beside the oracle and random.
+
+    Example: bon curve scored.jsonl --metric ifeval.prompt_strict --plot curve.png
+    """
+    from bon.evals.curve import curve_file
+
+    result = curve_file(scored, metric, by=list(by) or None, plot=plot)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())

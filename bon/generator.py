@@ -2,50 +2,52 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bon import records
-from bon.engines import Engine, EngineOptions, SamplingOptions, load_engine
-from bon.engines.base import engine_options_of
-from bon.models import DEFAULT_MODEL
+from bon.engines import Completion, Engine, EngineOptions, SamplingOptions, load_engine
+from bon.options import non_negative, option, positive
+from bon.records import RecordProblem
 
 
 @dataclass(frozen=True)
-class GenerateOptions:
-    """Options of the generator stage.
+class GenerateOptions(EngineOptions):
+    """Options of the generator stage: the model and engine (`EngineOptions`) and sampling."""
 
-    Attributes:
-        model: the generating LM (alias, Hub id or local path).
-        engine: the engine that runs it.
-        n: candidates per prompt.
-        temperature, top_p, max_new_tokens: sampling parameters (temperature 0 is greedy).
-        seed: base seed; each record's request seed is derived from it and the record's id.
-        batch_size: most sequences decoded at once (a prompt counts n times).
-        device, dtype: where and in which precision the model runs.
-        engine_args: options of the chosen engine only (`EngineOptions.engine_args`), e.g.
-            {"gpu_memory_utilization": 0.5} for vllm or {"base_url": ...} for openai.
-    """
-
-    model: str = DEFAULT_MODEL
-    engine: str = "hf"
-    n: int = 8
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
-    batch_size: int = 32
-    device: str = "auto"
-    dtype: str = "auto"
-    engine_args: Mapping[str, Any] | None = None
+    batch_size: int = option(
+        32,
+        "Sequences decoded at once (a prompt counts N times); the hf engine samples each "
+        "prompt's N candidates in a call of their own and batches greedy prompts.",
+        check=positive,
+        constraint="an integer >= 1",
+    )
+    n: int = option(
+        8, "Candidates per prompt.", check=positive, constraint="an integer >= 1", short="-n"
+    )
+    temperature: float = option(
+        0.8, "Sampling temperature; 0 is greedy.", check=non_negative, constraint=">= 0"
+    )
+    top_p: float = option(
+        0.95,
+        "Nucleus sampling mass.",
+        check=lambda v: non_negative(v) and 0 < v <= 1,
+        constraint="in (0, 1]",
+    )
+    max_new_tokens: int = option(
+        256, "Cap on tokens per candidate.", check=positive, constraint="an integer >= 1"
+    )
+    seed: int = option(
+        0,
+        "Base seed; each record's seed derives from it and the record's id.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.sampling()
-        # Keep the validated, typed copy: the caller's mapping is never shared or mutated.
-        object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(
@@ -56,8 +58,14 @@ class GenerateOptions:
             seed=self.seed,
         )
 
-    def engine_options(self) -> EngineOptions:
-        return engine_options_of(self)
+
+def _with_candidates(
+    record: dict, completions: list[Completion], meta: dict[str, Any]
+) -> dict | RecordProblem:
+    errors = [c.error for c in completions if c.error]
+    if errors:
+        return RecordProblem(f"the generator could not answer this prompt: {errors[0]}")
+    return {**record, "candidates": [c.to_record() for c in completions], "generator": meta}
 
 
 def request_seed(seed: int, record_id: str) -> int:
@@ -77,24 +85,23 @@ class Generator:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.options.engine_options())
+            self._engine = load_engine(self.options)
         return self._engine
 
     def config(self) -> dict[str, Any]:
-        return {"stage": "generate", **dataclasses.asdict(self.options)}
+        """What determines the candidates (the resume manifest's configuration). Device and
+        batch size are left out: each record is sampled from its own seed."""
+        return {"stage": "generate", **self.options.identity(), **self._sampling.to_dict()}
 
-    def process(self, batch: list[dict]) -> list[dict]:
+    def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
+        """Each record with its candidates, or a `RecordProblem` when the engine refused it."""
         seeds = [request_seed(self.options.seed, str(r["id"])) for r in batch]
         conversations = [records.conversation(r) for r in batch]
         outputs = self.engine.generate(conversations, self._sampling, seeds)
         meta = {**self.engine.describe(), **self._sampling.to_dict()}
         meta["batch_size"] = self.options.batch_size
         return [
-            {
-                **record,
-                "candidates": [c.to_record() for c in completions],
-                "generator": {**meta, "request_seed": seed},
-            }
+            _with_candidates(record, completions, {**meta, "request_seed": seed})
             for record, completions, seed in zip(batch, outputs, seeds, strict=True)
         ]
 

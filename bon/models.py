@@ -9,6 +9,7 @@ path) is passed through to transformers unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -52,6 +53,52 @@ def resolve_model(name: str) -> str:
     if not (target / "config.json").exists():
         _convert_gguf(name, target)
     return str(target)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def fingerprint(name: str) -> str:
+    """A short fingerprint of the weights `name` stands for, computed without loading them.
+
+    An alias: its package's version and the packaged file's size. A local folder: a hash of its
+    config and of each weight file's name, size and modification time. A Hub id: the commit of
+    the snapshot in the local Hugging Face cache, or "unresolved" when there is none.
+    """
+    if name in _GGUF_ALIASES:
+        dist_name, file = _GGUF_ALIASES[name]
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            return "missing"
+        size = Path(dist.locate_file(file)).stat().st_size
+        return f"{dist_name}=={dist.version}:{size}"
+    path = Path(name)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for item in sorted(path.iterdir()):
+            if item.name == "config.json":
+                digest.update(item.read_bytes())
+            elif item.suffix in WEIGHT_SUFFIXES:
+                stat = item.stat()
+                digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return f"local:{digest.hexdigest()[:16]}"
+    return f"hub:{_hub_commit(name) or 'unresolved'}"
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repository id (e.g. a path that does not exist)
+        return None
+    if not isinstance(found, str):
+        return None
+    parts = Path(found).parts
+    return parts[-2] if len(parts) >= 2 and parts[-3] == "snapshots" else None
 
 
 def _packaged_gguf(name: str) -> Path:

@@ -6,20 +6,16 @@ scored before, by any run with the same scorer configuration, cost no model call
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 from bon import records
 from bon.cache import CachedScorer, ScoreCache
 from bon.engines import Engine, load_engine
+from bon.records import RecordProblem
 from bon.scorers import Query, ScoreOptions, Scorer, scorers
 
 log = logging.getLogger(__name__)
-
-# Options that change where scores are stored, never their values: left out of the stage's
-# config, so turning the cache off or moving it does not block a resume.
-_STORAGE_FIELDS = ("cache_path", "no_cache")
 
 
 class Reranker:
@@ -35,6 +31,7 @@ class Reranker:
         self.scorers: list[Scorer] = [
             scorers.get(name)(options, self._get_engine) for name in options.scorers
         ]
+        self.parse_counts: dict[str, dict[str, int]] = {}
         self.cache: ScoreCache | None = None
         self._scoring: list[Scorer | CachedScorer] = list(self.scorers)
         if not options.no_cache:
@@ -45,20 +42,24 @@ class Reranker:
 
     def _get_engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.options.engine_options())
+            self._engine = load_engine(self.options)
         return self._engine
 
     def config(self) -> dict[str, Any]:
-        options = dataclasses.asdict(self.options)
-        for name in _STORAGE_FIELDS:
-            options.pop(name)
-        return {"stage": "score", **options}
+        """What determines the scores: each scorer's configuration, nothing else (the cache's
+        settings, the device and the batch size never block a resume)."""
+        return {"stage": "score", "scorers": {s.name: s.describe() for s in self.scorers}}
 
-    def process(self, batch: list[dict]) -> list[dict]:
-        queries = [
-            Query(records.conversation(r), [c["text"] for c in records.candidates(r)])
-            for r in batch
-        ]
+    def check(self, record: dict) -> None:
+        """Raise `RecordProblem` for a record some scorer cannot score."""
+        query = _query(record)
+        for scorer in self.scorers:
+            scorer.check(query)
+
+    def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
+        """Each record with its scores, or a `RecordProblem` when the engine refused one of its
+        candidates."""
+        queries = [_query(r) for r in batch]
         out = [{**r, "candidates": [dict(c) for c in records.candidates(r)]} for r in batch]
         for scorer in self._scoring:
             results = scorer.score(queries)
@@ -69,7 +70,20 @@ class Reranker:
                     candidate["scores"] = {**candidate.get("scores", {}), scorer.name: item.value}
                     if item.evidence:
                         candidate[scorer.name] = item.evidence
-        return out
+                    self._count(scorer.name, item.evidence)
+        return [_refused(record) or record for record in out]
+
+    def _count(self, name: str, evidence: dict[str, Any]) -> None:
+        status = evidence.get("parse")
+        for one in status if isinstance(status, list) else [status]:
+            if isinstance(one, str):
+                key = "error" if one.startswith("error") else one
+                counts = self.parse_counts.setdefault(name, {})
+                counts[key] = counts.get(key, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """How each scorer's outputs were parsed in this run (status -> count)."""
+        return {"parse": self.parse_counts} if self.parse_counts else {}
 
     def close(self) -> None:
         for scorer in self._scoring:
@@ -86,3 +100,18 @@ class Reranker:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def _query(record: dict) -> Query:
+    return Query(records.conversation(record), [c["text"] for c in records.candidates(record)])
+
+
+def _refused(record: dict) -> RecordProblem | None:
+    """A problem when an engine refused to score one of the record's candidates."""
+    for i, candidate in enumerate(record["candidates"]):
+        for name in candidate.get("scores", {}):
+            evidence = candidate.get(name)
+            status = evidence.get("parse") if isinstance(evidence, dict) else None
+            if isinstance(status, str) and status.startswith("error"):
+                return RecordProblem(f"the reranker could not score candidate {i}: {status}")
+    return None

@@ -294,8 +294,19 @@ def test_system_target_scores_against_the_system_prompt(fast):
     out = bon.score_records(RECORDS[1:], scorers=["flip-likelihood"], target="system", **fast)[0]
     assert out["scoring"]["flip-likelihood"]["target"] == "system"
     assert out["candidates"][0]["flip-likelihood"]["tokens"] > 8
-    with pytest.raises(ConfigError, match="target 'system'"):
+    with pytest.raises(bon.InputError, match="<records>:1: target 'system'"):
         bon.score_records(RECORDS[:1], scorers=["flip"], target="system", **fast)
+
+
+def test_system_target_without_a_system_turn_is_found_before_any_model_loads(tmp_path):
+    """Checked with the input: a model that does not exist is never reached."""
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "c.jsonl", [RECORDS[1], RECORDS[0]])
+    out = tmp_path / "s.jsonl"
+    with pytest.raises(bon.InputError, match=":2: target 'system' needs records"):
+        bon.score(path, out, target="system", model=str(tmp_path / "missing"))
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

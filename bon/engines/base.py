@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
-from bon.errors import ConfigError, EngineError, require
-from bon.models import DEFAULT_MODEL
+from bon.errors import ConfigError, EngineError, RecordError, require
+from bon.models import DEFAULT_MODEL, fingerprint
+from bon.options import option, positive, validate
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -25,7 +26,7 @@ class SamplingOptions:
     """Per-request sampling parameters, the same for every engine.
 
     Attributes:
-        n: completions to sample per conversation.
+        n: completions to sample per conversation; 1 under greedy decoding.
         temperature: 0 means greedy decoding.
         top_p: nucleus sampling mass, in (0, 1].
         max_new_tokens: cap on generated tokens per completion.
@@ -44,6 +45,11 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", "an integer >= 1", self.n)
         require(self.temperature >= 0, "temperature", ">= 0", self.temperature)
+        if self.temperature == 0 and self.n > 1:
+            raise ConfigError(
+                "`n` must be 1 when `temperature` is 0 (greedy decoding gives n identical "
+                f"candidates), got {self.n}; set --temperature > 0 or --n 1"
+            )
         require(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -66,49 +72,86 @@ class SamplingOptions:
         return out
 
 
+def _engine_names() -> list[str]:
+    from bon.engines import engines  # here, not at import time: the registry imports us
+
+    return engines.names()
+
+
+ENGINE_ARG_HELP = (
+    "Engine-specific option KEY=VALUE; repeat for several (e.g. enforce_eager=true, "
+    "gpu_memory_utilization=0.45, base_url=http://127.0.0.1:8000/v1). An unknown key lists the "
+    "engine's options."
+)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """Which model an engine loads and how.
+    """Which model an engine loads and how; the base of every stage's options that runs a model.
 
-    Attributes:
-        model: an alias (see `bon.models.aliases()`), a Hugging Face Hub id or a local path.
-        engine: the engine's registered name.
-        device: "auto" picks CUDA when present, else the CPU.
-        dtype: "auto" is bfloat16 (about twice as fast as float32 on CPUs with bf16 support).
-        batch_size: most sequences decoded at once.
-        engine_args: options only one engine understands (e.g. vllm's `gpu_memory_utilization`,
-            openai's `base_url`); each engine lists the ones it accepts in `Engine.args`, and any
-            other key is a `ConfigError`. Values may be strings ("true", "0.4"), as the CLI's
-            `--engine-arg KEY=VALUE` gives them; they are converted to the declared type.
+    `engine_args` holds options only one engine understands (e.g. vllm's `gpu_memory_utilization`,
+    openai's `base_url`); each engine lists the ones it accepts in `Engine.args`, and any other key
+    is a `ConfigError`. Values may be strings ("true", "0.4"), as the command line gives them; they
+    are converted to the declared type.
     """
 
-    model: str = DEFAULT_MODEL
-    engine: str = "hf"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 32
-    engine_args: Mapping[str, Any] | None = None
+    model: str = option(
+        DEFAULT_MODEL,
+        "Model: an alias (smollm2-135m), a Hugging Face Hub id or a local path.",
+        check=lambda v: isinstance(v, str) and bool(v.strip()),
+        constraint="a non-empty name or path",
+        short="-m",
+    )
+    engine: str = option("hf", "Engine that runs the model.", choices=_engine_names)
+    device: str = option(
+        "auto",
+        "Where the model runs: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps.",
+        check=lambda v: isinstance(v, str) and (v in DEVICES or v.startswith("cuda:")),
+        constraint=f"one of {', '.join(DEVICES)} or cuda:N",
+    )
+    dtype: str = option(
+        "auto",
+        "Model precision; auto is bfloat16 (about twice as fast as float32 on CPUs with bf16).",
+        choices=DTYPES,
+    )
+    batch_size: int = option(
+        32,
+        "Most sequences decoded at once (the hf engine samples each prompt's n in a call of "
+        "their own, so that they depend on that prompt's seed alone).",
+        check=positive,
+        constraint="an integer >= 1",
+    )
+    engine_args: Mapping[str, Any] | None = option(
+        None,
+        ENGINE_ARG_HELP,
+        check=lambda v: v is None or isinstance(v, Mapping),
+        constraint="a mapping of engine option names to values",
+        flag="--engine-arg",
+    )
 
     def __post_init__(self) -> None:
-        require(bool(self.model), "model", "a non-empty name or path", self.model)
-        require(
-            self.device in DEVICES or self.device.startswith("cuda:"),
-            "device",
-            f"one of {', '.join(DEVICES)} or cuda:N",
-            self.device,
-        )
-        require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", self.dtype)
-        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        require(
-            self.engine_args is None or isinstance(self.engine_args, Mapping),
-            "engine_args",
-            "a mapping of option names to values",
-            self.engine_args,
-        )
-        from bon.engines import engines  # here, not at import time: the registry imports us
+        validate(self)
+        from bon.engines import engines
 
         cls = engines.get(self.engine)
+        # Keep the validated, typed copy: the caller's mapping is never shared or mutated.
         object.__setattr__(self, "engine_args", cls.check_args(self.engine_args or {}))
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model's outputs without loading it: the model and its weights'
+        fingerprint, the engine, the precision and the engine's own settings."""
+        from bon.engines import engines
+
+        out = {
+            "model": self.model,
+            "model_fingerprint": fingerprint(self.model),
+            "engine": self.engine,
+            "dtype": self.dtype,
+            **engines.get(self.engine).identity(dict(self.engine_args or {})),
+        }
+        if self.engine_args:
+            out["engine_args"] = dict(sorted(self.engine_args.items()))
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,20 +185,14 @@ class EngineArg:
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def engine_options_of(options: Any) -> EngineOptions:
-    """The `EngineOptions` held by a stage's options object, which has all of its fields."""
-    return EngineOptions(
-        **{f.name: getattr(options, f.name) for f in dataclasses.fields(EngineOptions)}
-    )
-
-
 @dataclass(frozen=True)
 class Completion:
     """One sampled completion: its text, why it ended, its token count (the stop token included).
 
     `finish_reason` is "stop" or "length", or "error" when the engine could not answer this
-    conversation (a request the server refused, e.g. longer than the model's context); then
-    `text` is empty and `error` says why. Other rows of the same call are unaffected.
+    conversation (a prompt longer than the model's context, a request the server refused for
+    this row); then `text` is empty, `tokens` is 0 and `error` says why. Other rows of the same
+    call are unaffected.
     """
 
     text: str
@@ -169,6 +206,29 @@ class Completion:
         if self.error is None:
             del record["error"]
         return record
+
+
+def too_long(prompt_tokens: int, context: int) -> Completion:
+    """The error completion of a prompt that leaves no room for a reply in the context."""
+    return Completion(
+        text="",
+        finish_reason="error",
+        tokens=0,
+        error=f"prompt has {prompt_tokens} tokens; the model's context is {context}",
+    )
+
+
+def check_fits(
+    prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], room: int
+) -> None:
+    """Raise `RecordError` naming the first (prompt, continuation) pair longer than `room`."""
+    for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        if len(prompt) + len(target) > room:
+            raise RecordError(
+                f"row {row}: the prompt ({len(prompt)} tokens) and the continuation "
+                f"({len(target)} tokens) have {len(prompt) + len(target)} tokens; the model "
+                f"takes at most {room}; shorten the prompt or the text to score"
+            )
 
 
 class Engine(ABC):
@@ -197,6 +257,12 @@ class Engine(ABC):
             )
         return {key: cls.args[key].convert(cls.name, key, value) for key, value in given.items()}
 
+    @classmethod
+    def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:
+        """Settings outside `engine_args` that change this engine's outputs (e.g. a server URL
+        read from the environment), known before the engine loads."""
+        return {}
+
     @abstractmethod
     def generate(
         self,
@@ -206,8 +272,11 @@ class Engine(ABC):
     ) -> list[list[Completion]]:
         """Sample `sampling.n` completions for each conversation, in input order.
 
-        `seeds`, one per conversation, make each request reproducible on engines that accept a
-        per-request seed; engines that seed a whole batch use the batch's first seed.
+        `seeds`, one per conversation (default: `sampling.seed` for all), make each
+        conversation's samples depend on its own seed only, not on the other conversations.
+        A conversation the engine cannot answer (e.g. a prompt longer than the model's
+        context) gets `n` completions with `finish_reason="error"`; a failure of the whole
+        job (a refused parameter, a lost server) raises `EngineError`.
         """
 
     def continuation_logprobs(
@@ -216,7 +285,8 @@ class Engine(ABC):
         """Log-probability of each token of `continuations[i]` as the assistant's reply to
         `conversations[i]`, teacher-forced (one forward pass, no decoding).
 
-        Engines that cannot return prompt log-probabilities raise `EngineError`.
+        A pair that does not fit the model's context raises `RecordError` naming its row;
+        engines that cannot return prompt log-probabilities raise `EngineError`.
         """
         raise EngineError(f"the {self.name} engine cannot return log-probabilities")
 

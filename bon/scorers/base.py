@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, EngineOptions
-from bon.engines.base import engine_options_of
-from bon.errors import require
-from bon.models import DEFAULT_MODEL
+from bon.options import non_negative, option, positive, used_by
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
 PROMPTS = ("paper", "short")
+FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood")
+GENERATIVE_FLIP = ("flip", "flip-k")
+JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
 PAIRWISE = ("round-robin", "knockout")
 
@@ -51,106 +53,142 @@ class Scored:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Options of the reranker stage, shared by every scorer it runs.
+def _scorer_names() -> list[str]:
+    from bon.scorers import scorers  # here, not at import time: the registry imports us
 
-    Attributes:
-        scorers: names of the scorers to run; each writes its own key in `scores`.
-        model: the scoring LM (alias, Hub id or local path); independent of the generator's.
-        engine: the engine that runs it.
-        device, dtype, batch_size, engine_args: as for `EngineOptions`.
-        max_new_tokens: cap on each generated reconstruction or judgement.
-        similarity: how FLIP compares inferred and original instructions (`bon.similarity`):
-            f1, rougeL, bleu, bleu-rougeL, cosine or f1-cosine.
-        embedder: sentence-transformers model (name or path) of the embedding similarities;
-            the default is the packaged all-MiniLM-L6-v2.
-        prompt: FLIP's reconstruction prompt: "paper" (reasoning, then a JSON object, as in
-            the paper) or "short" (reply with only the instruction). flip-likelihood always
-            uses "short", since it teacher-forces the bare instruction as the reply.
-        target: what FLIP reconstructs: "instruction" (the last user turn, earlier turns shown
-            as context) or "system" (the system prompt, the user turns shown as context).
-        k: reconstructions sampled per candidate by flip-k.
-        temperature: sampling temperature of flip-k (flip and the judges decode greedily).
-        seed: base seed of flip-k and of the random control; per-candidate seeds derive from
-            it and the candidate's text (an engine that seeds a whole batch, such as `hf`, uses
-            the batch's first seed, so flip-k samples can change with the batch size).
-        echo_guard: penalise FLIP scores of responses that restate the target.
-        echo_ngram: n of the word n-grams the echo guard compares.
-        echo_threshold: share of the target's n-grams found in the response at or above which
-            the response counts as an echo, in (0, 1].
-        echo_penalty: subtracted from an echo's FLIP score. None picks a default per scorer
-            that ranks an echo below every non-echo: 1.0 for the similarity variants (their
-            scores lie in [0, 1]) and 10.0 nats per token for flip-likelihood.
-        pairwise: how judge-pairwise aggregates: "round-robin" (every ordered pair, both
-            orders, cancels position bias; N(N-1) calls) or "knockout" (N-1 calls).
-        cache_path: the SQLite score cache; default `bon.models.cache_dir()/scores.sqlite`.
-        no_cache: neither read nor write the score cache.
+    return scorers.names()
+
+
+@dataclass(frozen=True)
+class ScoreOptions(EngineOptions):
+    """Options of the reranker stage: the scoring model (`EngineOptions`, independent of the
+    generator's) and the options of each scorer. Each option names the scorers whose values it
+    changes; only those enter a scorer's recorded configuration and its cache keys, so changing
+    `k` does not touch a run of `flip` alone. `device` and `batch_size` are left out of both
+    (they change scores by rounding at most); so are the cache's own settings.
     """
 
-    scorers: tuple[str, ...] = ("flip",)
-    model: str = DEFAULT_MODEL
-    engine: str = "hf"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    similarity: str = "f1"
-    embedder: str = DEFAULT_EMBEDDER
-    prompt: str = "paper"
-    target: str = "instruction"
-    k: int = 4
-    temperature: float = 0.7
-    seed: int = 0
-    echo_guard: bool = True
-    echo_ngram: int = 3
-    echo_threshold: float = 0.8
-    echo_penalty: float | None = None
-    pairwise: str = "round-robin"
-    cache_path: str | None = None
-    no_cache: bool = False
-    engine_args: Mapping[str, Any] | None = None
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "similarity": tuple(sorted(SIMILARITIES)),
-        "prompt": PROMPTS,
-        "target": TARGETS,
-        "pairwise": PAIRWISE,
-    }
-    """The allowed values of the options that take one of a fixed set."""
+    scorers: tuple[str, ...] = option(
+        ("flip",),
+        "Scorer to run; repeat for several (each writes its own score).",
+        check=lambda v: isinstance(v, tuple) and len(v) > 0,
+        constraint="at least one scorer name",
+        choices=_scorer_names,
+        flag="--scorer",
+    )
+    batch_size: int = option(
+        16,
+        "Reconstructions or judgements computed at once.",
+        check=positive,
+        constraint="an integer >= 1",
+    )
+    max_new_tokens: int = option(
+        128,
+        "Cap on each generated reconstruction or judgement.",
+        check=positive,
+        constraint="an integer >= 1",
+        used_by=(*GENERATIVE_FLIP, *JUDGES),
+    )
+    max_response_words: int = option(
+        256,
+        "Responses are cut to this many words before a model reads them (long answers are "
+        "told apart by their start; a 10 MB response must not overflow the context).",
+        check=positive,
+        constraint="an integer >= 1",
+        used_by=(*FLIP_FAMILY, *JUDGES),
+    )
+    similarity: str = option(
+        "f1",
+        "How inferred and original instructions are compared.",
+        choices=tuple(sorted(SIMILARITIES)),
+        used_by=GENERATIVE_FLIP,
+    )
+    embedder: str = option(
+        DEFAULT_EMBEDDER,
+        "sentence-transformers model (name or path) of the embedding similarities; the default "
+        "is the packaged all-MiniLM-L6-v2.",
+        check=lambda v: isinstance(v, str) and bool(v),
+        constraint="a model name or path",
+        used_by=GENERATIVE_FLIP,
+    )
+    prompt: str = option(
+        "paper",
+        "Reconstruction prompt: paper (reasoning, then JSON) or short (the instruction only).",
+        choices=PROMPTS,
+        used_by=GENERATIVE_FLIP,
+    )
+    target: str = option(
+        "instruction",
+        "What FLIP reconstructs: the last user turn (earlier turns shown as context) or the "
+        "system prompt (records must start with one).",
+        choices=TARGETS,
+        used_by=FLIP_FAMILY,
+    )
+    k: int = option(
+        4,
+        "Reconstructions sampled per candidate.",
+        check=positive,
+        constraint="an integer >= 1",
+        used_by=("flip-k",),
+    )
+    temperature: float = option(
+        0.7,
+        "Sampling temperature of the reconstructions.",
+        check=lambda v: non_negative(v) and v > 0,
+        constraint="> 0 (flip-k samples)",
+        used_by=("flip-k",),
+    )
+    seed: int = option(
+        0,
+        "Base seed; per-candidate seeds derive from it and the candidate's text.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+        used_by=("flip-k", "random"),
+    )
+    echo_guard: bool = option(
+        True,
+        "Penalise scores of responses that restate the instruction.",
+        used_by=FLIP_FAMILY,
+    )
+    echo_ngram: int = option(
+        3,
+        "Word n-gram size of the echo guard.",
+        check=positive,
+        constraint="an integer >= 1",
+        used_by=FLIP_FAMILY,
+    )
+    echo_threshold: float = option(
+        0.8,
+        "Share of the instruction's n-grams found in a response that marks it as an echo.",
+        check=lambda v: non_negative(v) and 0 < v <= 1,
+        constraint="in (0, 1]",
+        used_by=FLIP_FAMILY,
+    )
+    echo_penalty: float | None = option(
+        None,
+        "Subtracted from an echo's score; unset: 1.0 for similarity scores, 10.0 nats per "
+        "token for flip-likelihood (an echo then ranks below every non-echo).",
+        check=lambda v: v is None or non_negative(v),
+        constraint=">= 0 (or None for the per-scorer default)",
+        used_by=FLIP_FAMILY,
+    )
+    pairwise: str = option(
+        "round-robin",
+        "How judge-pairwise aggregates: both orders of every pair, or a knockout bracket.",
+        choices=PAIRWISE,
+        used_by=("judge-pairwise",),
+    )
+    cache_path: str | None = option(
+        None,
+        "Score cache file; unset: scores.sqlite in bon's cache folder.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a file path",
+    )
+    no_cache: bool = option(False, "Neither read nor write the score cache.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scorers", tuple(self.scorers))
-        require(len(self.scorers) > 0, "scorers", "at least one scorer name", self.scorers)
-        require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
-        require(
-            self.similarity in SIMILARITIES,
-            "similarity",
-            f"one of {', '.join(sorted(SIMILARITIES))}",
-            self.similarity,
-        )
-        require(bool(self.embedder), "embedder", "a model name or path", self.embedder)
-        require(self.prompt in PROMPTS, "prompt", f"one of {', '.join(PROMPTS)}", self.prompt)
-        require(self.target in TARGETS, "target", f"one of {', '.join(TARGETS)}", self.target)
-        require(self.k >= 1, "k", "an integer >= 1", self.k)
-        require(self.temperature > 0, "temperature", "> 0 (flip-k samples)", self.temperature)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        require(self.echo_ngram >= 1, "echo_ngram", "an integer >= 1", self.echo_ngram)
-        require(0 < self.echo_threshold <= 1, "echo_threshold", "in (0, 1]", self.echo_threshold)
-        require(
-            self.echo_penalty is None or self.echo_penalty >= 0,
-            "echo_penalty",
-            ">= 0 (or None for the per-scorer default)",
-            self.echo_penalty,
-        )
-        require(
-            self.pairwise in PAIRWISE, "pairwise", f"one of {', '.join(PAIRWISE)}", self.pairwise
-        )
-        # Validates the engine fields and keeps a typed copy of the engine args.
-        object.__setattr__(self, "engine_args", dict(self.engine_options().engine_args))
-
-    def engine_options(self) -> EngineOptions:
-        return engine_options_of(self)
+        super().__post_init__()
 
 
 class Scorer(ABC):
@@ -164,6 +202,9 @@ class Scorer(ABC):
     higher_is_better: ClassVar[bool] = True
     uses_model: ClassVar[bool] = True
     """False for scorers that run no model (the controls): the reranker does not cache them."""
+    version: ClassVar[str] = "1"
+    """Bumped whenever the scorer's computation changes (prompt, parsing, aggregation), so
+    cached scores of an older version are never reused."""
     independent: ClassVar[bool] = True
     """True when a candidate's score depends only on the conversation and its own text (so the
     cache can key it alone); False for scorers that compare candidates (pairwise, listwise)."""
@@ -181,17 +222,45 @@ class Scorer(ABC):
         return self._engine()
 
     def describe(self) -> dict[str, Any]:
-        """The configuration that determines this scorer's values (recorded per record)."""
-        return {"scorer": self.name}
-
-    def model_config(self) -> dict[str, Any]:
-        """The part of `describe()` that names the scoring model."""
-        return {
-            "model": self.options.model,
-            "engine": self.options.engine,
-            "dtype": self.options.dtype,
-            "max_new_tokens": self.options.max_new_tokens,
+        """What determines this scorer's values (recorded per record, part of its cache keys):
+        its name, direction and version, the scoring model's identity when it uses one, and
+        the options declared as used by it."""
+        out: dict[str, Any] = {
+            "scorer": self.name,
+            "higher_is_better": self.higher_is_better,
+            "version": self.version,
         }
+        if self.uses_model:
+            out.update(self.options.identity())
+        out.update({name: getattr(self.options, name) for name in self.options_used()})
+        return out
+
+    @classmethod
+    def options_used(cls) -> list[str]:
+        """The `ScoreOptions` fields that change this scorer's values."""
+        return used_by(ScoreOptions, cls.name)
+
+    def clipped(self, queries: Sequence[Query]) -> list[Query]:
+        """`queries` with each candidate cut to `max_response_words` words."""
+        limit = self.options.max_response_words
+        return [Query(q.messages, [clip_words(t, limit) for t in q.candidates]) for q in queries]
+
+    def check(self, query: Query) -> None:
+        """Raise `RecordProblem` for a record this scorer cannot score (checked before any
+        model loads)."""
+
+
+CHARS_PER_WORD = 16
+
+
+def clip_words(text: str, limit: int) -> str:
+    """`text` cut after its `limit`-th whitespace-separated word, its layout kept, and to at
+    most `CHARS_PER_WORD * limit` characters (a response without spaces is no exception)."""
+    text = text[: CHARS_PER_WORD * limit]
+    for count, match in enumerate(re.finditer(r"\S+", text), start=1):
+        if count == limit:
+            return text[: match.end()]
+    return text
 
 
 def text_seed(seed: int, *parts: str) -> int:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
 from bon.errors import ConfigError
+from bon.records import RecordProblem
 from bon.scorers.base import (
     Query,
     Scored,
@@ -41,6 +42,7 @@ from bon.similarity import USES_EMBEDDER, load_similarity
 
 PROMPT_VERSIONS = {"paper": "flip-v1", "short": "flip-short-v1"}
 PROMPT_VERSION = PROMPT_VERSIONS["paper"]
+_ECHO_OPTIONS = ("echo_guard", "echo_ngram", "echo_threshold", "echo_penalty")
 
 _GUIDELINES = """\
 Guidelines:
@@ -189,15 +191,14 @@ class _FlipBase(Scorer):
         )
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "scorer": self.name,
-            "prompt": PROMPT_VERSIONS[self.prompt],
-            "target": self.options.target,
-            **self.model_config(),
-            "similarity": self.options.similarity,
-        }
-        if self.options.similarity in USES_EMBEDDER:
-            out["embedder"] = self.options.embedder
+        out = super().describe()
+        for name in ("similarity", "embedder", "prompt", *_ECHO_OPTIONS):
+            out.pop(name, None)
+        out["prompt"] = PROMPT_VERSIONS[self.prompt]
+        if self.uses_similarity:
+            out["similarity"] = self.options.similarity
+            if self.options.similarity in USES_EMBEDDER:
+                out["embedder"] = self.options.embedder
         return {**out, **self.decoding(), **self.guard.describe()}
 
     def decoding(self) -> dict[str, Any]:
@@ -208,9 +209,15 @@ class _FlipBase(Scorer):
             item.response, item.context, prompt=self.prompt, target=self.options.target
         )
 
+    def check(self, query: Query) -> None:
+        try:
+            target_and_context(query.messages, self.options.target)
+        except ConfigError as exc:
+            raise RecordProblem(str(exc)) from None
+
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         items = []
-        for query in queries:
+        for query in self.clipped(queries):
             target, context = target_and_context(query.messages, self.options.target)
             items.extend(_Item(text, target, context) for text in query.candidates)
         flat = self.score_items(items) if items else []
@@ -307,12 +314,6 @@ class FlipLikelihoodScorer(_FlipBase):
     prompt_variant = "short"
     uses_similarity = False
     default_echo_penalty = 10.0
-
-    def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        for key in ("similarity", "embedder", "max_new_tokens"):
-            out.pop(key, None)
-        return out
 
     def decoding(self) -> dict[str, Any]:
         return {"decoding": "teacher-forced", "reduce": "mean-token-logprob"}

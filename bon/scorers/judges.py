@@ -216,12 +216,7 @@ class _Judge(Scorer):
         self._sampling = SamplingOptions(n=1, temperature=0, max_new_tokens=options.max_new_tokens)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "scorer": self.name,
-            "prompt": PROMPT_VERSION,
-            **self.model_config(),
-            "decoding": "greedy",
-        }
+        return {**super().describe(), "prompt": PROMPT_VERSION, "decoding": "greedy"}
 
     def _judge(self, prompts: list[list[Message]]) -> list[str]:
         if not prompts:
@@ -235,6 +230,7 @@ class PointwiseJudge(_Judge):
     name = "judge-pointwise"
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
+        queries = self.clipped(queries)
         prompts = [pointwise_messages(q, text) for q in queries for text in q.candidates]
         outputs = iter(self._judge(prompts))
         out = []
@@ -253,10 +249,8 @@ class PairwiseJudge(_Judge):
     name = "judge-pairwise"
     independent = False
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "pairwise": self.options.pairwise}
-
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
+        queries = self.clipped(queries)
         if self.options.pairwise == "knockout":
             return self._knockout(queries)
         return self._round_robin(queries)
@@ -352,6 +346,7 @@ class ListwiseJudge(_Judge):
     independent = False
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
+        queries = self.clipped(queries)
         multi = [qi for qi, q in enumerate(queries) if len(q.candidates) > 1]
         outputs = self._judge([listwise_messages(queries[qi]) for qi in multi])
         out = [[Scored(1.0, {"parse": "single"}) for _ in q.candidates] for q in queries]

@@ -1,0 +1,434 @@
+"""Preference accuracy of scorers on labelled candidates (RewardBench-style).
+
+An item is one record whose candidates carry `label` 1 (preferred) or 0, or that has `chosen`
+and `rejected` (strings or lists of strings), converted to labelled candidates. A scorer is right
+on an item when a preferred candidate scores strictly better, in the scorer's own direction, than
+every non-preferred one: the selector would pick a preferred candidate with no non-preferred one
+tied with it. Ties count as wrong, so a constant scorer scores 0 rather than chance; a missing or
+NaN score is worse than every number. The "tie rate" is the share of items lost to such a tie.
+
+The random baseline is the expected accuracy of a uniform pick: the mean share of preferred
+candidates. Intervals are 95% percentile bootstraps over items, seeded; every scorer sees the
+same resamples, so two scorers' intervals come from paired draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bon import records as shapes
+from bon.errors import ConfigError, InputError, require
+from bon.evals.report import fmt, markdown_table
+from bon.jsonl import read_lines
+from bon.records import RecordProblem
+from bon.scorers import higher_is_better
+
+log = logging.getLogger(__name__)
+
+RECORDS = "<records>"
+# Bootstrap resamples are drawn in chunks of about this many indices, to bound memory. The chunks
+# depend on the item count only, so a scorer's interval does not change with the other scorers.
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PrefCell:
+    """One scorer's result on one group of items.
+
+    Attributes:
+        accuracy: share of items the scorer gets right (ties wrong).
+        low, high: the 95% bootstrap interval (None when `bootstrap` is 0).
+        ties: share of items lost to a tie between the best preferred and non-preferred scores.
+    """
+
+    accuracy: float
+    low: float | None
+    high: float | None
+    ties: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "low": self.low, "high": self.high, "ties": self.ties}
+
+
+@dataclass(frozen=True)
+class PrefGroup:
+    """All scorers on one group of items (every item, or one subset).
+
+    Attributes:
+        items: how many items the group holds.
+        random: the expected accuracy of a uniform pick (mean share of preferred candidates).
+        scorers: each scorer's `PrefCell`.
+    """
+
+    items: int
+    random: float
+    scorers: dict[str, PrefCell]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "random": self.random,
+            "scorers": {name: cell.to_dict() for name, cell in self.scorers.items()},
+        }
+
+
+@dataclass
+class PrefReport:
+    """Preference accuracy per scorer, overall and per subset.
+
+    Attributes:
+        scorers: the scorers evaluated, in the order asked.
+        overall: the result on every item.
+        subsets: the result per value of the subset field, sorted by name.
+        skipped: records left out, each an `InputError` saying where and why.
+        bootstrap, seed: the bootstrap's resamples and seed.
+    """
+
+    scorers: list[str]
+    overall: PrefGroup
+    subsets: dict[str, PrefGroup]
+    skipped: list[InputError] = field(default_factory=list)
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def to_markdown(self) -> str:
+        """A table: a row per scorer (and the uniform-pick baseline), a column per subset."""
+        groups = {"all": self.overall, **self.subsets}
+        header = ["scorer", *(f"{name} (n={g.items})" for name, g in groups.items()), "ties"]
+        rows = [
+            [
+                name,
+                *(_cell_text(g.scorers[name]) for g in groups.values()),
+                fmt(self.overall.scorers[name].ties),
+            ]
+            for name in self.scorers
+        ]
+        rows.append(["uniform pick", *(fmt(g.random) for g in groups.values()), "-"])
+        text = [markdown_table(header, rows), "", self._legend()]
+        if self.skipped:
+            first = self.skipped[0]
+            text.append(
+                f"Skipped {len(self.skipped)} record(s) with no preferred or no non-preferred "
+                f"candidate (first: {first})."
+            )
+        return "\n".join(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-serialisable data."""
+        return {
+            "scorers": list(self.scorers),
+            "overall": self.overall.to_dict(),
+            "subsets": {name: group.to_dict() for name, group in self.subsets.items()},
+            "skipped": [{"file": e.path, "line": e.line, "error": e.problem} for e in self.skipped],
+            "bootstrap": self.bootstrap,
+            "seed": self.seed,
+        }
+
+    def _legend(self) -> str:
+        interval = (
+            f"[95% percentile bootstrap over items, {self.bootstrap} resamples, seed {self.seed}]"
+            if self.bootstrap
+            else "(no bootstrap)"
+        )
+        return (
+            f"Accuracy {interval}: a preferred candidate must score strictly better than every "
+            "non-preferred one; ties count as wrong. `ties`: share of all items lost to a tie."
+        )
+
+
+def _cell_text(cell: PrefCell) -> str:
+    if cell.low is None or cell.high is None:
+        return fmt(cell.accuracy)
+    return f"{fmt(cell.accuracy)} [{fmt(cell.low)}, {fmt(cell.high)}]"
+
+
+@dataclass(frozen=True)
+class _Item:
+    subset: str | None
+    labels: list[bool]
+    scores: dict[str, list[float | None]]
+
+
+def labelled(record: Any) -> dict:
+    """`record` with labelled `candidates`: `chosen`/`rejected` become candidates labelled 1/0.
+
+    Raises `RecordProblem` when the labels are missing or malformed.
+    """
+    if not isinstance(record, dict):
+        raise RecordProblem(f"expected a JSON object, got {type(record).__name__}")
+    if "chosen" in record or "rejected" in record:
+        return _from_pairs(record)
+    candidates = record.get("candidates")
+    if not isinstance(candidates, list):
+        raise RecordProblem(
+            "needs `candidates` (objects with `text` and `label` 1 or 0) or `chosen` and "
+            "`rejected` (strings or lists of strings)"
+        )
+    for i, candidate in enumerate(candidates):
+        label = candidate.get("label") if isinstance(candidate, dict) else None
+        if isinstance(label, bool) or (isinstance(label, (int, float)) and label in (0, 1)):
+            continue
+        raise RecordProblem(f"`candidates[{i}].label` must be 1 (preferred) or 0, got {label!r}")
+    return record
+
+
+def unlabelled_problem(record: dict) -> str | None:
+    """Why a labelled record cannot be an item (no preferred or no non-preferred candidate)."""
+    labels = [bool(c["label"]) for c in record["candidates"]]
+    if not any(labels):
+        return "no preferred candidate (label 1): nothing to find"
+    if all(labels):
+        return "no non-preferred candidate (label 0): nothing to beat"
+    return None
+
+
+def accuracy(
+    records: Iterable[dict],
+    by: Sequence[str],
+    *,
+    subset_field: str = "subset",
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> PrefReport:
+    """Preference accuracy of the scores named `by` on already-scored, labelled `records`.
+
+    Scores are read from `candidate["scores"][name]`. Records without both a preferred and a
+    non-preferred candidate are skipped and listed in `PrefReport.skipped`; a malformed record
+    raises `InputError` naming its position.
+    """
+    entries = []
+    skipped = []
+    for position, record in enumerate(records, start=1):
+        try:
+            record = labelled(record)
+        except RecordProblem as problem:
+            raise _error(RECORDS, position, record, str(problem)) from None
+        why = unlabelled_problem(record)
+        if why:
+            skipped.append(_error(RECORDS, position, record, why))
+        else:
+            entries.append((RECORDS, position, record))
+    return _report(entries, by, subset_field, bootstrap, seed, skipped)
+
+
+def eval_pref(
+    input: str | Path | Sequence[str | Path],
+    *,
+    scorers: Sequence[str] = ("flip",),
+    subset_field: str = "subset",
+    bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    **score_options: Any,
+) -> PrefReport:
+    """Score the labelled records of `input` (one JSONL path or several) and report accuracy.
+
+    `score_options` are `bon.api.score_records` options (model, batch_size, ...). With several
+    files, a record without a `subset_field` value takes its file's stem as its subset.
+    `bootstrap_seed` seeds the intervals (`seed` is the scorers' own option).
+    """
+    paths = [input] if isinstance(input, (str, Path)) else list(input)
+    require(len(paths) > 0, "input", "a JSONL path or a non-empty list of them", input)
+    _check_bootstrap(bootstrap, bootstrap_seed)
+    entries, skipped = _read(paths, subset_field)
+    if not entries:
+        raise ConfigError(
+            f"no usable records in {', '.join(map(str, paths))}: each needs a preferred and a "
+            "non-preferred candidate"
+        )
+    # Imported here: bon.api may wrap this module.
+    from bon import api
+
+    scored = api.score_records([r for _, _, r in entries], scorers=tuple(scorers), **score_options)
+    entries = [(s, line, r) for (s, line, _), r in zip(entries, scored, strict=True)]
+    return _report(entries, scorers, subset_field, bootstrap, bootstrap_seed, skipped)
+
+
+def _read(
+    paths: list[str | Path], subset_field: str
+) -> tuple[list[tuple[str, int, dict]], list[InputError]]:
+    """Labelled, prompt-checked records of every file, and the ones skipped."""
+    entries: list[tuple[str, int, dict]] = []
+    skipped: list[InputError] = []
+    ids: dict[str, str] = {}
+    for path in map(str, paths):
+        for line, value in read_lines(path):
+            if isinstance(value, InputError):
+                raise value
+            try:
+                record = labelled(value)
+                shapes.check_candidates(record)
+            except RecordProblem as problem:
+                raise InputError(path, line, str(problem)) from None
+            why = unlabelled_problem(record)
+            if why:
+                skipped.append(InputError(path, line, why))
+                continue
+            if "id" in record:
+                key = str(record["id"])
+                if key in ids:
+                    raise InputError(
+                        path,
+                        line,
+                        f"duplicate id {key!r} (first at {ids[key]}); ids must be "
+                        "unique across the input files",
+                    )
+                ids[key] = f"{path}:{line}"
+            if len(paths) > 1 and record.get(subset_field) is None:
+                record = {**record, subset_field: Path(path).stem}
+            entries.append((path, line, record))
+    if skipped:
+        log.warning(
+            "skipped %d record(s) with nothing to compare (first: %s)", len(skipped), skipped[0]
+        )
+    return entries, skipped
+
+
+def _report(
+    entries: list[tuple[str, int, dict]],
+    by: Sequence[str],
+    subset_field: str,
+    bootstrap: int,
+    seed: int,
+    skipped: list[InputError],
+) -> PrefReport:
+    names = list(by)
+    require(len(names) > 0, "by", "at least one score name", by)
+    require(len(set(names)) == len(names), "by", "distinct score names", by)
+    _check_bootstrap(bootstrap, seed)
+    items = [_item(source, line, record, names, subset_field) for source, line, record in entries]
+    if not items:
+        raise ConfigError("no records with both a preferred and a non-preferred candidate")
+    subsets = sorted({i.subset for i in items if i.subset is not None})
+    return PrefReport(
+        scorers=names,
+        overall=_group(items, names, bootstrap, seed),
+        subsets={
+            s: _group([i for i in items if i.subset == s], names, bootstrap, seed) for s in subsets
+        },
+        skipped=skipped,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+
+
+def _check_bootstrap(bootstrap: int, seed: int) -> None:
+    require(
+        isinstance(bootstrap, int) and bootstrap >= 0, "bootstrap", "an integer >= 0", bootstrap
+    )
+    require(isinstance(seed, int) and seed >= 0, "seed", "an integer >= 0", seed)
+
+
+def _item(source: str, line: int, record: dict, names: list[str], subset_field: str) -> _Item:
+    candidates = record["candidates"]
+    scores: dict[str, list[float | None]] = {name: [] for name in names}
+    for i, candidate in enumerate(candidates):
+        found = candidate.get("scores")
+        for name in names:
+            if not isinstance(found, dict) or name not in found:
+                raise _error(
+                    source,
+                    line,
+                    record,
+                    f"`candidates[{i}].scores.{name}` is missing: score with `{name}` first",
+                )
+            value = found[name]
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise _error(
+                    source,
+                    line,
+                    record,
+                    f"`candidates[{i}].scores.{name}` must be a number, got {value!r}",
+                )
+            scores[name].append(None if value is None else float(value))
+    subset = record.get(subset_field)
+    return _Item(
+        subset=None if subset is None else str(subset),
+        labels=[bool(c["label"]) for c in candidates],
+        scores=scores,
+    )
+
+
+def judge(
+    labels: Sequence[bool], values: Sequence[float | None], higher: bool = True
+) -> tuple[bool, bool]:
+    """(right, tied) for one item: is the best preferred score strictly better than the best
+    non-preferred one, and are the two equal? Missing and NaN scores are worse than any number."""
+    sign = 1.0 if higher else -1.0
+    keys = [-math.inf if v is None or math.isnan(v) else sign * v for v in values]
+    best_preferred = max(k for k, good in zip(keys, labels, strict=True) if good)
+    best_other = max(k for k, good in zip(keys, labels, strict=True) if not good)
+    return best_preferred > best_other, best_preferred == best_other
+
+
+def _group(items: list[_Item], names: list[str], bootstrap: int, seed: int) -> PrefGroup:
+    right = np.zeros((len(names), len(items)))
+    tied = np.zeros((len(names), len(items)))
+    for s, name in enumerate(names):
+        direction = higher_is_better(name)
+        for j, item in enumerate(items):
+            right[s, j], tied[s, j] = judge(item.labels, item.scores[name], direction)
+    low, high = _intervals(right, bootstrap, seed)
+    cells = {
+        name: PrefCell(
+            accuracy=float(right[s].mean()),
+            low=None if low is None else float(low[s]),
+            high=None if high is None else float(high[s]),
+            ties=float(tied[s].mean()),
+        )
+        for s, name in enumerate(names)
+    }
+    share = [sum(i.labels) / len(i.labels) for i in items]
+    return PrefGroup(items=len(items), random=math.fsum(share) / len(share), scorers=cells)
+
+
+def _intervals(
+    right: np.ndarray, bootstrap: int, seed: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Percentile 95% bounds per row of `right` (scorers x items), paired across rows."""
+    if bootstrap == 0:
+        return None, None
+    n = right.shape[1]
+    rng = np.random.default_rng(seed)
+    means = np.empty((right.shape[0], bootstrap))
+    step = max(1, _CHUNK // n)
+    for start in range(0, bootstrap, step):
+        count = min(step, bootstrap - start)
+        draws = rng.integers(0, n, size=(count, n))
+        means[:, start : start + count] = right[:, draws].mean(axis=2)
+    low, high = np.percentile(means, [2.5, 97.5], axis=1)
+    return low, high
+
+
+def _from_pairs(record: dict) -> dict:
+    if "candidates" in record or "responses" in record:
+        raise RecordProblem(
+            "has both `chosen`/`rejected` and `candidates`/`responses`: keep one of the two forms"
+        )
+    texts = {}
+    for key in ("chosen", "rejected"):
+        value = record.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise RecordProblem(f"`{key}` must be a string or a list of strings, got {value!r}")
+        texts[key] = value
+    out = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
+    out["candidates"] = [{"text": t, "label": 1} for t in texts["chosen"]] + [
+        {"text": t, "label": 0} for t in texts["rejected"]
+    ]
+    return out
+
+
+def _error(source: str, line: int, record: Any, problem: str) -> InputError:
+    if isinstance(record, dict) and "id" in record:
+        problem = f"record {record['id']!r}: {problem}"
+    return InputError(source, line, problem)

@@ -1,0 +1,106 @@
+"""One declaration per option: its type, default, help, constraint and the scorers that read it.
+
+Option classes are frozen dataclasses whose fields are made with `option(...)`. Everything else is
+derived from that one declaration: validation (`validate`), the command-line flags (`bon.cli`),
+the Python API's keyword signatures (`bon.api`) and, for scorers, which options enter a scorer's
+recorded configuration and cache key (`used_by`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bon.errors import ConfigError
+
+Check = Callable[[Any], bool]
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    check: Check | None = None,
+    constraint: str = "",
+    choices: tuple[str, ...] | Callable[[], list[str]] | None = None,
+    flag: str | None = None,
+    short: str | None = None,
+    used_by: tuple[str, ...] | None = None,
+) -> Any:
+    """A dataclass field carrying everything bon derives from an option.
+
+    `check(value)` returning False raises "`name` must be <constraint>, got <value>"; `choices`
+    (a tuple, or a function returning the names of a registry) restricts the value to a set;
+    `flag` overrides the long command-line flag (default: `--name-with-dashes`), `short` adds a
+    one-letter one; `used_by` names the scorers whose values the option changes (None: the
+    whole stage).
+    """
+    metadata = {
+        "help": help,
+        "check": check,
+        "constraint": constraint,
+        "choices": choices,
+        "flag": flag,
+        "short": short,
+        "used_by": used_by,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def fields(cls: type) -> Iterator[dataclasses.Field]:
+    """The declared options of an options class, in declaration order."""
+    return (f for f in dataclasses.fields(cls) if "help" in f.metadata)
+
+
+def choices_of(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a field, or None when any value of its type goes."""
+    choices = field.metadata.get("choices")
+    if callable(choices):
+        return tuple(choices())
+    return choices
+
+
+def types_of(cls: type) -> dict[str, Any]:
+    """The resolved type hints of an options class."""
+    return typing.get_type_hints(cls)
+
+
+def validate(obj: Any) -> None:
+    """Check every declared option of `obj` against its constraint and choices."""
+    for field in fields(type(obj)):
+        value = getattr(obj, field.name)
+        allowed = choices_of(field)
+        if allowed is not None:
+            values = value if isinstance(value, tuple) else (value,)
+            for item in values:
+                if item not in allowed:
+                    raise ConfigError(
+                        f"`{field.name}` must be one of {', '.join(allowed)}, got {item!r}"
+                    )
+        check = field.metadata.get("check")
+        if check is not None and not check(value):
+            raise ConfigError(
+                f"`{field.name}` must be {field.metadata['constraint']}, got {value!r}"
+            )
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Each declared option's default."""
+    return {f.name: f.default for f in fields(cls)}
+
+
+def used_by(cls: type, scorer: str) -> list[str]:
+    """The options of `cls` that change the values of the scorer called `scorer`."""
+    return [f.name for f in fields(cls) if scorer in (f.metadata.get("used_by") or ())]
+
+
+def positive(value: Any) -> bool:
+    """An integer >= 1 (bools excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def non_negative(value: Any) -> bool:
+    """A number >= 0 (bools excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,120 @@
+"""One declaration per option: validation, recorded configurations and cache keys follow it."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import bon
+from bon.api import FileOptions
+from bon.cache import score_key
+from bon.cli import main
+from bon.errors import ConfigError
+from bon.models import fingerprint
+from bon.reranker import Reranker
+from bon.scorers import ScoreOptions
+from tests.conftest import read_jsonl, write_jsonl
+
+
+def _config(**options):
+    return Reranker(ScoreOptions(**options)).config()
+
+
+def test_a_scorer_config_holds_only_the_options_it_uses():
+    assert _config(k=4) == _config(k=9)  # flip does not read k
+    assert _config(scorers=["flip-k"], k=4) != _config(scorers=["flip-k"], k=9)
+    assert _config(scorers=["longest"], similarity="f1") == _config(
+        scorers=["longest"], similarity="cosine", prompt="short", model="elsewhere"
+    )
+    assert _config(batch_size=2, device="cpu", no_cache=True) == _config()
+
+
+def test_the_scoring_block_records_each_direction():
+    config = _config(scorers=["flip", "shortest", "longest"])["scorers"]
+    assert config["shortest"]["higher_is_better"] is False
+    assert config["longest"]["higher_is_better"] is True
+    assert config["flip"]["higher_is_better"] is True
+
+
+def test_cache_keys_follow_the_server_the_weights_and_bon(tmp_path, monkeypatch):
+    messages = [{"role": "user", "content": "hi"}]
+
+    def key(**options):
+        return score_key(Reranker(ScoreOptions(**options)).scorers[0].describe(), messages, "x")
+
+    a = key(engine="openai", engine_args={"base_url": "http://127.0.0.1:1/v1"})
+    b = key(engine="openai", engine_args={"base_url": "http://127.0.0.1:2/v1"})
+    assert a != b
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"one")
+    before = key(model=str(model))
+    weights.write_bytes(b"other weights")
+    assert fingerprint(str(model)).startswith("local:")
+    assert key(model=str(model)) != before
+    now = key(model=str(model))
+    monkeypatch.setattr(bon, "__version__", "999")
+    assert key(model=str(model)) != now
+
+
+def test_an_unused_option_change_does_not_block_a_resume(tmp_path, tiny_model):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "Name a colour.", "responses": ["Red."]}])
+    out = tmp_path / "s.jsonl"
+    args = ["score", path, "-o", out, "--model", tiny_model, "--max-new-tokens", 4, "-q"]
+    assert CliRunner().invoke(main, [str(a) for a in args]).exit_code == 0
+    again = CliRunner().invoke(main, [str(a) for a in [*args[:-1], "--k", 9, "--batch-size", 3]])
+    assert again.exit_code == 0, again.output
+    assert "1 were already done" in again.output
+    refused = CliRunner().invoke(main, [str(a) for a in [*args, "--similarity", "cosine"]])
+    assert refused.exit_code == 1 and "different configuration" in refused.output
+    assert len(read_jsonl(out)) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"on_error": "ignore"}, "`on_error` must be one of fail, skip, got 'ignore'"),
+        ({"scorers": ["flip", "nope"]}, "`scorers` must be one of .*flip-likelihood.*got 'nope'"),
+        ({"max_response_words": 0}, "`max_response_words` must be an integer >= 1, got 0"),
+        ({"echo_threshold": 1.5}, r"`echo_threshold` must be in \(0, 1\], got 1.5"),
+        ({"n": True}, "`n` must be an integer >= 1, got True"),
+    ],
+)
+def test_options_are_checked_against_their_declaration(options, match):
+    with pytest.raises(ConfigError, match=match):
+        if "on_error" in options:
+            FileOptions(**options)
+        elif "n" in options:
+            bon.GenerateOptions(**options)
+        else:
+            ScoreOptions(**options)
+
+
+def test_api_functions_show_every_option_in_their_signature():
+    params = inspect.signature(bon.run).parameters
+    assert params["n"].default == 8 and params["reranker_model"].default == "smollm2-135m"
+    assert params["scorers"].default == ("flip",) and params["quiet"].default is False
+    assert "device" in params and "reranker_device" not in params
+    assert "max_response_words" in bon.score.__doc__
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) reranker_n"):
+        bon.run_records([{"prompt": "x"}], reranker_n=3)
+
+
+def test_run_shares_device_and_dtype_with_the_reranker():
+    from bon.api import _split
+
+    generate, score, _ = _split("run", {"dtype": "float32", "reranker_model": "m"}, files=False)
+    assert generate.dtype == score.dtype == "float32"
+    assert score.model == "m" and generate.model == "smollm2-135m"
+
+
+def test_the_openai_base_url_from_the_environment_is_part_of_the_identity(monkeypatch):
+    monkeypatch.setitem(os.environ, "OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    one = ScoreOptions(engine="openai").identity()
+    monkeypatch.setitem(os.environ, "OPENAI_BASE_URL", "http://127.0.0.1:8/v1")
+    assert ScoreOptions(engine="openai").identity() != one
