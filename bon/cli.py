@@ -293,3 +293,31 @@ def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_js
 
     result = curve_file(scored, metric, by=list(by) or None, plot=plot)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())
+
+
+@eval_group.command("ifeval")
+@click.option(
+    "--output",
+    "-o",
+    "out_dir",
+    required=True,
+    help="Folder for the run's files, labelled.jsonl, ifeval.json, ifeval.md and curve PNGs.",
+)
+@click.option(
+    "--limit", type=int, default=None, help="A seeded subset of this many prompts [default: all]."
+)
+@click.option("--prompt-seed", default=0, show_default=True, help="Seed of the --limit subset.")
+@_declared("run")
+@_reported
+def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: Any) -> None:
+    """Best-of-N on IFEval: the packaged prompts through generate, score and select, each
+    candidate checked by IFEval's own checkers (offline); prints prompt- and instruction-level
+    strict and loose accuracy for N' = 1, 2, 4 ... N per scorer, beside the oracle and random.
+    Every stage resumes.
+
+    Example: bon eval ifeval -o ifeval-out --limit 100 --n 8 --scorer flip-tokens --scorer random
+    """
+    from bon.evals.ifeval import eval_ifeval as run_eval
+
+    report = run_eval(out_dir, limit=limit, prompt_seed=prompt_seed, **options)
+    click.echo(report.to_markdown())

@@ -80,9 +80,7 @@ class Curve:
         try:
             from matplotlib.figure import Figure
         except ImportError:
-            raise ConfigError(
-                "plotting needs matplotlib: pip install 'bon[plot]' (or pip install matplotlib)"
-            ) from None
+            raise ConfigError("plotting needs matplotlib: pip install matplotlib") from None
         figure = Figure(figsize=(6.4, 4.2), dpi=120)
         axes = figure.add_subplot()
         for name, values in self.lines.items():

@@ -242,7 +242,8 @@ def eval_ifeval(
     **options: Any,
 ) -> IFEvalReport:
     """Best-of-N on IFEval: generate N candidates per prompt, score them, check them, and write
-    the best-of-N' curves of each scorer to OUTPUT/ifeval.json and OUTPUT/ifeval.md.
+    the best-of-N' curves of each scorer to OUTPUT/ifeval.json, OUTPUT/ifeval.md and one
+    OUTPUT/ifeval_<metric>.png per metric.
 
     Runs `bon.api.run` into `output_dir` (prompts.jsonl, candidates.jsonl, scored.jsonl,
     selected.jsonl; each stage resumes), then writes labelled.jsonl. `limit` and `prompt_seed`
@@ -266,6 +267,8 @@ def eval_ifeval(
     report = IFEvalReport(len(labelled), n, scorers, ifeval_curves(labelled, scorers))
     (out / "ifeval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (out / "ifeval.md").write_text(report.to_markdown())
+    for metric, curve in report.curves.items():
+        curve.plot(out / f"ifeval_{metric}.png")
     return report
 
 
