@@ -25,6 +25,7 @@ ALL = [
     "flip",
     "flip-k",
     "flip-likelihood",
+    "flip-tokens",
     "judge-pointwise",
     "judge-pairwise",
     "judge-listwise",

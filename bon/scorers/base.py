@@ -20,7 +20,8 @@ from bon.options import non_negative, option, positive, used_by
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
 PROMPTS = ("paper", "short")
-FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood")
+FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood", "flip-tokens")
+TOKEN_REDUCTIONS = ("z", "gain", "rank", "mean")
 GENERATIVE_FLIP = ("flip", "flip-k")
 JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
@@ -123,6 +124,14 @@ class ScoreOptions(EngineOptions):
         "system prompt (records must start with one).",
         choices=TARGETS,
         used_by=FLIP_FAMILY,
+    )
+    token_reduce: str = option(
+        "gain",
+        "How flip-tokens aggregates the instruction's token log-probabilities: gain (mean "
+        "gain over the instruction's prior, clipped at 0), z or rank (each token compared "
+        "across the record's candidates), mean (as flip-likelihood).",
+        choices=TOKEN_REDUCTIONS,
+        used_by=("flip-tokens",),
     )
     k: int = option(
         4,
