@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -51,11 +52,7 @@ def default_rows() -> list[Row]:
     """The default scorer first, then the FLIP variants, the judges and the controls."""
     default = ScoreOptions().scorers[0]
     rows = [Row(f"{default} (default)", default)]
-    rows += [
-        Row(name, name)
-        for name in ("flip-likelihood",)
-        if name != default
-    ]
+    rows += [Row(name, name) for name in ("flip-likelihood",) if name != default]
     rows += [
         Row("flip paper+f1 (paper recipe)", "flip", {"prompt": "paper", "similarity": "f1"}, True),
         Row("flip short+cosine", "flip", {"prompt": "short", "similarity": "cosine"}, True),
@@ -111,8 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "random": cell.random,
                     **cell.scorers[row.label].to_dict(),
                 }
-                print(f"{subset}.{half} {row.label}: {cell.scorers[row.label].accuracy:.3f}",
-                      file=sys.stderr)
+                print(
+                    f"{subset}.{half} {row.label}: {cell.scorers[row.label].accuracy:.3f}",
+                    file=sys.stderr,
+                )
     return {"rows": [r.__dict__ for r in rows], "results": results, "seconds": seconds}
 
 
@@ -130,7 +129,9 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         cells = report["results"][row["label"]]
-        values = [cell_text(cells.get(subset, {}).get(half)) for _, subset in SETS for half in HALVES]
+        values = [
+            cell_text(cells.get(subset, {}).get(half)) for _, subset in SETS for half in HALVES
+        ]
         lines.append(f"| {row['label']} | " + " | ".join(values) + " |")
     versions = {p: metadata.version(p) for p in ("torch", "transformers", "sentence-transformers")}
     return "\n".join(
@@ -138,11 +139,10 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             "# Reward quality: preference accuracy of every scorer (dev and test halves)",
             "",
             f"Command: `python benchmarks/reward_quality.py {' '.join(sys.argv[1:])}`",
-            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, "
-            f"{platform.processor() or 'cpu'}, Python {platform.python_version()}, "
-            f"bon {bon.__version__}, "
-            + ", ".join(f"{k} {v}" for k, v in versions.items())
-            + ".",
+            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+            f"Machine: {platform.machine()} {platform.processor() or 'cpu'} "
+            f"({os.cpu_count()} cores), Python {platform.python_version()}, "
+            f"bon {bon.__version__}, " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
             "Models: the defaults (SmolLM2-135M-Instruct reranker, all-MiniLM-L6-v2 embedder).",
             "",
             "Accuracy % (a preferred candidate strictly above every other; ties wrong), "
@@ -151,10 +151,12 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             *lines,
             "",
-            "Rows: " + "; ".join(
+            "Rows: "
+            + "; ".join(
                 f"`{r['label']}` = `--scorer {r['scorer']}"
                 + "".join(f" --{k.replace('_', '-')} {v}" for k, v in r["options"].items())
-                + "`" + (" (slow)" if r["slow"] else "")
+                + "`"
+                + (" (slow)" if r["slow"] else "")
                 for r in report["rows"]
             ),
             "",

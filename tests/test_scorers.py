@@ -377,10 +377,12 @@ def test_every_scorer_runs_from_the_cli(name, fast, tmp_path):
     rows = read_jsonl(out)
     assert all(name in c["scores"] for r in rows for c in r["candidates"])
     description = rows[0]["scoring"][name]
-    if name.startswith("flip") and name != "flip-likelihood":
+    if name in ("flip", "flip-k"):
         assert (description["similarity"], description["prompt"]) == ("cosine", "flip-short-v1")
     if name == "judge-pairwise":
         assert description["pairwise"] == "knockout"
+    if name in ("flip-likelihood", "flip-tokens"):  # teacher-forced: no similarity is read
+        assert "similarity" not in description
 
 
 def test_cli_rejects_an_unknown_similarity(tmp_path):
