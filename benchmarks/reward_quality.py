@@ -32,7 +32,7 @@ from typing import Any
 
 import bon
 from bon.evals.pref import accuracy
-from bon.scorers import ScoreOptions, higher_is_better
+from bon.scorers import ScoreOptions
 
 SETS = (("focus", "focus"), ("vs_small", "vs-small"), ("ifeval_pref", "ifeval-pref"))
 HALVES = ("dev", "test")
@@ -72,20 +72,19 @@ def read_jsonl(path: Path, limit: int | None) -> list[dict]:
 
 
 def score_row(row: Row, records: list[dict], common: dict[str, Any]) -> list[dict]:
-    """`records` scored by `row`, the score stored under the row's label."""
+    """`records` scored by `row`, the score stored under the row's label (accuracy reads a
+    label that is no scorer's name as higher-is-better, so `shortest` keeps its own name)."""
     scored = bon.score_records(records, scorers=(row.scorer,), **{**common, **row.options})
     for record in scored:
         for candidate in record["candidates"]:
-            value = candidate["scores"][row.scorer]
-            # A lower-is-better score is negated so the label can be read as higher-is-better.
-            sign = 1.0 if higher_is_better(row.scorer) else -1.0
-            candidate["scores"] = {row.label: None if value is None else sign * value}
+            candidate["scores"] = {row.label: candidate["scores"][row.scorer]}
     return scored
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every row on every file present; {row label: {set: {half: cell dict}}} and timings."""
-    rows = default_rows()
+def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, Any]:
+    """Every row (default: `default_rows()`) on every file present: the rows, their results
+    {label: {subset: {half: cell}}} and the seconds each took."""
+    rows = rows or default_rows()
     common: dict[str, Any] = {"batch_size": args.batch_size}
     if args.no_cache:
         common["no_cache"] = True

@@ -197,6 +197,7 @@ def test_a_refused_row_becomes_an_error_record_and_the_job_goes_on(fake):
     # The reranker records a refused reconstruction the same way, beside a score of 0.
     scored = bon.score_records(
         [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}],
+        scorers=["flip"],
         engine="openai",
         model="tiny",
         engine_args=args,

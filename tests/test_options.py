@@ -98,7 +98,7 @@ def test_options_are_checked_against_their_declaration(options, match):
 def test_api_functions_show_every_option_in_their_signature():
     params = inspect.signature(bon.run).parameters
     assert params["n"].default == 8 and params["reranker_model"].default == "smollm2-135m"
-    assert params["scorers"].default == ("flip",) and params["quiet"].default is False
+    assert params["scorers"].default == ("flip-tokens",) and params["quiet"].default is False
     assert "device" in params and "reranker_device" not in params
     assert "max_response_words" in bon.score.__doc__
     with pytest.raises(ConfigError, match="unknown option\\(s\\) reranker_n"):
