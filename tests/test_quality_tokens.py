@@ -6,7 +6,7 @@ import pytest
 
 import bon
 from bon.scorers.base import TOKEN_REDUCTIONS
-from bon.scorers.tokens import _REDUCE, reduce_tokens
+from bon.scorers.tokens import _REDUCE, combine, reduce_tokens, standardise
 
 RECORD = {
     "id": "sky",
@@ -73,3 +73,14 @@ def test_empty_response_gains_nothing_and_scores_depend_on_the_record(fast):
     assert z2["candidates"][0]["scores"]["flip-tokens"] != pytest.approx(
         z3["candidates"][0]["scores"]["flip-tokens"]
     )
+
+
+def test_length_term_breaks_ties_but_does_not_outweigh_a_clear_gain():
+    assert combine([0.2, 0.1], [5, 50], 0.0) == [0.2, 0.1]
+    tied = combine([0.2, 0.2], [5, 50], 0.5)
+    assert tied[1] > tied[0]
+    # Three candidates: a clearly better gain beats a much longer answer at weight 0.5.
+    mixed = combine([0.9, 0.1, 0.1], [20, 400, 20], 0.5)
+    assert mixed[0] == max(mixed)
+    assert combine([0.3, 0.3], [7, 7], 0.5) == [0.0, 0.0]
+    assert standardise([2.0, 4.0]).tolist() == [-1.0, 1.0]

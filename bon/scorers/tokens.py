@@ -47,9 +47,14 @@ def _z(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 def _rank(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
     # Average ranks, so candidates that predict a token equally share its rank.
-    below = (logprobs[None, :, :] < logprobs[:, None, :]).sum(axis=1)
-    equal = (logprobs[None, :, :] == logprobs[:, None, :]).sum(axis=1) - 1
-    return (below + equal / 2).mean(axis=1) / max(1, len(logprobs) - 1)
+    ranks = np.empty_like(logprobs)
+    for t in range(logprobs.shape[1]):
+        column = logprobs[:, t]
+        ordered = np.sort(column)
+        below = np.searchsorted(ordered, column, side="left")
+        equal = np.searchsorted(ordered, column, side="right") - below - 1
+        ranks[:, t] = below + equal / 2
+    return ranks.mean(axis=1) / max(1, len(logprobs) - 1)
 
 
 _REDUCE = {
