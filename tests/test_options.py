@@ -65,7 +65,8 @@ def test_cache_keys_follow_the_server_the_weights_and_bon(tmp_path, monkeypatch)
 def test_an_unused_option_change_does_not_block_a_resume(tmp_path, tiny_model):
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "Name a colour.", "responses": ["Red."]}])
     out = tmp_path / "s.jsonl"
-    args = ["score", path, "-o", out, "--model", tiny_model, "--max-new-tokens", 4, "-q"]
+    args = ["score", path, "-o", out, "--scorer", "flip", "--model", tiny_model]
+    args += ["--max-new-tokens", 4, "-q"]
     assert CliRunner().invoke(main, [str(a) for a in args]).exit_code == 0
     again = CliRunner().invoke(main, [str(a) for a in [*args[:-1], "--k", 9, "--batch-size", 3]])
     assert again.exit_code == 0, again.output
