@@ -51,7 +51,11 @@ def fast(tiny_model, tmp_path):
 
 def test_mean_reduction_equals_flip_likelihood(fast):
     both = bon.score_records(
-        [RECORD], scorers=["flip-likelihood", "flip-tokens"], token_reduce="mean", **fast
+        [RECORD],
+        scorers=["flip-likelihood", "flip-tokens"],
+        token_reduce="mean",
+        length_weight=0.0,
+        **fast,
     )[0]
     for candidate in both["candidates"]:
         assert candidate["scores"]["flip-tokens"] == pytest.approx(
@@ -62,10 +66,17 @@ def test_mean_reduction_equals_flip_likelihood(fast):
 
 
 def test_empty_response_gains_nothing_and_scores_depend_on_the_record(fast):
-    out = bon.score_records([RECORD], scorers=["flip-tokens"], token_reduce="gain", **fast)[0]
+    out = bon.score_records(
+        [RECORD], scorers=["flip-tokens"], token_reduce="gain", length_weight=0.0, **fast
+    )[0]
     values = [c["scores"]["flip-tokens"] for c in out["candidates"]]
     assert values[2] == 0.0  # the empty response is the prior itself
     assert all(v >= 0.0 for v in values)
+    assert [c["flip-tokens"]["gain"] for c in out["candidates"]] == pytest.approx(values, abs=1e-4)
+    # The default mixes in the length: the empty response, with no words and no gain, is last.
+    mixed = bon.score_records([RECORD], scorers=["flip-tokens"], **fast)[0]
+    scores = [c["scores"]["flip-tokens"] for c in mixed["candidates"]]
+    assert scores[2] == min(scores) and mixed["scoring"]["flip-tokens"]["length_weight"] == 0.5
     # z compares candidates: dropping one changes the others' scores.
     z3 = bon.score_records([RECORD], scorers=["flip-tokens"], token_reduce="z", **fast)[0]
     two = {**RECORD, "responses": RECORD["responses"][:2]}
