@@ -16,7 +16,9 @@ from bon.api import (
     select,
     select_records,
 )
-from bon.errors import BonError, ConfigError, EngineError, InputError
+from bon.errors import BonError, ConfigError, EngineError, InputError, RecordError
+from bon.evals.curve import curve_file as curve
+from bon.evals.pref import eval_pref
 from bon.generator import GenerateOptions
 from bon.pipeline import Report
 from bon.scorers import ScoreOptions
@@ -30,9 +32,12 @@ __all__ = [
     "EngineError",
     "GenerateOptions",
     "InputError",
+    "RecordError",
     "Report",
     "ScoreOptions",
     "SelectOptions",
+    "curve",
+    "eval_pref",
     "generate",
     "generate_records",
     "rerank",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import functools
+import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -18,6 +20,7 @@ from bon import api
 from bon.errors import BonError
 from bon.options import choices_of, fields, types_of
 from bon.pipeline import Report
+from bon.scorers import ScoreOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
 
@@ -78,13 +81,18 @@ def _base_type(hint: Any) -> Any:
     return origin
 
 
-def _declared(command: str) -> Callable[[Callable], Callable]:
-    """Add the options a command takes, derived from their one declaration."""
+def _declared(
+    command: str | None = None, *, groups: list[api.Group] | None = None
+) -> Callable[[Callable], Callable]:
+    """Add the options a command takes (a stage's groups and the file options, or `groups`),
+    derived from their one declaration."""
 
     def add(fn: Callable) -> Callable:
-        groups = [*api.COMMANDS[command], api.Group(api.FileOptions)]
+        chosen = (
+            groups if groups is not None else [*api.COMMANDS[command], api.Group(api.FileOptions)]
+        )
         decorators = []
-        for group in groups:
+        for group in chosen:
             hints = types_of(group.cls)
             by_name = {f.name: f for f in fields(group.cls)}
             for keyword, name in group.names().items():
@@ -98,7 +106,7 @@ def _declared(command: str) -> Callable[[Callable], Callable]:
     return add
 
 
-def _reported(fn: Callable[..., Report | list[Report]]) -> Callable[..., None]:
+def _reported(fn: Callable[..., Report | list[Report] | None]) -> Callable[..., None]:
     """Set up logging, turn bon errors into a one-line message, and summarise on stderr."""
 
     @functools.wraps(fn)
@@ -111,7 +119,7 @@ def _reported(fn: Callable[..., Report | list[Report]]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
             sys.exit(130)
-        if not kwargs.get("quiet"):
+        if result is not None and not kwargs.get("quiet"):
             for report in result if isinstance(result, list) else [result]:
                 _summarise(report)
 
@@ -125,19 +133,29 @@ def _setup_logging(quiet: bool) -> None:
         stream=sys.stderr,
     )
     if quiet:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        # Through the environment: importing transformers here would slow every command.
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
 
 
 def _summarise(report: Report) -> None:
     parts = [f"wrote {report.written} records to {report.output}"]
+    if report.redone:
+        parts.append(f"{report.redone} of them redone because their input changed")
     if report.resumed:
         parts.append(f"{report.resumed} were already done")
+    if report.unselected:
+        parts.append(f"{report.unselected} records had no finite score (selected is null)")
     if report.errors:
         parts.append(f"{report.errors} bad records skipped (see {report.error_file})")
     click.echo("; ".join(parts), err=True)
+    for scorer, counts in report.extra.get("parse", {}).items():
+        total = sum(counts.values())
+        rates = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(counts.items()))
+        click.echo(f"{scorer} parse status over {total} outputs: {rates}", err=True)
 
 
 @click.group()
@@ -220,3 +238,58 @@ def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
     Example: bon run data/sample_prompts.jsonl -o out/ --n 4
     """
     return api.run(prompts, out_dir, **options)
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure scorers and best-of-N runs: preference accuracy, IFEval."""
+
+
+@eval_group.command("pref")
+@click.argument("files", nargs=-1, required=True, type=INPUT)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table."
+)
+@click.option(
+    "--subset-field",
+    default="subset",
+    show_default=True,
+    help="Record field that names an item's subset (a file's stem when absent).",
+)
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--bootstrap-seed", default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@_declared(groups=[api.Group(ScoreOptions)])
+@_reported
+def eval_pref(files: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
+    """Accuracy of scorers on labelled candidates: a preferred candidate must score strictly
+    above every other (ties are wrong). Candidates carry `label` 1/0, or records have `chosen`
+    and `rejected` lists; the table has one column per subset and a 95% bootstrap interval.
+
+    Example: bon eval pref data/pref/focus.dev.jsonl --scorer flip-likelihood --scorer longest
+    """
+    from bon.evals.pref import eval_pref as run_eval
+
+    report = run_eval(list(files), **options)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_markdown())
+
+
+@main.command("curve")
+@click.argument("scored", type=INPUT)
+@click.option(
+    "--metric", required=True, help="Candidate field to average, a dotted path (e.g. label)."
+)
+@click.option("--by", multiple=True, help="Score to select by; repeat for several [default: all].")
+@click.option("--plot", "plot", default=None, help="Also draw the curves into this PNG file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
+@_reported
+def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_json: bool) -> None:
+    """Best-of-N' for N' = 1, 2, 4 ... N from one scored file, by the exact expectation over all
+    subsets of N' candidates (ties broken as the selector does), beside the oracle and random.
+
+    Example: bon curve scored.jsonl --metric ifeval.prompt_strict --plot curve.png
+    """
+    from bon.evals.curve import curve_file
+
+    result = curve_file(scored, metric, by=list(by) or None, plot=plot)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())

@@ -1,49 +1,102 @@
 """Streaming JSONL input and resumable, append-only JSONL output.
 
-Resume works per record: an output file is only ever appended to, one whole line per finished
-record, flushed at once. Beside it, `<output>.manifest.json` holds the configuration that produced
-it. Reopening the same output with the same configuration repairs a half-written last line (a kill
-mid-write), reads back the ids already written and lets the caller skip them; a different
-configuration is refused unless the caller asks to start over.
+Resume works per record: an output file is appended to one whole line per finished record,
+written at once. Beside it, `<output>.manifest.json` holds the configuration that produced it
+and `<output>.lock` the pid of the one process allowed to write it. Reopening the same output
+with the same configuration repairs a half-written last line (a kill mid-write), drops the
+records the caller no longer wants (their input changed or left) with an atomic rewrite, and
+reports the ids already done so the caller can skip them. A different configuration is refused
+unless the caller asks to start over. Every rewrite goes through a temporary file, fsync and
+`os.replace`, so a kill at any moment leaves either the old file or the new one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import itertools
 import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bon.errors import ConfigError, InputError
+from bon.errors import BonError, ConfigError, InputError
+
+JSON_SPACE = " \t\r\n"
+BOM = b"\xef\xbb\xbf"
+BLANK = object()  # what `_parse` returns for a blank line (a `null` line parses to None)
 
 
 def dumps(record: Any) -> str:
-    """One JSON line, UTF-8 kept readable."""
-    return json.dumps(record, ensure_ascii=False)
+    """One JSON line, UTF-8 kept readable; NaN and infinities become null.
+
+    Strings holding lone surrogates (legal as JSON escapes, not encodable as UTF-8) are written
+    with `\\u` escapes, so every line this returns can be encoded and read back.
+    """
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(_finite(record), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed value) for each non-blank line of `path`.
 
-    A line that is not valid JSON yields an `InputError` naming the file and line as its value,
-    so the caller decides whether to stop or go on; an unreadable file raises it.
+    A line that is not valid UTF-8 or not valid JSON yields an `InputError` naming the file and
+    line as its value, so the caller decides whether to stop or go on; an unreadable file raises
+    it. A UTF-8 byte-order mark at the start of the file is ignored.
     """
     path = str(path)
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; errors named first)
+        handle = open(path, "rb")  # noqa: SIM115 (closed below; errors named first)
     except OSError as exc:
         raise InputError(path, None, f"cannot read the file: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                value = InputError(path, number, f"not valid JSON ({exc.msg}, column {exc.colno})")
-            yield number, value
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            value = _parse(path, number, raw)
+            if value is not BLANK:
+                yield number, value
+
+
+def _parse(path: str, number: int, raw: bytes) -> Any:
+    """The value of one line, an `InputError` for a bad one, or `BLANK` for a blank one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start]
+        return InputError(
+            path, number, f"not valid UTF-8 (byte 0x{byte:02x} at column {exc.start + 1})"
+        )
+    if not line.strip(JSON_SPACE):
+        return BLANK
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return InputError(path, number, f"not valid JSON ({exc.msg}, column {exc.colno})")
+    except RecursionError:
+        return InputError(path, number, "JSON nested too deeply to read")
 
 
 def config_hash(config: dict) -> str:
@@ -52,25 +105,167 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def write_error(path: str | Path, exc: OSError) -> BonError:
+    """The error for a failed write of bon's output `path` (disk full, file too large, ...)."""
+    reason = exc.strerror or os.strerror(exc.errno or errno.EIO)
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "free space"
+    else:
+        advice = "check the path and its permissions"
+    return BonError(f"cannot write {path}: {reason}; {advice} and rerun the same command to resume")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def replace_atomically(path: str | Path, lines: Iterable[bytes]) -> None:
+    """Make `path` hold `lines`, through a temporary file, fsync and `os.replace`."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for line in lines:
+                _write_all(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_line(path: str | Path, record: Any) -> None:
+    """Append one record to the small side file `path` (created if missing)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _write_all(fd, (dumps(record) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def lock_path(path: str | Path) -> Path:
+    return Path(f"{path}.lock")
+
+
+@contextmanager
+def locked(output: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `output` (via `<output>.lock`, holding our pid) while inside.
+
+    A second holder is refused at once with a `ConfigError` naming the first one's pid.
+    """
+    path = lock_path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(output, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        os.ftruncate(fd, 0)
+        _write_all(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        # Unlinked while still locked: `_acquire` notices a file that left under its feet.
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _acquire(output: str | Path, path: Path) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"{output} is being written by another bon process (pid {holder}); "
+                "wait for it or choose another output"
+            ) from None
+        try:
+            mine = os.stat(path)
+        except FileNotFoundError:
+            mine = None
+        held = os.fstat(fd)
+        if mine is not None and (mine.st_dev, mine.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
 class ResumableOutput:
     """An append-only JSONL file that remembers which record ids it already holds.
 
-    Use `open_output` to create one. `done` holds the ids already written; `write` appends a
-    record and flushes it.
+    Use `open_output` to create one. `done` holds the ids written (in `order`, the file's
+    order); `dropped` the ids an earlier run wrote that the caller no longer wanted; `write`
+    appends a record; `finish` puts the records in the caller's order.
     """
 
-    def __init__(self, path: Path, handle: IO[str], done: set[str]) -> None:
+    def __init__(self, path: Path, order: list[str], dropped: list[str]) -> None:
         self.path = path
-        self.done = done
-        self._handle = handle
+        self.order = order
+        self.done = set(order)
+        self.dropped = dropped
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
     def write(self, record: dict) -> None:
-        self._handle.write(dumps(record) + "\n")
-        self._handle.flush()
-        self.done.add(str(record["id"]))
+        """Append `record` as one line, written through to the file at once."""
+        try:
+            _write_all(self._fd, (dumps(record) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        key = str(record["id"])
+        self.done.add(key)
+        self.order.append(key)
+
+    def finish(self, order: Sequence[str]) -> bool:
+        """Rewrite the file (atomically) so its records follow `order`, unless they already do.
+
+        Ids not in `order` are dropped. Returns whether the file was rewritten.
+        """
+        rank = {key: i for i, key in enumerate(order)}
+        ranks = [rank.get(key, -1) for key in self.order]
+        if -1 not in ranks and all(a < b for a, b in itertools.pairwise(ranks)):
+            return False
+        lines: dict[str, bytes] = {}
+        for raw in _lines(self.path):
+            key = _id_of(raw)
+            if key in rank and key not in lines:
+                lines[key] = raw
+        self.close()
+        ordered = [key for key in order if key in lines]
+        replace_atomically(self.path, (lines[key] for key in ordered))
+        self.order = ordered
+        self.done = set(ordered)
+        self._open()
+        return True
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> ResumableOutput:
         return self
@@ -83,25 +278,44 @@ def manifest_path(path: str | Path) -> Path:
     return Path(f"{path}.manifest.json")
 
 
-def open_output(path: str | Path, config: dict, *, overwrite: bool = False) -> ResumableOutput:
+def open_output(
+    path: str | Path,
+    config: dict,
+    *,
+    overwrite: bool = False,
+    keep: Callable[[str, dict], bool] | None = None,
+) -> ResumableOutput:
     """Open `path` for a run with `config`, resuming what an earlier identical run left.
 
-    Raises `ConfigError` when the file was written under a different configuration (or by
-    something else) and `overwrite` is false.
+    `keep(id, record)` says whether a record written before is still wanted (default: all
+    are); the others, and repeated ids, are dropped from the file. Raises `ConfigError` when
+    the file was written under a different configuration (or by something else, or its
+    manifest is unreadable) and `overwrite` is false; with `overwrite`, such a file is
+    replaced, while one with the same configuration is still resumed.
     """
     path = Path(path)
-    manifest = manifest_path(path)
-    wanted = {"config_hash": config_hash(config), "config": config}
-    if overwrite:
-        path.unlink(missing_ok=True)
+    keep = keep or (lambda key, record: True)
     if path.exists():
-        _check_manifest(path, manifest, wanted["config_hash"])
-        done = _repair_and_read_ids(path)
-    else:
-        done = set()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return ResumableOutput(path, open(path, "a", encoding="utf-8"), done)
+        try:
+            _check_manifest(path, manifest_path(path), config_hash(config))
+            return _resume(path, keep)
+        except ConfigError:
+            if not overwrite:
+                raise
+    _start_over(path, config)
+    return ResumableOutput(path, [], [])
+
+
+def _start_over(path: Path, config: dict) -> None:
+    # The old output goes first: a kill before the new manifest lands then starts afresh.
+    try:
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    wanted = {"config_hash": config_hash(config), "config": config}
+    text = json.dumps(wanted, indent=2, sort_keys=True) + "\n"
+    replace_atomically(manifest_path(path), [text.encode("utf-8")])
 
 
 def _check_manifest(path: Path, manifest: Path, expected_hash: str) -> None:
@@ -110,28 +324,80 @@ def _check_manifest(path: Path, manifest: Path, expected_hash: str) -> None:
             f"{path} exists but was not written by this command (no {manifest.name}); "
             "pass --overwrite to replace it, or choose another output"
         )
-    found = json.loads(manifest.read_text(encoding="utf-8")).get("config_hash")
-    if found != expected_hash:
+    try:
+        found = json.loads(manifest.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {manifest}: {exc.strerror}; pass --overwrite to start over or fix it"
+        ) from None
+    except (ValueError, RecursionError):
+        found = None
+    if not isinstance(found, dict) or not isinstance(found.get("config_hash"), str):
+        raise ConfigError(
+            f"{manifest} is not valid JSON; pass --overwrite to start over or restore it"
+        )
+    if found["config_hash"] != expected_hash:
         raise ConfigError(
             f"{path} was written with a different configuration (see {manifest.name}); "
             "rerun with the same options to resume, or pass --overwrite to start over"
         )
 
 
-def _repair_and_read_ids(path: Path) -> set[str]:
-    """Cut a half-written last line, then return the ids of the complete records."""
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            handle.truncate(end)
-            handle.flush()
-            os.fsync(handle.fileno())
-    done = set()
-    for _, record in read_lines(path):
-        if isinstance(record, InputError) or not isinstance(record, dict) or "id" not in record:
+def _resume(path: Path, keep: Callable[[str, dict], bool]) -> ResumableOutput:
+    """Cut a half-written last line, drop unwanted records, and open for appending."""
+    _cut_partial_line(path)
+    order: list[str] = []
+    seen: set[str] = set()
+    dropped: list[str] = []
+    kept_lines: list[int] = []
+    for number, raw in enumerate(_lines(path), start=1):
+        record = _parse(str(path), number, raw)
+        if record is BLANK:
+            continue
+        if not isinstance(record, dict) or "id" not in record:
             raise ConfigError(
-                f"{path} has a line bon did not write; pass --overwrite to start over"
+                f"{path}:{number} is a line bon did not write; pass --overwrite to start over"
             )
-        done.add(str(record["id"]))
-    return done
+        key = str(record["id"])
+        if key in seen or not keep(key, record):
+            dropped.append(key)
+            continue
+        seen.add(key)
+        order.append(key)
+        kept_lines.append(number)
+    if dropped:
+        wanted = set(kept_lines)
+        replace_atomically(path, (raw for n, raw in enumerate(_lines(path), 1) if n in wanted))
+    return ResumableOutput(path, order, dropped)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        yield from handle
+
+
+def _id_of(raw: bytes) -> str:
+    return str(json.loads(raw.decode("utf-8"))["id"])
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Truncate `path` after its last newline (a write cut short by a kill)."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                chunk = handle.read(end - start)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+            if end < size:
+                handle.truncate(end)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        raise write_error(path, exc) from None

@@ -17,9 +17,17 @@ from typing import Any
 from tqdm import tqdm
 
 from bon import records
-from bon.errors import ConfigError, InputError, require
+from bon.errors import BonError, ConfigError, InputError, RecordError, require
 from bon.generator import GenerateOptions, Generator
-from bon.jsonl import dumps, open_output, read_lines
+from bon.jsonl import (
+    append_line,
+    dumps,
+    locked,
+    open_output,
+    read_lines,
+    replace_atomically,
+    write_error,
+)
 from bon.records import RecordProblem
 from bon.reranker import Reranker
 from bon.scorers import ScoreOptions, higher_is_better
@@ -34,17 +42,20 @@ ON_ERROR = ("fail", "skip")
 class Stage:
     """One step of the pipeline.
 
-    `check` raises `RecordProblem` for a record the stage cannot take; `cost` is a record's
-    share of `budget`, the work per batch (sequences decoded at once).
+    `check` raises `RecordProblem` for a record the stage cannot take; `process` returns one
+    element per record of its batch, in order: the output record, or a `RecordProblem` when
+    that record failed (it may also raise `RecordError` for a batch it cannot finish); `cost`
+    is a record's share of `budget`, the work per batch (sequences decoded at once).
     """
 
     name: str
     check: Callable[[Any], None]
-    process: Callable[[list[dict]], list[dict]]
+    process: Callable[[list[dict]], list[dict | RecordProblem]]
     config: dict[str, Any]
     cost: Callable[[dict], int] = lambda record: 1
     budget: int = 1
     close: Callable[[], None] = lambda: None
+    summary: Callable[[], dict[str, Any]] = dict
 
 
 def generate_stage(options: GenerateOptions) -> Stage:
@@ -70,6 +81,7 @@ def score_stage(options: ScoreOptions) -> Stage:
         cost=lambda record: len(records.candidates(record)),
         budget=options.batch_size,
         close=reranker.close,
+        summary=reranker.summary,
     )
 
 
@@ -91,6 +103,12 @@ def select_stage(options: SelectOptions) -> Stage:
 def chain(first: Stage, second: Stage) -> Stage:
     """`second` applied to what `first` returns, as one stage (input checked by `first`)."""
 
+    def process(batch: list[dict]) -> list[dict | RecordProblem]:
+        firsts = first.process(batch)
+        done = [r for r in firsts if not isinstance(r, RecordProblem)]
+        seconds = iter(second.process(done) if done else [])
+        return [r if isinstance(r, RecordProblem) else next(seconds) for r in firsts]
+
     def close() -> None:
         first.close()
         second.close()
@@ -98,35 +116,54 @@ def chain(first: Stage, second: Stage) -> Stage:
     return Stage(
         f"{first.name}+{second.name}",
         first.check,
-        lambda batch: second.process(first.process(batch)),
+        process,
         {"stages": [first.config, second.config]},
         cost=first.cost,
         budget=first.budget,
         close=close,
+        summary=lambda: {**first.summary(), **second.summary()},
     )
 
 
 @dataclass
 class Report:
-    """What a file run did: records written now, records found done, records skipped as bad."""
+    """What a file run did.
+
+    `written`: records written now (`redone` of them replace records whose input changed);
+    `resumed`: records found done; `errors`: records skipped as bad or failed (see
+    `error_file`); `unselected`: records in the output with no finite score (selected is null).
+    """
 
     output: str
     written: int = 0
     resumed: int = 0
+    redone: int = 0
     errors: int = 0
+    unselected: int = 0
     error_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+Pair = tuple[int, dict]
+
+
 def run_records(stage: Stage, items: Iterable[dict], *, quiet: bool = True) -> list[dict]:
-    """Run `stage` over in-memory records; a bad record raises `InputError` (line = position)."""
-    valid = []
-    for _line, item in _validated("<records>", enumerate(items, start=1), stage.check):
+    """Run `stage` over in-memory records; a bad or failed record raises `InputError`
+    (line = its 1-based position)."""
+    valid: list[Pair] = []
+    for line, item in _validated("<records>", enumerate(items, start=1), stage.check):
         if isinstance(item, InputError):
             raise item
-        valid.append(item)
+        valid.append((line, item))
+    out: list[dict] = []
     try:
-        return [r for batch in _batches(valid, stage, quiet) for r in stage.process(batch)]
+        for number, batch in enumerate(_batches(valid, stage, quiet)):
+            outcomes = _run_batch(stage, [r for _, r in batch], first=number == 0)
+            for (line, _), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, RecordProblem):
+                    raise InputError("<records>", line, str(outcome))
+                out.append(outcome)
+        return out
     finally:
         stage.close()
 
@@ -142,62 +179,221 @@ def run_file(
 ) -> Report:
     """Run `stage` from the JSONL file `input` to `output`, resuming an earlier identical run.
 
-    With `on_error="skip"`, bad records go to `<output>.errors.jsonl` (rewritten each run) and
-    the run goes on; with "fail", the first bad record raises `InputError` before any work.
+    Only one process may write `output` at a time (others get a `ConfigError`). Each output
+    record keeps a fingerprint of the input record it came from, so a resume redoes records
+    whose input changed and drops those that left the input; the finished file lists records
+    in input order. With `on_error="skip"`, bad input records and records the stage failed on
+    go to `<output>.errors.jsonl` and the run goes on (failed ones are retried by the next
+    run); with "fail", a bad input record raises `InputError` before any work, and a failed
+    record raises it after everything before it is written. `overwrite` starts over only when
+    the configuration changed; otherwise the run resumes.
     """
     require(on_error in ON_ERROR, "on_error", f"one of {', '.join(ON_ERROR)}", on_error)
     input, output = str(input), str(output)
     if Path(input).resolve() == Path(output).resolve():
         raise ConfigError(f"the output {output} is the input file; choose another output path")
-    total, bad = _precheck(stage, input, on_error)
+    if Path(input).exists() and not Path(input).is_file():
+        raise ConfigError(
+            f"the input {input} is not a regular file (a pipe?); bon reads its input twice, "
+            "to check it and then to run it: save it to a file first"
+        )
+    with locked(output):
+        return _run_locked(stage, input, output, on_error, overwrite, quiet)
+
+
+def _run_locked(
+    stage: Stage, input: str, output: str, on_error: str, overwrite: bool, quiet: bool
+) -> Report:
+    wanted, bad = _precheck(stage, input, on_error)
     report = Report(output=output, errors=len(bad))
-    _write_errors(output, bad, report)
-    with open_output(output, stage.config, overwrite=overwrite) as out:
+    errors = _ErrorFile(output, report)
+    errors.start(bad)
+    unselected: set[str] = set()
+    keep = _keeper(stage, wanted, unselected)
+    with open_output(output, stage.config, overwrite=overwrite, keep=keep) as out:
+        _log_resume(output, out.dropped, wanted, report)
+        report.resumed = len(out.done)
+        report.unselected = len(unselected & out.done)
         pending = (
-            r
-            for _, r in _validated(input, read_lines(input), stage.check)
+            (line, r)
+            for line, r in _validated(input, read_lines(input), stage.check)
             if not isinstance(r, InputError) and str(r["id"]) not in out.done
         )
-        report.resumed = len(out.done)
-        if report.resumed:
-            log.info("%s: %d records already done, resuming", output, report.resumed)
         try:
-            for batch in _batches(
-                pending, stage, quiet, total=total - report.resumed, desc=stage.name
-            ):
-                for record in stage.process(batch):
-                    out.write(record)
+            total = len(wanted) - report.resumed
+            batches = _batches(pending, stage, quiet, total=total, desc=stage.name)
+            for number, batch in enumerate(batches):
+                outcomes = _run_batch(stage, [r for _, r in batch], first=number == 0)
+                for (line, record), outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, RecordProblem):
+                        problem = InputError(input, line, str(outcome))
+                        if on_error == "fail":
+                            raise problem
+                        errors.add(problem, record["id"])
+                        continue
+                    out.write(_stamped(outcome, stage.name, wanted[str(record["id"])]))
                     report.written += 1
+                    report.unselected += _unselected(outcome)
+            if out.finish(list(wanted)):
+                log.info("%s: records put back in input order", output)
         finally:
             stage.close()
+    report.extra.update(stage.summary())
     return report
 
 
-def _precheck(stage: Stage, input: str, on_error: str) -> tuple[int, list[InputError]]:
-    total, bad = 0, []
+def _keeper(
+    stage: Stage, wanted: dict[str, str], unselected: set[str]
+) -> Callable[[str, dict], bool]:
+    """Whether an output record of an earlier run still stands: its input is unchanged.
+    Notes the ids of those kept with a null selection in `unselected`."""
+
+    def keep(key: str, record: dict) -> bool:
+        stamps = record.get("fingerprints")
+        ok = isinstance(stamps, dict) and key in wanted and stamps.get(stage.name) == wanted[key]
+        if ok and _unselected(record):
+            unselected.add(key)
+        return ok
+
+    return keep
+
+
+def _log_resume(output: str, dropped: list[str], wanted: dict[str, str], report: Report) -> None:
+    changed = sum(key in wanted for key in dropped)
+    report.redone = changed
+    if changed:
+        log.info("%s: %d records changed since the last run; redoing them", output, changed)
+    if len(dropped) > changed:
+        log.info("%s: dropped %d records no longer in the input", output, len(dropped) - changed)
+
+
+def _stamped(record: dict, stage: str, fingerprint: str) -> dict:
+    """`record` with the fingerprint of the input it was computed from."""
+    stamps = record.get("fingerprints")
+    stamps = dict(stamps) if isinstance(stamps, dict) else {}
+    return {**record, "fingerprints": {**stamps, stage: fingerprint}}
+
+
+def _unselected(record: dict) -> int:
+    selected = record.get("selected")
+    return int(isinstance(selected, dict) and selected.get("index") is None)
+
+
+def _run_batch(stage: Stage, batch: list[dict], *, first: bool) -> list[dict | RecordProblem]:
+    """`stage.process(batch)`; on a record-level failure, retry the records one at a time.
+
+    `RecordError` and exceptions outside the `BonError` family are record-level; other
+    `BonError`s (config, engine) concern the whole job and propagate.
+    """
+    try:
+        results = stage.process(batch)
+    except Exception as exc:
+        if not _record_level(exc):
+            raise
+        results = _one_by_one(stage, batch, exc, first)
+    return _checked(stage, batch, results)
+
+
+def _one_by_one(
+    stage: Stage, batch: list[dict], exc: Exception, first: bool
+) -> list[dict | RecordProblem]:
+    """Each record of a failed batch alone; those that fail again become problems.
+
+    When every record of the run's first batch fails alone with the same unexpected error, that
+    is a bug in the job rather than in the records, and it is raised.
+    """
+    if len(batch) > 1:
+        log.warning("a batch of %d records failed (%s); retrying one by one", len(batch), exc)
+    failures: list[Exception] = []
+    outcomes: list[dict | RecordProblem] = []
+    for record in batch:
+        if len(batch) == 1:
+            error = exc
+        else:
+            try:
+                result = stage.process([record])
+            except Exception as alone:
+                if not _record_level(alone):
+                    raise
+                error = alone
+            else:
+                outcomes.extend(_checked(stage, [record], result))
+                continue
+        failures.append(error)
+        outcomes.append(RecordProblem(_describe(error)))
+    if first and len(failures) == len(batch) and _same_unexpected(failures):
+        raise failures[0]
+    return outcomes
+
+
+def _checked(stage: Stage, batch: list[dict], results: list) -> list[dict | RecordProblem]:
+    if len(results) != len(batch):
+        raise RuntimeError(
+            f"stage {stage.name} returned {len(results)} results for {len(batch)} records"
+        )
+    return results
+
+
+def _record_level(exc: Exception) -> bool:
+    return isinstance(exc, RecordError) or not isinstance(exc, BonError)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, BonError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _same_unexpected(failures: list[Exception]) -> bool:
+    if any(isinstance(f, RecordError) for f in failures):
+        return False
+    return len({(type(f), str(f)) for f in failures}) == 1
+
+
+def _precheck(stage: Stage, input: str, on_error: str) -> tuple[dict[str, str], list[InputError]]:
+    """Validate the whole input: fingerprints of the good records by id (in input order), and
+    the bad ones (raised at once under "fail")."""
+    wanted: dict[str, str] = {}
+    bad: list[InputError] = []
     for _, item in _validated(input, read_lines(input), stage.check):
         if isinstance(item, InputError):
             if on_error == "fail":
                 raise item
             bad.append(item)
         else:
-            total += 1
-    return total, bad
+            wanted[str(item["id"])] = records.fingerprint(item)
+    return wanted, bad
 
 
-def _write_errors(output: str, bad: list[InputError], report: Report) -> None:
-    path = Path(f"{output}.errors.jsonl")
-    if not bad:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for error in bad:
-            handle.write(
-                dumps({"file": error.path, "line": error.line, "error": error.problem}) + "\n"
-            )
-    report.error_file = str(path)
-    log.warning("%d bad records skipped; see %s", len(bad), path)
+class _ErrorFile:
+    """`<output>.errors.jsonl`: this run's bad input records, rewritten at the start, then the
+    records that fail during the run, appended as they fail (a rerun retries those)."""
+
+    def __init__(self, output: str, report: Report) -> None:
+        self.path = Path(f"{output}.errors.jsonl")
+        self.report = report
+
+    def start(self, bad: list[InputError]) -> None:
+        if not bad:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(self.path, [(dumps(_entry(e)) + "\n").encode() for e in bad])
+        self.report.error_file = str(self.path)
+        log.warning("%d bad records skipped; see %s", len(bad), self.path)
+
+    def add(self, problem: InputError, record_id: str | int) -> None:
+        append_line(self.path, {**_entry(problem), "id": record_id})
+        self.report.errors += 1
+        self.report.error_file = str(self.path)
+        log.warning("%s (written to %s)", problem, self.path)
+
+
+def _entry(error: InputError) -> dict[str, Any]:
+    return {"file": error.path, "line": error.line, "error": error.problem}
 
 
 def _validated(
@@ -235,14 +431,15 @@ def _validated(
 
 
 def _batches(
-    items: Iterable[dict], stage: Stage, quiet: bool, total: int | None = None, desc: str = ""
-) -> Iterator[list[dict]]:
+    items: Iterable[Pair], stage: Stage, quiet: bool, total: int | None = None, desc: str = ""
+) -> Iterator[list[Pair]]:
+    """(line, record) pairs in batches of at most `stage.budget` cost."""
     bar = tqdm(total=total, desc=desc, unit="rec", disable=quiet, dynamic_ncols=True)
-    batch: list[dict] = []
+    batch: list[Pair] = []
     used = 0
     for item in items:
         batch.append(item)
-        used += stage.cost(item)
+        used += stage.cost(item[1])
         if used >= stage.budget:
             yield batch
             bar.update(len(batch))

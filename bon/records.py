@@ -23,14 +23,18 @@ ROLES = ("system", "user", "assistant")
 
 
 class RecordProblem(ValueError):
-    """A record does not have the shape a stage needs."""
+    """A record does not have the shape a stage needs, or a stage could not process it.
+
+    Validators raise it; `Stage.process` returns an instance in place of a record it failed on,
+    and the pipeline reports it with the record's file and line.
+    """
 
 
 def check_prompt(record: Any) -> None:
     """A record the generator can read: a non-empty `prompt` string or chat `messages`."""
     if not isinstance(record, dict):
         raise RecordProblem(f"expected a JSON object, got {type(record).__name__}")
-    if ("id" in record and not isinstance(record["id"], (str, int))) or record.get("id") == "":
+    if "id" in record and not _valid_id(record["id"]):
         raise RecordProblem(f"`id` must be a non-empty string or an integer, got {record['id']!r}")
     has_prompt, has_messages = "prompt" in record, "messages" in record
     if has_prompt == has_messages:
@@ -41,8 +45,20 @@ def check_prompt(record: Any) -> None:
             raise RecordProblem(f"`prompt` must be a string, got {type(prompt).__name__}")
         if not prompt.strip():
             raise RecordProblem("`prompt` is empty")
+        _check_text("prompt", prompt)
     else:
         _check_messages(record["messages"])
+
+
+def _check_text(name: str, text: str) -> None:
+    """Text for a model must be encodable: no lone surrogates (JSON allows them as escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordProblem(
+            f"`{name}` holds a lone surrogate (\\u{ord(text[exc.start]):04x} at character "
+            f"{exc.start + 1}), which is not text; fix the escape in the input"
+        ) from None
 
 
 def check_candidates(record: Any) -> None:
@@ -55,10 +71,13 @@ def check_candidates(record: Any) -> None:
         for i, candidate in enumerate(candidates):
             if not isinstance(candidate, dict) or not isinstance(candidate.get("text"), str):
                 raise RecordProblem(f"`candidates[{i}]` must be an object with a string `text`")
+            _check_text(f"candidates[{i}].text", candidate["text"])
     elif "responses" in record:
         responses = record["responses"]
         if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
             raise RecordProblem("`responses` must be a list of strings")
+        for i, response in enumerate(responses):
+            _check_text(f"responses[{i}]", response)
         candidates = responses
     else:
         raise RecordProblem("needs `candidates` (objects with `text`) or `responses` (strings)")
@@ -72,12 +91,21 @@ def check_scored(record: Any, by: str) -> None:
     if "candidates" not in record:
         raise RecordProblem("has `responses` but no scored `candidates`: run `bon score` first")
     for i, candidate in enumerate(record["candidates"]):
-        value = candidate.get("scores", {}).get(by)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        scores = candidate.get("scores")
+        value = scores.get(by, False) if isinstance(scores, dict) else False
+        # null stands for a score that is not a number (NaN): never selected while others are.
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise RecordProblem(
                 f"`candidates[{i}].scores.{by}` is missing or not a number: "
                 f"score with `{by}` first, or choose another score with --by"
             )
+
+
+def _valid_id(value: Any) -> bool:
+    """Ids are non-empty strings or integers (not booleans, floats, lists or objects)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value != "")
 
 
 def _check_messages(messages: Any) -> None:
@@ -88,6 +116,7 @@ def _check_messages(messages: Any) -> None:
             raise RecordProblem(f"`messages[{i}].role` must be one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise RecordProblem(f"`messages[{i}].content` must be a string")
+        _check_text(f"messages[{i}].content", message["content"])
     if messages[-1]["role"] != "user":
         raise RecordProblem("the last of `messages` must be a user turn: the one to answer")
     if not messages[-1]["content"].strip():
@@ -110,5 +139,12 @@ def candidates(record: dict) -> list[dict]:
 
 def content_id(record: dict) -> str:
     """A stable id from the record's whole content (all fields, canonical JSON)."""
+    return fingerprint(record)
+
+
+def fingerprint(record: dict) -> str:
+    """The first 16 hex digits of the SHA-256 of the record's canonical JSON (keys sorted,
+    compact, non-ASCII kept), so any change to any field changes it."""
     canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (legal as a JSON escape) still hashes instead of failing.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -31,6 +31,7 @@ class Reranker:
         self.scorers: list[Scorer] = [
             scorers.get(name)(options, self._get_engine) for name in options.scorers
         ]
+        self.parse_counts: dict[str, dict[str, int]] = {}
         self.cache: ScoreCache | None = None
         self._scoring: list[Scorer | CachedScorer] = list(self.scorers)
         if not options.no_cache:
@@ -69,7 +70,20 @@ class Reranker:
                     candidate["scores"] = {**candidate.get("scores", {}), scorer.name: item.value}
                     if item.evidence:
                         candidate[scorer.name] = item.evidence
+                    self._count(scorer.name, item.evidence)
         return [_refused(record) or record for record in out]
+
+    def _count(self, name: str, evidence: dict[str, Any]) -> None:
+        status = evidence.get("parse")
+        for one in status if isinstance(status, list) else [status]:
+            if isinstance(one, str):
+                key = "error" if one.startswith("error") else one
+                counts = self.parse_counts.setdefault(name, {})
+                counts[key] = counts.get(key, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """How each scorer's outputs were parsed in this run (status -> count)."""
+        return {"parse": self.parse_counts} if self.parse_counts else {}
 
     def close(self) -> None:
         for scorer in self._scoring:

@@ -1,7 +1,8 @@
 """Selectors: pick the best candidate of a scored record.
 
 Tie rule: among equal best scores the lowest candidate index wins, so a selection never depends
-on anything but the scores and their order. A NaN score never wins.
+on anything but the scores and their order. A NaN (or null) score never wins while another
+score exists; a record with no other score is selected as null.
 """
 
 from __future__ import annotations
@@ -37,26 +38,48 @@ class SelectOptions:
         return self.by or DEFAULT_SCORE
 
 
-def best_index(values: Sequence[float], higher_is_better: bool = True) -> int:
-    """Index of the best value; ties go to the lowest index, NaN never wins."""
+def best_index(values: Sequence[float | None], higher_is_better: bool = True) -> int:
+    """Index of the best value; ties go to the lowest index.
+
+    NaN (or None) ranks below every number, infinities included, so it never wins while a
+    number exists; among values that are all NaN the lowest index wins (`select_record`
+    writes such a record's selection as null).
+    """
     sign = 1.0 if higher_is_better else -1.0
-    keys = [-math.inf if math.isnan(v) else sign * v for v in values]
-    return max(range(len(keys)), key=lambda i: (keys[i], -i))
+
+    def key(i: int) -> tuple[bool, float, int]:
+        value = values[i]
+        if _missing(value):
+            return (False, 0.0, -i)
+        return (True, sign * value, -i)  # type: ignore[operator]
+
+    return max(range(len(values)), key=key)
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
 
 
 def select_record(record: dict, options: SelectOptions, higher_is_better: bool = True) -> dict:
-    """Return `record` with `selected` added (and its candidates dropped unless `keep_all`)."""
+    """Return `record` with `selected` added (and its candidates dropped unless `keep_all`).
+
+    A record whose scores are all NaN or null gets `selected` with null index, text and score.
+    """
     candidates = record["candidates"]
-    values = [float(c["scores"][options.score]) for c in candidates]
-    index = best_index(values, higher_is_better)
+    values = [_as_float(c["scores"][options.score]) for c in candidates]
+    index = None if all(map(_missing, values)) else best_index(values, higher_is_better)
     out = dict(record)
     if not options.keep_all:
         out.pop("candidates", None)
         out.pop("responses", None)
     out["selected"] = {
         "index": index,
-        "text": candidates[index]["text"],
-        "score": values[index],
+        "text": None if index is None else candidates[index]["text"],
+        "score": None if index is None else values[index],
         "by": options.score,
     }
     return out
+
+
+def _as_float(value: float | None) -> float:
+    return math.nan if value is None else float(value)

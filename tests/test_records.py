@@ -8,6 +8,7 @@ from bon.records import (
     check_scored,
     content_id,
     conversation,
+    fingerprint,
 )
 
 GOOD = {"prompt": "hi"}
@@ -24,7 +25,16 @@ GOOD = {"prompt": "hi"}
         ({"prompt": 3}, "`prompt` must be a string, got int"),
         ({"prompt": "a", "id": ""}, "`id` must be"),
         ({"prompt": "a", "id": [1]}, "`id` must be"),
+        ({"prompt": "a", "id": True}, "`id` must be a non-empty string or an integer, got True"),
+        ({"prompt": "a", "id": 1.5}, "`id` must be .* got 1.5"),
+        ({"prompt": "a", "id": {"k": 1}}, "`id` must be"),
+        ({"prompt": "a", "id": None}, "`id` must be"),
         ({"messages": []}, "non-empty list"),
+        ({"prompt": "a\ud800b"}, r"`prompt` holds a lone surrogate \(\\ud800 at character 2\)"),
+        (
+            {"messages": [{"role": "user", "content": "\udc00"}]},
+            r"`messages\[0\]\.content` holds a lone surrogate",
+        ),
         ({"messages": [{"role": "bot", "content": "x"}]}, r"messages\[0\]\.role"),
         ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content"),
         (
@@ -50,6 +60,11 @@ def test_bad_prompt_records(record, match):
             r"`candidates\[0\]` must be an object with a string `text`",
         ),
         ({**GOOD, "responses": ["a", 1]}, "`responses` must be a list of strings"),
+        ({**GOOD, "responses": ["a", "\ud800"]}, r"`responses\[1\]` holds a lone surrogate"),
+        (
+            {**GOOD, "candidates": [{"text": "\ud83d"}]},
+            r"`candidates\[0\]\.text` holds a lone surrogate",
+        ),
     ],
 )
 def test_bad_candidate_records(record, match):
@@ -64,6 +79,26 @@ def test_scored_record_needs_the_selected_score():
         check_scored(record, "flip")
     with pytest.raises(RecordProblem, match="run `bon score` first"):
         check_scored({**GOOD, "responses": ["a"]}, "flip")
+
+
+def test_null_scores_stand_for_nan_and_are_accepted():
+    record = {**GOOD, "candidates": [{"text": "a", "scores": {"flip": None}}]}
+    check_scored(record, "flip")
+    with pytest.raises(RecordProblem, match=r"candidates\[0\]\.scores\.flip"):
+        check_scored({**GOOD, "candidates": [{"text": "a", "scores": {"flip": "high"}}]}, "flip")
+    with pytest.raises(RecordProblem, match=r"candidates\[0\]\.scores\.flip"):
+        check_scored({**GOOD, "candidates": [{"text": "a", "scores": None}]}, "flip")
+
+
+def test_integer_and_string_ids_are_accepted():
+    check_prompt({"prompt": "a", "id": 0})
+    check_prompt({"prompt": "a", "id": "x"})
+
+
+def test_fingerprint_is_canonical_and_hashes_lone_surrogates():
+    assert fingerprint({"a": 1, "b": "é"}) == fingerprint({"b": "é", "a": 1})
+    assert len(fingerprint({"a": 1})) == 16
+    assert fingerprint({"a": "\ud800"}) != fingerprint({"a": "\udc00"})
 
 
 def test_empty_response_text_is_a_valid_candidate():

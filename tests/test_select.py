@@ -42,3 +42,22 @@ def test_select_record_drops_candidates_unless_keep_all():
 def test_select_options_are_validated():
     with pytest.raises(ConfigError, match="`by` must be a score name, got ''"):
         SelectOptions(by="")
+
+
+def test_nan_loses_to_minus_infinity_which_is_a_real_value():
+    assert best_index([math.nan, -math.inf]) == 1
+    assert best_index([math.nan, math.inf], higher_is_better=False) == 1
+    assert best_index([-math.inf, math.nan, -math.inf]) == 0
+
+
+def test_among_all_nan_values_the_lowest_index_wins():
+    assert best_index([math.nan, None, math.nan]) == 0
+    assert best_index([None, 2.0]) == 1
+
+
+def test_a_record_without_a_finite_score_is_selected_as_null():
+    record = _scored()
+    record["candidates"][0]["scores"]["flip"] = math.nan
+    record["candidates"][1]["scores"]["flip"] = None  # how bon writes NaN to JSON
+    out = select_record(record, SelectOptions())
+    assert out["selected"] == {"index": None, "text": None, "score": None, "by": "flip"}

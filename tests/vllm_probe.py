@@ -2,7 +2,8 @@
 
 vLLM spawns its engine core, so it cannot start inside the pytest process; tests/test_engine_vllm.py
 runs this script once in a subprocess and checks the file. It loads the engine twice, closing the
-first, to show that `close()` frees it for the next stage.
+first, to show that `close()` frees it for the next stage; the second has a short context
+(`max_model_len` 512), to show prompts that do not fit it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 
 from bon.engines import EngineOptions, SamplingOptions, load_engine
+from bon.errors import RecordError
 from bon.scorers.flip import JSON_SCHEMA, reconstruction_messages
 
 CONVERSATIONS = [
@@ -22,10 +24,20 @@ CONVERSATIONS = [
     [{"role": "user", "content": "Give me three tips for staying healthy."}],
 ]
 GREEDY_TOKENS = 16
+SHORT_CONTEXT = 512
+OVERFLOW_LENGTHS = (SHORT_CONTEXT + 88, SHORT_CONTEXT, SHORT_CONTEXT - 7)
 
 
 def dump(completions) -> list:
     return [[c.to_record() for c in row] for row in completions]
+
+
+def prompt_of(engine, tokens: int) -> list[dict]:
+    """A one-turn conversation whose rendered prompt has exactly `tokens` tokens."""
+    base = len(engine._encode(engine.render([{"role": "user", "content": ""}])))
+    conversation = [{"role": "user", "content": " a" * (tokens - base)}]
+    assert len(engine._encode(engine.render(conversation))) == tokens
+    return conversation
 
 
 def main(out: str) -> None:
@@ -55,8 +67,20 @@ def main(out: str) -> None:
         "many": len(engine.generate(CONVERSATIONS * 50, tiny, seeds=list(range(150)))),
     }
     engine.close()
-    second = load_engine(options)  # loads only if the first one's memory and workers are gone
+    short = {"enforce_eager": True, "max_model_len": SHORT_CONTEXT}
+    # Loads only if the first one's memory and workers are gone.
+    second = load_engine(EngineOptions(engine="vllm", engine_args=short))
     report["after_close"] = dump(second.generate(CONVERSATIONS[:1], greedy))
+    report["describe_short"] = second.describe()
+    overflow = [prompt_of(second, n) for n in OVERFLOW_LENGTHS] + CONVERSATIONS[:1]
+    sampling = SamplingOptions(n=2, temperature=1.0, max_new_tokens=12)
+    report["overflow"] = dump(second.generate(overflow, sampling, seeds=[1, 2, 3, 4]))
+    report["overflow_greedy"] = dump(second.generate(overflow, greedy))
+    report["record_error"] = None
+    try:  # the second pair has one token more than fits
+        second.continuation_logprobs([overflow[3], overflow[2]], ["Paris", " a" * 7])
+    except RecordError as exc:
+        report["record_error"] = str(exc)
     second.close()
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
-from bon.errors import ConfigError, EngineError, require
+from bon.errors import ConfigError, EngineError, RecordError, require
 from bon.models import DEFAULT_MODEL, fingerprint
 from bon.options import option, positive, validate
 
@@ -26,7 +26,7 @@ class SamplingOptions:
     """Per-request sampling parameters, the same for every engine.
 
     Attributes:
-        n: completions to sample per conversation.
+        n: completions to sample per conversation; 1 under greedy decoding.
         temperature: 0 means greedy decoding.
         top_p: nucleus sampling mass, in (0, 1].
         max_new_tokens: cap on generated tokens per completion.
@@ -45,6 +45,11 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", "an integer >= 1", self.n)
         require(self.temperature >= 0, "temperature", ">= 0", self.temperature)
+        if self.temperature == 0 and self.n > 1:
+            raise ConfigError(
+                "`n` must be 1 when `temperature` is 0 (greedy decoding gives n identical "
+                f"candidates), got {self.n}; set --temperature > 0 or --n 1"
+            )
         require(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -110,7 +115,11 @@ class EngineOptions:
         choices=DTYPES,
     )
     batch_size: int = option(
-        32, "Most sequences decoded at once.", check=positive, constraint="an integer >= 1"
+        32,
+        "Most sequences decoded at once (the hf engine samples each prompt's n in a call of "
+        "their own, so that they depend on that prompt's seed alone).",
+        check=positive,
+        constraint="an integer >= 1",
     )
     engine_args: Mapping[str, Any] | None = option(
         None,
@@ -181,8 +190,9 @@ class Completion:
     """One sampled completion: its text, why it ended, its token count (the stop token included).
 
     `finish_reason` is "stop" or "length", or "error" when the engine could not answer this
-    conversation (a request the server refused, e.g. longer than the model's context); then
-    `text` is empty and `error` says why. Other rows of the same call are unaffected.
+    conversation (a prompt longer than the model's context, a request the server refused for
+    this row); then `text` is empty, `tokens` is 0 and `error` says why. Other rows of the same
+    call are unaffected.
     """
 
     text: str
@@ -196,6 +206,29 @@ class Completion:
         if self.error is None:
             del record["error"]
         return record
+
+
+def too_long(prompt_tokens: int, context: int) -> Completion:
+    """The error completion of a prompt that leaves no room for a reply in the context."""
+    return Completion(
+        text="",
+        finish_reason="error",
+        tokens=0,
+        error=f"prompt has {prompt_tokens} tokens; the model's context is {context}",
+    )
+
+
+def check_fits(
+    prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], room: int
+) -> None:
+    """Raise `RecordError` naming the first (prompt, continuation) pair longer than `room`."""
+    for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        if len(prompt) + len(target) > room:
+            raise RecordError(
+                f"row {row}: the prompt ({len(prompt)} tokens) and the continuation "
+                f"({len(target)} tokens) have {len(prompt) + len(target)} tokens; the model "
+                f"takes at most {room}; shorten the prompt or the text to score"
+            )
 
 
 class Engine(ABC):
@@ -239,8 +272,11 @@ class Engine(ABC):
     ) -> list[list[Completion]]:
         """Sample `sampling.n` completions for each conversation, in input order.
 
-        `seeds`, one per conversation, make each request reproducible on engines that accept a
-        per-request seed; engines that seed a whole batch use the batch's first seed.
+        `seeds`, one per conversation (default: `sampling.seed` for all), make each
+        conversation's samples depend on its own seed only, not on the other conversations.
+        A conversation the engine cannot answer (e.g. a prompt longer than the model's
+        context) gets `n` completions with `finish_reason="error"`; a failure of the whole
+        job (a refused parameter, a lost server) raises `EngineError`.
         """
 
     def continuation_logprobs(
@@ -249,7 +285,8 @@ class Engine(ABC):
         """Log-probability of each token of `continuations[i]` as the assistant's reply to
         `conversations[i]`, teacher-forced (one forward pass, no decoding).
 
-        Engines that cannot return prompt log-probabilities raise `EngineError`.
+        A pair that does not fit the model's context raises `RecordError` naming its row;
+        engines that cannot return prompt log-probabilities raise `EngineError`.
         """
         raise EngineError(f"the {self.name} engine cannot return log-probabilities")
 

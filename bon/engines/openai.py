@@ -8,8 +8,17 @@ Errors are sorted by who can fix them:
   exponential backoff (honouring Retry-After); when the retries run out the job stops with an
   `EngineError`, and rerunning the same command resumes it;
 - the whole job's (401, 403, 404: key, permission, model name): an `EngineError` at once;
-- one row's (400, 413, 422, e.g. a prompt longer than the context): that conversation gets
+- one row's (other 4xx, e.g. a prompt longer than the context): that conversation gets
   `Completion(finish_reason="error", error=...)` and the other rows go on.
+
+A 4xx can also refuse what every request carries, so that each row would fail alike and every
+score would be 0. Two rules tell such a refusal from a row's:
+- a 400/422 whose message names an optional parameter bon sent (`response_format` or
+  `json_schema`, `seed`, `logprobs`) drops that parameter for the rest of the engine's life,
+  with a warning, and retries; `describe()["dropped_params"]` records it beside the outputs;
+- the same error (status and message) for every row of a call of two or more, or for the
+  engine's first three rows, is the job's: an `EngineError` with the server's message. Context
+  overflows ("maximum context length") are always one row's, however many rows share them.
 
 Log-probabilities of a continuation (`continuation_logprobs`) use vLLM's `/tokenize` endpoint
 and `/v1/completions` with `echo`; other servers raise `EngineError`.
@@ -21,16 +30,19 @@ import json
 import logging
 import os
 import random
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from bon.chat import Message
 from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
-from bon.errors import EngineError, require
+from bon.errors import EngineError, RecordError, require
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +51,30 @@ T = TypeVar("T")
 TRANSIENT_STATUS = (408, 409, 429)
 FATAL_STATUS = (401, 403, 404)
 MAX_DELAY = 60.0
+OPTIONAL_PARAMS = {
+    "response_format": re.compile(r"response_format|json_schema", re.IGNORECASE),
+    "seed": re.compile(r"\bseed\b", re.IGNORECASE),
+    "logprobs": re.compile(r"logprobs", re.IGNORECASE),
+}
+"""Request parameters bon can do without, and how a server's error message names each."""
+DROP_EFFECTS = {
+    "response_format": "outputs no longer follow the JSON schema",
+    "seed": "samples are no longer reproducible",
+    "logprobs": "token counts of n > 1 samples are unknown and recorded as 0",
+}
+CONTEXT_OVERFLOW = re.compile(
+    r"context length|context window|maximum context|prompt is too long", re.IGNORECASE
+)
+FIRST_ROWS = 3
 
 
 class RowError(Exception):
-    """A request the server refused for this conversation only."""
+    """A request the server refused (4xx): one conversation's problem unless shown otherwise."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"HTTP {status}: {message}")
 
 
 class OpenAIEngine(Engine):
@@ -89,13 +121,22 @@ class OpenAIEngine(Engine):
         self.client = openai.OpenAI(
             base_url=self.base_url, api_key=self._key, timeout=args["timeout"], max_retries=0
         )
+        self._lock = threading.Lock()
+        self.dropped_params: list[str] = []
+        """Optional parameters the server refused, no longer sent (see the module docstring)."""
+        self._rows = 0
+        self._first: dict[int, str | None] = {}  # error (or None) of each of the first rows
 
     @classmethod
     def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:
         return {"base_url": _base_url(engine_args.get("base_url", ""))}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "base_url": self.base_url}
+        return {
+            **super().describe(),
+            "base_url": self.base_url,
+            "dropped_params": sorted(self.dropped_params),
+        }
 
     def generate(
         self,
@@ -104,20 +145,86 @@ class OpenAIEngine(Engine):
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
+        first = self._claim_rows(len(conversations))
         jobs = [
-            (lambda c=c, s=s: self._chat(c, sampling, s))
-            for c, s in zip(conversations, seeds, strict=True)
+            (lambda row=first + i, c=c, s=s: self._chat_row(row, c, sampling, s))
+            for i, (c, s) in enumerate(zip(conversations, seeds, strict=True))
         ]
-        return self._run_all(jobs)
+        results = self._run_all(jobs)
+        self._check_call([row[0].error for row in results])
+        return results
 
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]
     ) -> list[list[float]]:
+        """As `Engine.continuation_logprobs`; a pair the server refuses is a `RecordError`."""
+        first = self._claim_rows(len(conversations))
         jobs = [
-            (lambda c=c, t=t: self._logprobs(c, t))
-            for c, t in zip(conversations, continuations, strict=True)
+            (lambda row=first + i, c=c, t=t: self._logprobs_row(row, c, t))
+            for i, (c, t) in enumerate(zip(conversations, continuations, strict=True))
         ]
-        return self._run_all(jobs)
+        results = self._run_all(jobs)
+        errors = [str(r) if isinstance(r, RowError) else None for r in results]
+        self._check_call(errors)
+        for row, result in enumerate(results):
+            if isinstance(result, RowError):
+                raise RecordError(f"row {row}: {self.base_url} refused it: {result}")
+        return results  # type: ignore[return-value]
+
+    def _chat_row(
+        self, row: int, conversation: list[Message], sampling: SamplingOptions, seed: int
+    ) -> list[Completion]:
+        try:
+            completions = self._chat(conversation, sampling, seed)
+        except RowError as exc:
+            self._note(row, str(exc))
+            log.warning("a request failed and its row is marked as an error: %s", exc)
+            return [Completion("", "error", 0, error=str(exc))] * sampling.n
+        self._note(row, None)
+        return completions
+
+    def _logprobs_row(
+        self, row: int, conversation: list[Message], continuation: str
+    ) -> list[float] | RowError:
+        try:
+            values = self._logprobs(conversation, continuation)
+        except RowError as exc:
+            self._note(row, str(exc))
+            return exc
+        self._note(row, None)
+        return values
+
+    def _claim_rows(self, count: int) -> int:
+        """The engine-wide number of the first of `count` new rows."""
+        with self._lock:
+            first, self._rows = self._rows, self._rows + count
+        return first
+
+    def _note(self, row: int, error: str | None) -> None:
+        """Record how one of the engine's first rows ended; raise once they all failed alike."""
+        if row >= FIRST_ROWS:
+            return
+        with self._lock:
+            self._first[row] = error
+            outcomes = list(self._first.values())
+        if len(outcomes) == FIRST_ROWS:
+            self._check_same(outcomes, f"each of its first {FIRST_ROWS} requests")
+
+    def _check_call(self, errors: list[str | None]) -> None:
+        if len(errors) >= 2:
+            self._check_same(errors, f"all {len(errors)} requests of a call")
+
+    def _check_same(self, errors: list[str | None], which: str) -> None:
+        """Raise `EngineError` when every one of `errors` is the same (non-overflow) error."""
+        error = errors[0]
+        if error is None or CONTEXT_OVERFLOW.search(error) or any(e != error for e in errors):
+            return
+        raise EngineError(
+            f"{self.base_url} refused {which} with the same error ({error}), so the problem is "
+            "the job's, not one row's: change the option or parameter the message names "
+            "(e.g. --max-new-tokens, --n, --temperature, --top-p, --model) or the server's "
+            "settings, then rerun"
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -136,7 +243,24 @@ class OpenAIEngine(Engine):
                     future.cancel()
                 raise
 
-    def _chat(self, conversation: list[Message], sampling: SamplingOptions, seed: int) -> list:
+    def _chat(
+        self, conversation: list[Message], sampling: SamplingOptions, seed: int
+    ) -> list[Completion]:
+        while True:
+            kwargs = self._chat_request(conversation, sampling, seed)
+            try:
+                response = self._retrying(partial(self.client.chat.completions.create, **kwargs))
+            except RowError as exc:
+                if not self._drop_named(exc, kwargs):
+                    raise
+                continue
+            choices = sorted(response.choices, key=lambda c: c.index)
+            usage = response.usage.completion_tokens if response.usage else 0
+            return [_completion(c, usage if len(choices) == 1 else None) for c in choices]
+
+    def _chat_request(
+        self, conversation: list[Message], sampling: SamplingOptions, seed: int
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.options.model,
             "messages": conversation,
@@ -153,14 +277,30 @@ class OpenAIEngine(Engine):
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": dict(sampling.json_schema)},
             }
-        try:
-            response = self._retrying(lambda: self.client.chat.completions.create(**kwargs))
-        except RowError as exc:
-            log.warning("a request failed and its row is marked as an error: %s", exc)
-            return [Completion("", "error", 0, error=str(exc))] * sampling.n
-        choices = sorted(response.choices, key=lambda c: c.index)
-        usage = response.usage.completion_tokens if response.usage else 0
-        return [_completion(choice, usage if len(choices) == 1 else None) for choice in choices]
+        with self._lock:
+            for name in self.dropped_params:
+                kwargs.pop(name, None)
+        return kwargs
+
+    def _drop_named(self, exc: RowError, sent: dict[str, Any]) -> bool:
+        """Stop sending the optional parameters a 400/422 names; False when it names none."""
+        if exc.status not in (400, 422):
+            return False
+        named = [
+            p for p, pattern in OPTIONAL_PARAMS.items() if p in sent and pattern.search(exc.message)
+        ]
+        with self._lock:
+            for name in named:
+                if name not in self.dropped_params:
+                    self.dropped_params.append(name)
+                    log.warning(
+                        "%s refused `%s` (%s); it is no longer sent and %s",
+                        self.base_url,
+                        name,
+                        exc,
+                        DROP_EFFECTS[name],
+                    )
+        return bool(named)
 
     def _logprobs(self, conversation: list[Message], continuation: str) -> list[float]:
         head = self._tokenize({"messages": conversation, "add_generation_prompt": True})
@@ -216,7 +356,7 @@ class OpenAIEngine(Engine):
                 if status in FATAL_STATUS:
                     raise EngineError(self._fatal_message(status, exc)) from None
                 if status not in TRANSIENT_STATUS and status < 500:
-                    raise RowError(f"HTTP {status}: {_message(exc)}") from None
+                    raise RowError(status, _message(exc)) from None
                 problem, wait = f"HTTP {status}: {_message(exc)}", _retry_after(exc)
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 problem, wait = f"{type(exc).__name__}: {exc}", None

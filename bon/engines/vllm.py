@@ -3,9 +3,12 @@
 Each conversation is one request with `SamplingParams(n=N, seed=...)`, so vLLM prefills the
 prompt once and its N samples share that KV cache; prefix caching is on, so requests that share a
 prefix (every FLIP reconstruction starts with the same system prompt) share it too. Chat
-templates are applied by vLLM as by the hf engine (a system turn is folded into the first user
-turn for templates without a system role). A `json_schema` in the sampling options becomes
-vLLM's structured outputs.
+templates are applied as by the hf engine (a system turn is folded into the first user turn for
+templates without a system role), and the token ids are handed to vLLM, so bon knows each
+prompt's length: a prompt with no room in `max_model_len` gets `finish_reason="error"`
+completions instead of failing the whole call, and `max_tokens` is capped so that every prompt
+and its completion fit. A `json_schema` in the sampling options becomes vLLM's structured
+outputs.
 
 vLLM starts its engine core in a spawned process, so a script that uses this engine must create
 it under `if __name__ == "__main__":` (the `bon` command does). `close()` shuts the engine core
@@ -21,7 +24,15 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from bon.chat import Message, merge_system
-from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
+from bon.engines.base import (
+    Completion,
+    Engine,
+    EngineArg,
+    EngineOptions,
+    SamplingOptions,
+    check_fits,
+    too_long,
+)
 from bon.engines.hf import _accepts_system_role
 from bon.errors import EngineError
 from bon.models import resolve_model
@@ -106,10 +117,22 @@ class VLLMEngine(Engine):
             ) from exc
         self.tokenizer = self.llm.get_tokenizer()
         self._system_role = _accepts_system_role(self.tokenizer)
+        self._chunked_prefill = bool(chunked)
+        config = self.llm.llm_engine.model_config
+        self._dtype = str(config.dtype).removeprefix("torch.")
+        self.context_length: int = config.max_model_len
+        """Most tokens (prompt and completion) one request may hold: vLLM's `max_model_len`."""
 
     def describe(self) -> dict[str, Any]:
-        config = self.llm.llm_engine.model_config
-        return {**super().describe(), "dtype": str(config.dtype).removeprefix("torch.")}
+        """The model and the engine settings that can change its outputs."""
+        return {
+            **super().describe(),
+            "dtype": self._dtype,
+            "max_model_len": self.context_length,
+            "tensor_parallel_size": self.engine_args["tensor_parallel_size"],
+            "enforce_eager": self.engine_args["enforce_eager"],
+            "enable_chunked_prefill": self._chunked_prefill,
+        }
 
     def generate(
         self,
@@ -117,20 +140,32 @@ class VLLMEngine(Engine):
         sampling: SamplingOptions,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        if not conversations:
-            return []
+        from vllm import TokensPrompt
+
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
-        params = [self._params(sampling, seed) for seed in seeds]
-        outputs = self.llm.chat([self._prepare(c) for c in conversations], params, use_tqdm=False)
-        return [
-            [
+        ids = [self._encode(self.render(c)) for c in conversations]
+        results: list[list[Completion]] = [[] for _ in ids]
+        fitting = []
+        for i, prompt in enumerate(ids):
+            if len(prompt) >= self.context_length:
+                results[i] = [too_long(len(prompt), self.context_length)] * sampling.n
+            else:
+                fitting.append(i)
+        if not fitting:
+            return results
+        prompts = [TokensPrompt(prompt_token_ids=ids[i]) for i in fitting]
+        params = [
+            self._params(sampling, seeds[i], self.context_length - len(ids[i])) for i in fitting
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, output in zip(fitting, outputs, strict=True):
+            results[i] = [
                 Completion(
                     text=o.text, finish_reason=_finish(o.finish_reason), tokens=len(o.token_ids)
                 )
                 for o in sorted(output.outputs, key=lambda o: o.index)
             ]
-            for output in outputs
-        ]
+        return results
 
     def render(self, conversation: list[Message]) -> str:
         """The conversation as the model's chat template formats it, ready for the reply."""
@@ -143,12 +178,12 @@ class VLLMEngine(Engine):
     ) -> list[list[float]]:
         from vllm import SamplingParams, TokensPrompt
 
-        prompts, sizes = [], []
-        for conversation, continuation in zip(conversations, continuations, strict=True):
-            head = self.tokenizer.encode(self.render(conversation), add_special_tokens=False)
-            tail = self.tokenizer.encode(continuation, add_special_tokens=False)
-            prompts.append(TokensPrompt(prompt_token_ids=head + tail))
-            sizes.append(len(tail))
+        heads = [self._encode(self.render(c)) for c in conversations]
+        tails = [self._encode(t) for t in continuations]
+        # vLLM refuses a prompt that leaves no room for the one token it must generate.
+        check_fits(heads, tails, self.context_length - 1)
+        prompts = [TokensPrompt(prompt_token_ids=h + t) for h, t in zip(heads, tails, strict=True)]
+        sizes = [len(t) for t in tails]
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
@@ -176,15 +211,19 @@ class VLLMEngine(Engine):
         except ImportError:
             pass
 
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def _prepare(self, conversation: list[Message]) -> list[Message]:
         return conversation if self._system_role else merge_system(conversation)
 
-    def _params(self, sampling: SamplingOptions, seed: int) -> Any:
+    def _params(self, sampling: SamplingOptions, seed: int, room: int) -> Any:
+        """vLLM's sampling parameters; `room` is what the context has left after the prompt."""
         from vllm import SamplingParams
 
         kwargs: dict[str, Any] = {
             "n": sampling.n,
-            "max_tokens": sampling.max_new_tokens,
+            "max_tokens": min(sampling.max_new_tokens, room),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p if not sampling.greedy else 1.0,
             "seed": seed,

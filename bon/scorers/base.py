@@ -268,8 +268,13 @@ class Scorer(ABC):
         model loads)."""
 
 
+CHARS_PER_WORD = 16
+
+
 def clip_words(text: str, limit: int) -> str:
-    """`text` cut after its `limit`-th whitespace-separated word, its layout kept."""
+    """`text` cut after its `limit`-th whitespace-separated word, its layout kept, and to at
+    most `CHARS_PER_WORD * limit` characters (a response without spaces is no exception)."""
+    text = text[: CHARS_PER_WORD * limit]
     for count, match in enumerate(re.finditer(r"\S+", text), start=1):
         if count == limit:
             return text[: match.end()]
