@@ -84,7 +84,7 @@ def score_row(row: Row, records: list[dict], common: dict[str, Any]) -> list[dic
 def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, Any]:
     """Every row (default: `default_rows()`) on every file present: the rows, their results
     {label: {subset: {half: cell}}} and the seconds each took."""
-    rows = rows or default_rows()
+    rows = rows or [r for r in default_rows() if not (args.skip_slow and r.slow)]
     common: dict[str, Any] = {"batch_size": args.batch_size}
     if args.no_cache:
         common["no_cache"] = True
@@ -172,6 +172,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reward_quality.md"))
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
     parser.add_argument("--slow-limit", type=int, default=10, help="records per file, slow rows")
+    parser.add_argument("--skip-slow", action="store_true", help="leave out the slow rows")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--no-cache", action="store_true")
