@@ -58,7 +58,7 @@ def test_echo_guard_stops_a_restated_instruction_from_winning(smollm2_path):
         {"prompt": x, "responses": [good, f"You asked: {x} Good question, let me think.", x]}
         for x, good, _ in CASES[:3]
     ]
-    options = {"prompt": "short", "max_new_tokens": 32, "no_cache": True}
+    options = {"prompt": "short", "similarity": "cosine", "max_new_tokens": 32, "no_cache": True}
     plain = bon.score_records(records, scorers=["flip-likelihood"], echo_guard=False, **options)
     names = ["flip", "flip-likelihood", "flip-tokens"]
     guarded = bon.score_records(records, scorers=names, **options)
