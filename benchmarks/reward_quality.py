@@ -145,8 +145,12 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             "Models: the defaults (SmolLM2-135M-Instruct reranker, all-MiniLM-L6-v2 embedder).",
             "",
             "Accuracy % (a preferred candidate strictly above every other; ties wrong), "
-            "[95% bootstrap interval], (n = items). Rows marked slow decode text and read only "
-            f"the first {args.slow_limit} items of each file.",
+            "[95% bootstrap interval], (n = items). "
+            + (
+                "Generative FLIP and the judges were left out (--skip-slow)."
+                if args.skip_slow
+                else f"Rows marked slow decode text and read the first {args.slow_limit} items."
+            ),
             "",
             *lines,
             "",
