@@ -57,7 +57,8 @@ def test_contract(tmp_path, engine_args, smollm2_path):
     common = ["--model", "smollm2-135m", *engine_args, "-q"]
     run_bon("generate", prompts, "-o", candidates, "--n", N, "--max-new-tokens", MAX_NEW_TOKENS,
             "--seed", 3, *common)  # fmt: skip
-    run_bon("score", candidates, "-o", scored, "--max-new-tokens", RECONSTRUCTION_TOKENS, *common)
+    run_bon("score", candidates, "-o", scored, "--scorer", "flip",
+            "--max-new-tokens", RECONSTRUCTION_TOKENS, *common)  # fmt: skip
     run_bon("select", scored, "-o", selected, "-q")
 
     generated = read_jsonl(candidates)

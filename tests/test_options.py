@@ -65,7 +65,8 @@ def test_cache_keys_follow_the_server_the_weights_and_bon(tmp_path, monkeypatch)
 def test_an_unused_option_change_does_not_block_a_resume(tmp_path, tiny_model):
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "Name a colour.", "responses": ["Red."]}])
     out = tmp_path / "s.jsonl"
-    args = ["score", path, "-o", out, "--model", tiny_model, "--max-new-tokens", 4, "-q"]
+    args = ["score", path, "-o", out, "--scorer", "flip", "--model", tiny_model]
+    args += ["--max-new-tokens", 4, "-q"]
     assert CliRunner().invoke(main, [str(a) for a in args]).exit_code == 0
     again = CliRunner().invoke(main, [str(a) for a in [*args[:-1], "--k", 9, "--batch-size", 3]])
     assert again.exit_code == 0, again.output
@@ -98,7 +99,7 @@ def test_options_are_checked_against_their_declaration(options, match):
 def test_api_functions_show_every_option_in_their_signature():
     params = inspect.signature(bon.run).parameters
     assert params["n"].default == 8 and params["reranker_model"].default == "smollm2-135m"
-    assert params["scorers"].default == ("flip",) and params["quiet"].default is False
+    assert params["scorers"].default == ("flip-tokens",) and params["quiet"].default is False
     assert "device" in params and "reranker_device" not in params
     assert "max_response_words" in bon.score.__doc__
     with pytest.raises(ConfigError, match="unknown option\\(s\\) reranker_n"):

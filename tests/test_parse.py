@@ -42,6 +42,32 @@ from bon.scorers.flip import parse_reconstruction, reconstruction_messages
         ("", "", "empty"),
         ("<think>never closed", "", "empty"),
         ("   \n ", "", "empty"),
+        # An echoed answer template is no answer, alone or before a real one.
+        ('{"REASONING": "...", "INFERRED INSTRUCTION": "..."}', "", "empty"),
+        ('{"INFERRED INSTRUCTION": "\u2026"}', "", "empty"),
+        (
+            'Use {"REASONING": "...", "INFERRED INSTRUCTION": "..."}.\n'
+            '{"REASONING": "r", "INFERRED INSTRUCTION": "Name a cat"}',
+            "Name a cat",
+            "json",
+        ),
+        # A bare "instruction" key, whole or cut off, leaves no JSON punctuation behind.
+        ('{"instruction": "Write a poem about cats"}', "Write a poem about cats", "json"),
+        ('{"instruction": "Write a poem about cats"', "Write a poem about cats", "partial-json"),
+        ('Instruction: "Write a poem"}', "Write a poem", "labelled"),
+        # Reasoning closed by </think> without an opening tag is dropped.
+        (
+            "Let me think. It is about rain.</think>Write a haiku about rain.",
+            "Write a haiku about rain.",
+            "fallback",
+        ),
+        # Echoed prompt markers and the response block before the asked-for header are dropped.
+        ("[Response] Write a haiku about the sea.", "Write a haiku about the sea.", "fallback"),
+        (
+            "[Response]\nWaves crash.\n\n[Your Inferred Instruction]\nWrite a sea haiku.",
+            "Write a sea haiku.",
+            "fallback",
+        ),
     ],
 )
 def test_parse_reconstruction(output, inferred, status):
@@ -68,3 +94,8 @@ def test_reconstruction_prompt_gives_earlier_turns_as_context():
     ]
     user = reconstruction_messages("Try green tea.", history)[1]["content"]
     assert user.index("I like tea.") < user.index("Try green tea.")
+
+
+def test_reasoning_that_mentions_an_instruction_is_not_taken_for_the_key():
+    output = '{"REASONING": "The instruction: "unclear", "INFERRED INSTRUCTION": "Sum 2 and 3"}'
+    assert parse_reconstruction(output)[0] == "Sum 2 and 3"

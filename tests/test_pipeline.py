@@ -63,7 +63,7 @@ def test_generation_is_reproducible_for_a_seed(fast):
 
 def test_score_accepts_responses_from_elsewhere_and_empty_ones_score_zero(fast):
     records = [{"prompt": "Name a colour.", "responses": ["Blue.", "", "   "], "model": "theirs"}]
-    out = bon.score_records(records, **fast)[0]
+    out = bon.score_records(records, scorers=["flip"], **fast)[0]
     assert out["responses"] == records[0]["responses"] and out["model"] == "theirs"
     flip = [c["scores"]["flip"] for c in out["candidates"]]
     assert 0.0 <= flip[0] <= 1.0
@@ -75,7 +75,7 @@ def test_score_accepts_responses_from_elsewhere_and_empty_ones_score_zero(fast):
 def test_rerank_and_run_records_select_the_argmax(fast):
     records = [{"prompt": "p", "responses": ["x", "y"]}]
     selected = bon.rerank_records(records, **fast)[0]
-    assert selected["selected"]["by"] == "flip"
+    assert selected["selected"]["by"] == "flip-tokens"  # the default scorer
     assert "candidates" not in selected and "responses" not in selected
     out = bon.run_records(
         PROMPTS[:2], n=2, reranker_model=fast["model"], reranker_max_new_tokens=6, **fast
@@ -109,7 +109,9 @@ def test_cli_run_writes_the_three_files(tmp_path, fast):
     assert len(selected) == 4
     assert all("scores" in c for r in scored for c in r["candidates"])
     best = scored[0]["candidates"][selected[0]["selected"]["index"]]
-    assert best["scores"]["flip"] == max(c["scores"]["flip"] for c in scored[0]["candidates"])
+    assert best["scores"]["flip-tokens"] == max(
+        c["scores"]["flip-tokens"] for c in scored[0]["candidates"]
+    )
 
 
 def test_cli_stages_one_by_one_and_resume_skips_done_records(tmp_path, fast):

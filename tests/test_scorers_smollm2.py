@@ -40,13 +40,13 @@ def test_flip_ranks_true_answers_above_off_topic_ones(smollm2_path, tmp_path):
     records = [{"prompt": x, "responses": [good, bad]} for x, good, bad in CASES]
     out = bon.score_records(
         records,
-        scorers=["flip", "flip-likelihood"],
+        scorers=["flip", "flip-likelihood", "flip-tokens"],
         similarity="cosine",
         prompt="short",
         max_new_tokens=32,
         no_cache=True,
     )
-    for name in ("flip", "flip-likelihood"):
+    for name in ("flip", "flip-likelihood", "flip-tokens"):
         wins = [
             r["candidates"][0]["scores"][name] > r["candidates"][1]["scores"][name] for r in out
         ]
@@ -55,12 +55,13 @@ def test_flip_ranks_true_answers_above_off_topic_ones(smollm2_path, tmp_path):
 
 def test_echo_guard_stops_a_restated_instruction_from_winning(smollm2_path):
     records = [
-        {"prompt": x, "responses": [good, f"You asked: {x} Good question, let me think."]}
+        {"prompt": x, "responses": [good, f"You asked: {x} Good question, let me think.", x]}
         for x, good, _ in CASES[:3]
     ]
-    options = {"prompt": "short", "max_new_tokens": 32, "no_cache": True}
+    options = {"prompt": "short", "similarity": "cosine", "max_new_tokens": 32, "no_cache": True}
     plain = bon.score_records(records, scorers=["flip-likelihood"], echo_guard=False, **options)
-    guarded = bon.score_records(records, scorers=["flip", "flip-likelihood"], **options)
+    names = ["flip", "flip-likelihood", "flip-tokens"]
+    guarded = bon.score_records(records, scorers=names, **options)
     # Unguarded, the echo reconstructs its instruction trivially and beats the true answer.
     assert all(
         r["candidates"][1]["scores"]["flip-likelihood"]
@@ -68,7 +69,11 @@ def test_echo_guard_stops_a_restated_instruction_from_winning(smollm2_path):
         for r in plain
     )
     for record in guarded:
-        good, echo = record["candidates"]
-        for name in ("flip", "flip-likelihood"):
-            assert echo[name]["echo_penalised"] is True
+        good, echo, bare = record["candidates"]
+        for name in names:
+            # The restated question is cut out and the rest scored; a bare restatement is
+            # penalised. Either way the true answer wins.
+            assert echo[name]["echo_removed"] is True
+            assert bare[name]["echo_penalised"] is True
             assert good["scores"][name] > echo["scores"][name], name
+            assert good["scores"][name] > bare["scores"][name], name

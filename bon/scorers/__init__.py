@@ -1,6 +1,7 @@
 """Scorers: map (conversation, candidates) to one score per candidate, plus evidence.
 
-Built-ins: `flip`, `flip-k`, `flip-likelihood` (bon.scorers.flip); `judge-pointwise`,
+Built-ins: `flip`, `flip-k`, `flip-likelihood` (bon.scorers.flip); `flip-tokens`
+(bon.scorers.tokens); `judge-pointwise`,
 `judge-pairwise`, `judge-listwise` (bon.scorers.judges); `random`, `longest`, `shortest`
 (bon.scorers.controls).
 """
@@ -12,6 +13,7 @@ from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
 from bon.scorers.controls import LongestScorer, RandomScorer, ShortestScorer
 from bon.scorers.flip import FlipKScorer, FlipLikelihoodScorer, FlipScorer
 from bon.scorers.judges import ListwiseJudge, PairwiseJudge, PointwiseJudge
+from bon.scorers.tokens import FlipTokensScorer
 
 scorers: Registry[type[Scorer]] = Registry("scorer", "bon.scorers")
 register = scorers.register
@@ -19,6 +21,7 @@ for _cls in (
     FlipScorer,
     FlipKScorer,
     FlipLikelihoodScorer,
+    FlipTokensScorer,
     PointwiseJudge,
     PairwiseJudge,
     ListwiseJudge,
@@ -38,6 +41,7 @@ __all__ = [
     "FlipKScorer",
     "FlipLikelihoodScorer",
     "FlipScorer",
+    "FlipTokensScorer",
     "ListwiseJudge",
     "PairwiseJudge",
     "PointwiseJudge",

@@ -20,7 +20,8 @@ from bon.options import non_negative, option, positive, used_by
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
 PROMPTS = ("paper", "short")
-FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood")
+FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood", "flip-tokens")
+TOKEN_REDUCTIONS = ("z", "gain", "rank", "mean")
 GENERATIVE_FLIP = ("flip", "flip-k")
 JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
@@ -69,7 +70,7 @@ class ScoreOptions(EngineOptions):
     """
 
     scorers: tuple[str, ...] = option(
-        ("flip",),
+        ("flip-tokens",),
         "Scorer to run; repeat for several (each writes its own score).",
         check=lambda v: isinstance(v, tuple) and len(v) > 0,
         constraint="at least one scorer name",
@@ -113,7 +114,8 @@ class ScoreOptions(EngineOptions):
     )
     prompt: str = option(
         "paper",
-        "Reconstruction prompt: paper (reasoning, then JSON) or short (the instruction only).",
+        "Reconstruction prompt of flip and flip-k: paper (reasoning, then JSON) or short (the "
+        "instruction only). The paper's recipe: --scorer flip --prompt paper --similarity f1.",
         choices=PROMPTS,
         used_by=GENERATIVE_FLIP,
     )
@@ -123,6 +125,22 @@ class ScoreOptions(EngineOptions):
         "system prompt (records must start with one).",
         choices=TARGETS,
         used_by=FLIP_FAMILY,
+    )
+    token_reduce: str = option(
+        "gain",
+        "How flip-tokens aggregates the instruction's token log-probabilities: gain (mean "
+        "gain over the instruction's prior, clipped at 0), z or rank (each token compared "
+        "across the record's candidates), mean (as flip-likelihood).",
+        choices=TOKEN_REDUCTIONS,
+        used_by=("flip-tokens",),
+    )
+    length_weight: float = option(
+        0.5,
+        "flip-tokens adds this many within-record standard scores of log(1 + words read) to "
+        "the standard score of its token aggregate (0: the aggregate alone). Fitted on dev.",
+        check=non_negative,
+        constraint=">= 0",
+        used_by=("flip-tokens",),
     )
     k: int = option(
         4,

@@ -216,18 +216,22 @@ class _FlipBase(Scorer):
             raise RecordProblem(str(exc)) from None
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
-        items = []
+        items, checks = [], []
         for query in self.clipped(queries):
             target, context = target_and_context(query.messages, self.options.target)
-            items.extend(_Item(text, target, context) for text in query.candidates)
-        flat = self.score_items(items) if items else []
-        guarded = []
-        for item, scored in zip(items, flat, strict=True):
-            value, evidence = self.guard.apply(scored.value, item.response, item.target)
-            guarded.append(Scored(value, {**scored.evidence, **evidence}))
+            for text in query.candidates:
+                check = self.guard.inspect(text, target)
+                checks.append(check)
+                items.append(_Item(check.text, target, context))
+        flat = self.score_items(items, [len(q.candidates) for q in queries]) if items else []
+        guarded = [
+            Scored(self.guard.apply(scored.value, check), {**scored.evidence, **check.evidence})
+            for check, scored in zip(checks, flat, strict=True)
+        ]
         return regroup(guarded, [len(q.candidates) for q in queries])
 
-    def score_items(self, items: list[_Item]) -> list[Scored]:
+    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+        """One `Scored` per item; `sizes` gives how many consecutive items each record holds."""
         raise NotImplementedError
 
 
@@ -245,7 +249,7 @@ class FlipScorer(_FlipBase):
             json_schema=JSON_SCHEMA if self.prompt == "paper" else None,
         )
 
-    def score_items(self, items: list[_Item]) -> list[Scored]:
+    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
         outputs = self.engine.generate(prompts, self._sampling) if prompts else []
@@ -275,7 +279,7 @@ class FlipKScorer(_FlipBase):
             "seed": self.options.seed,
         }
 
-    def score_items(self, items: list[_Item]) -> list[Scored]:
+    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
         k = self.options.k
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
@@ -318,7 +322,7 @@ class FlipLikelihoodScorer(_FlipBase):
     def decoding(self) -> dict[str, Any]:
         return {"decoding": "teacher-forced", "reduce": "mean-token-logprob"}
 
-    def score_items(self, items: list[_Item]) -> list[Scored]:
+    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
         rows = self.engine.continuation_logprobs(
             [self.messages(item) for item in items], [item.target for item in items]
         )
@@ -331,10 +335,21 @@ class FlipLikelihoodScorer(_FlipBase):
 
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+# A closing tag with no opening one: everything before it was reasoning.
+_UNOPENED_THINK = re.compile(r"^.*?</think>", re.DOTALL | re.IGNORECASE)
+# An echoed prompt: the response block, then the header under which the answer was asked for.
+_ECHOED_HEADER = re.compile(
+    r"^.*\[your inferred (?:instruction|system prompt)\][^\S\n]*\n?", re.DOTALL | re.IGNORECASE
+)
+_MARKER = re.compile(r"^\s*\[(?:response|answer)\]\s*", re.IGNORECASE)
+# A template's placeholder copied back ("...", "…", "<instruction>") is no instruction.
+_PLACEHOLDER = re.compile(r"^[\s.\u2026]*$|^\s*<[^<>]*>\s*$")
+_TEMPLATE = re.compile(r"\{\s*(?:\"[^\"]*\"\s*:\s*\"[\s.\u2026]*\"\s*,?\s*)+\}")
 _FENCE = re.compile(r"```[a-zA-Z]*\n?|```")
-_KEY = re.compile(r"^\W*inferred[\s_-]*(?:instruction|system[\s_-]*prompt)\W*$", re.IGNORECASE)
+_KEY = re.compile(r"^\W*(?:inferred[\s_-]*)?(?:instruction|system[\s_-]*prompt)\W*$", re.IGNORECASE)
 _QUOTED_VALUE = re.compile(
-    r"[\"']?inferred[\s_-]*(?:instruction|system[\s_-]*prompt)[\"']?\s*[:=]\s*"
+    r"(?:[\"']?inferred[\s_-]*(?:instruction|system[\s_-]*prompt)[\"']?"
+    r"|[\"'](?:instruction|system[\s_-]*prompt)[\"'])\s*[:=]\s*"
     r"\"((?:[^\"\\]|\\.)*)",
     re.IGNORECASE,
 )
@@ -383,8 +398,14 @@ def parse_reconstruction(output: str, prompt: str = "paper") -> tuple[str, str]:
 
 
 def clean_output(output: str) -> str:
-    """A model's output without think blocks and markdown code fences."""
-    return _FENCE.sub("", _THINK.sub("", output)).strip()
+    """A model's output without think blocks (also one whose opening tag is missing), markdown
+    code fences, and an echoed copy of the prompt's response block and headers."""
+    text = _UNOPENED_THINK.sub("", _THINK.sub("", output))
+    text = _TEMPLATE.sub("", _FENCE.sub("", text)).strip()
+    after = _ECHOED_HEADER.sub("", text, count=1).strip()
+    if after:
+        text = after
+    return _MARKER.sub("", text).strip()
 
 
 def strip_preamble(text: str) -> str:
@@ -408,14 +429,14 @@ def _from_json(text: str) -> str | None:
     if data is None:
         return None
     for key, value in data.items():
-        if _KEY.match(str(key)) and isinstance(value, str):
+        if _KEY.match(str(key)) and isinstance(value, str) and not _PLACEHOLDER.match(value):
             return value
     return None
 
 
 def _from_quoted_value(text: str) -> str | None:
     match = _QUOTED_VALUE.search(text)
-    if not match:
+    if not match or _PLACEHOLDER.match(match.group(1)):
         return None
     try:
         return json.loads(f'"{match.group(1)}"')
@@ -425,4 +446,8 @@ def _from_quoted_value(text: str) -> str | None:
 
 def _from_labelled_line(text: str) -> str | None:
     match = _LABELLED_LINE.search(text)
-    return match.group(1) if match else None
+    if not match:
+        return None
+    # The rest of a JSON line the model wrote: `"Write a poem"}` or `"Write a poem",`.
+    value = match.group(1).strip().rstrip("}],").strip()
+    return None if _PLACEHOLDER.match(value) else value

@@ -1,19 +1,23 @@
 """Guards against FLIP's known blind spot: a response that restates the instruction.
 
 Such a response makes the reconstruction trivial (the model copies the instruction back), so it
-scores high without answering. The echo guard measures how much of the target (instruction or
-system prompt) reappears in the response, as the share of the target's word n-grams (normalised
-as for token F1) that the response contains. At or above a threshold the score is lowered by a
-fixed penalty, chosen per scorer so that an echo ranks below every non-echo by default: 1.0 for
-similarity scores (which lie in [0, 1], so an echo lands in [-1, 0)) and 10 nats per token
-for mean log-probabilities. Targets shorter than n words are never flagged: a
-two-word greeting is restated by any polite answer. The default threshold (0.8) leaves answers
-that open by restating part of the question ("Three colours of the rainbow are ...") alone.
+would score high without answering. The echo guard measures how much of the target (instruction
+or system prompt) reappears in the response, as the share of the target's word n-grams
+(normalised as for token F1) that the response contains. At or above a threshold the restated
+passages (runs of at least n matching words) are cut out, and the scorer reads what is left:
+an answer that first repeats the request, as some prompts ask ("First repeat the request word
+for word, then answer"), is scored on its answer like any other. Only when fewer than n words
+remain (a bare restatement) is the score lowered by a fixed penalty, chosen per scorer so that
+such an echo ranks below every non-echo by default. A rewrite ("Rewrite this sentence: ...")
+shares the quoted text, not the request around it, so it stays below the threshold. Targets
+shorter than n words are never flagged: a two-word greeting is restated by any polite answer.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any
 
 from bon.similarity import normalize
@@ -34,34 +38,72 @@ def echo_overlap(response: str, target: str, n: int = 3) -> float | None:
     return len(wanted & ngrams(response, n)) / len(wanted)
 
 
+def remove_echo(response: str, target: str, n: int = 3) -> str:
+    """`response` without its passages that repeat `target` (runs of at least `n` normalised
+    words in the same order), the rest of its layout kept."""
+    spans = []  # (normalised word, start, end) of each response word that survives normalising
+    for match in re.finditer(r"\S+", response):
+        for word in normalize(match.group()).split():
+            spans.append((word, match.start(), match.end()))
+    words = [w for w, _, _ in spans]
+    matcher = SequenceMatcher(None, words, normalize(target).split(), autojunk=False)
+    cuts = [
+        (spans[b.a][1], spans[b.a + b.size - 1][2])
+        for b in matcher.get_matching_blocks()
+        if b.size >= n
+    ]
+    out, last = [], 0
+    for start, end in cuts:
+        out.append(response[last:start])
+        last = end
+    out.append(response[last:])
+    return re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """What the scorer reads of one response, and what the guard found."""
+
+    text: str
+    penalise: bool
+    evidence: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class EchoGuard:
-    """Configured echo guard; `apply` returns the guarded value and the evidence to record."""
+    """Configured echo guard: `inspect` before scoring, `apply` to the score."""
 
     enabled: bool = True
     n: int = 3
     threshold: float = 0.8
     penalty: float = 1.0
 
-    def apply(self, value: float, response: str, target: str) -> tuple[float, dict[str, Any]]:
-        """The guarded value (lowered by `penalty` for an echo) and the evidence: the overlap,
-        and `echo_penalised` when the penalty applied."""
+    def inspect(self, response: str, target: str) -> Guarded:
+        """The text to score (the response, or what is left of an echo once the restated
+        passages are cut), whether the score is to be penalised, and the evidence to record."""
         if not self.enabled:
-            return value, {}
+            return Guarded(response, False, {})
         overlap = echo_overlap(response, target, self.n)
         if overlap is None:
-            return value, {"echo": None}
+            return Guarded(response, False, {"echo": None})
         evidence: dict[str, Any] = {"echo": round(overlap, 4)}
-        if overlap >= self.threshold:
-            evidence["echo_penalised"] = True
-            value -= self.penalty
-        return value, evidence
+        if overlap < self.threshold:
+            return Guarded(response, False, evidence)
+        rest = remove_echo(response, target, self.n)
+        if len(normalize(rest).split()) >= self.n:
+            return Guarded(rest, False, {**evidence, "echo_removed": True})
+        return Guarded(rest, True, {**evidence, "echo_penalised": True})
+
+    def apply(self, value: float, guarded: Guarded) -> float:
+        """The score lowered by `penalty` when the guard found a bare restatement."""
+        return value - self.penalty if guarded.penalise else value
 
     def describe(self) -> dict[str, Any]:
         if not self.enabled:
             return {"echo_guard": False}
         return {
             "echo_guard": True,
+            "echo_guard_mode": "cut-restatement",
             "echo_ngram": self.n,
             "echo_threshold": self.threshold,
             "echo_penalty": self.penalty,

@@ -1,0 +1,139 @@
+"""Token-level FLIP: which response makes each token of the instruction most likely.
+
+`flip-likelihood` averages the instruction's token log-probabilities given a response. Within a
+record every candidate answers the same instruction, so any linear normalisation (sum, mean,
+per-token length) ranks candidates the same way; only a non-linear aggregation can change the
+ranking. `flip-tokens` reads the same teacher-forced log-probabilities, plus once per record
+the instruction's prior (its log-probabilities after an empty response), and aggregates per
+token *across the record's candidates* (`token_reduce`):
+
+- `mean`: the mean log-probability (as `flip-likelihood`);
+- `gain`: the mean per-token gain over the prior, clipped at 0 (a response earns credit only for
+  the tokens it makes more likely than no response does);
+- `z`: each token's log-probability standardised across the record's candidates, then averaged:
+  a token every candidate predicts equally well (a shared topic word) carries no weight, and a
+  token only some candidates predict (a constraint such as "in all lowercase" or "exactly 3
+  bullet points") weighs as much as any other.
+- `rank`: each token's rank among the record's candidates, averaged.
+
+The default, chosen on the dev halves of the preference sets (benchmarks/reward_quality.py), is
+`gain` mixed with how much each response says: within a record, the standard score of the gain
+plus `length_weight` (0.5) standard scores of log(1 + words read). On focus dev (80 items) the
+gain alone scored 96.2% and the mean 95.0%; on a vs-small dev sample (33 items) every token
+aggregate stayed near 61%, because small-model answers that restate the question make it
+likely, and the length term lifted it to 73% with focus unchanged (see
+benchmarks/results/reward_quality_tuning.md). `--length-weight 0` reads the aggregate alone.
+`z`, `rank` and the mixed score compare candidates, so a candidate's score depends on the others
+in its record (the scorer is not `independent`; the cache keys the whole record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bon.scorers.base import Scored
+from bon.scorers.flip import FlipLikelihoodScorer, _Item
+
+_EPS = 1e-6
+
+
+def _z(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    spread = logprobs.std(axis=0) + _EPS
+    return ((logprobs - logprobs.mean(axis=0)) / spread).mean(axis=1)
+
+
+def _rank(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    # Average ranks, so candidates that predict a token equally share its rank.
+    ranks = np.empty_like(logprobs)
+    for t in range(logprobs.shape[1]):
+        column = logprobs[:, t]
+        ordered = np.sort(column)
+        below = np.searchsorted(ordered, column, side="left")
+        equal = np.searchsorted(ordered, column, side="right") - below - 1
+        ranks[:, t] = below + equal / 2
+    return ranks.mean(axis=1) / max(1, len(logprobs) - 1)
+
+
+_REDUCE = {
+    "mean": lambda logprobs, prior: logprobs.mean(axis=1),
+    "gain": lambda logprobs, prior: np.maximum(logprobs - prior, 0.0).mean(axis=1),
+    "z": _z,
+    "rank": _rank,
+}
+
+
+def reduce_tokens(rows: Sequence[Sequence[float]], prior: Sequence[float], how: str) -> list[float]:
+    """One score per candidate from its per-token log-probabilities `rows` (all of one length,
+    the instruction's) and the instruction's `prior` log-probabilities; `how` is one of
+    `TOKEN_REDUCTIONS`."""
+    if not rows:
+        return []
+    logprobs = np.asarray(rows, dtype=float)
+    if logprobs.shape[1] == 0:
+        return [0.0] * len(rows)
+    return [float(v) for v in _REDUCE[how](logprobs, np.asarray(prior, dtype=float))]
+
+
+def standardise(values: Sequence[float]) -> np.ndarray:
+    """`values` minus their mean, over their standard deviation (all 0 when they are equal)."""
+    array = np.asarray(values, dtype=float)
+    spread = array.std()
+    return (array - array.mean()) / spread if spread > _EPS else np.zeros_like(array)
+
+
+def combine(aggregate: Sequence[float], words: Sequence[int], length_weight: float) -> list[float]:
+    """A record's scores: the token aggregate alone when `length_weight` is 0, else its
+    standard score plus `length_weight` standard scores of log(1 + words)."""
+    if not length_weight:
+        return list(aggregate)
+    mixed = standardise(aggregate) + length_weight * standardise(np.log1p(words))
+    return [float(v) for v in mixed]
+
+
+class FlipTokensScorer(FlipLikelihoodScorer):
+    """Teacher-forced FLIP aggregated per instruction token across a record's candidates."""
+
+    name = "flip-tokens"
+    version = "1"
+    independent = False
+    default_echo_penalty: ClassVar[float] = 10.0
+
+    def decoding(self) -> dict[str, Any]:
+        return {
+            "decoding": "teacher-forced",
+            "reduce": self.options.token_reduce,
+            "length_weight": self.options.length_weight,
+        }
+
+    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+        starts = [int(s) for s in np.cumsum([0, *sizes])[:-1]]
+        # One prior per record: the instruction after an empty response, in the record's context.
+        priors = [
+            _Item("", items[s].target, items[s].context)
+            for s, n in zip(starts, sizes, strict=True)
+            if n
+        ]
+        conversations = [self.messages(item) for item in [*items, *priors]]
+        targets = [item.target for item in [*items, *priors]]
+        rows = self.engine.continuation_logprobs(conversations, targets)
+        flat: list[Scored] = []
+        prior_rows = iter(rows[len(items) :])
+        for start, size in zip(starts, sizes, strict=True):
+            if not size:
+                continue
+            group = rows[start : start + size]
+            aggregate = reduce_tokens(group, next(prior_rows), self.options.token_reduce)
+            words = [len(item.response.split()) for item in items[start : start + size]]
+            values = combine(aggregate, words, self.options.length_weight)
+            for row, value, raw, count in zip(group, values, aggregate, words, strict=True):
+                evidence = {"tokens": len(row), "logprob_mean": round(_mean(row), 4)}
+                evidence.update({self.options.token_reduce: round(raw, 4), "words": count})
+                flat.append(Scored(value, evidence))
+        return flat
+
+
+def _mean(row: Sequence[float]) -> float:
+    return float(sum(row) / len(row)) if row else 0.0
