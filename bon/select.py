@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bon.options import option, validate
+from bon.scorers import ScoreOptions
 
-DEFAULT_SCORE = "flip"
+DEFAULT_SCORE = ScoreOptions().scorers[0]
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ def test_cli_run_passes_each_stage_its_own_engine_args(tmp_path, fake):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Name a colour."}])
     other = FakeOpenAI()  # the reranker's server
     try:
-        args = ["run", prompts, "-o", tmp_path / "out", "--n", 2, "-q"]
+        args = ["run", prompts, "-o", tmp_path / "out", "--n", 2, "-q", "--scorer", "flip"]
         args += ["--engine", "openai", "--engine-arg", f"base_url={fake.url}"]
         args += ["--reranker-engine", "openai", "--reranker-engine-arg", f"base_url={other.url}"]
         args += ["--reranker-engine-arg", "concurrency=1"]

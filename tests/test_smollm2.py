@@ -1,10 +1,12 @@
 """The real packaged SmolLM2-135M-Instruct, end to end (about a minute on two CPU cores)."""
 
 import json
+import math
 import re
 
 from click.testing import CliRunner
 
+import bon
 from bon.cli import main
 from bon.models import resolve_model
 from tests.conftest import read_jsonl, write_jsonl
@@ -53,12 +55,13 @@ def test_bon_run_on_the_default_model(tmp_path, smollm2_path):
     assert all(c["text"].strip() for r in candidates for c in r["candidates"])
     assert re.search(r"Paris|France", " ".join(c["text"] for c in candidates[0]["candidates"]))
     scored = read_jsonl(out / "scored.jsonl")
+    name = bon.ScoreOptions().scorers[0]  # the default scorer
     for record in scored:
+        assert record["scoring"][name]["model"] == "smollm2-135m"
         for candidate in record["candidates"]:
-            assert candidate["scores"]["flip"] <= 1.0  # an echo the guard flags goes below 0
-            assert candidate["flip"]["parse"] in ("json", "partial-json", "labelled", "fallback")
+            assert math.isfinite(candidate["scores"][name])
     selected = read_jsonl(out / "selected.jsonl")
     assert [r["id"] for r in selected] == ["capital", "colours"]
     for record, scored_record in zip(selected, scored, strict=True):
-        best = max(c["scores"]["flip"] for c in scored_record["candidates"])
-        assert record["selected"]["score"] == best
+        best = max(c["scores"][name] for c in scored_record["candidates"])
+        assert record["selected"]["score"] == best and record["selected"]["by"] == name
