@@ -74,9 +74,8 @@ def test_echo_guard_stops_a_restated_instruction_from_winning(smollm2_path):
     for record in guarded:
         good, echo, bare = record["candidates"]
         for name in names:
-            # The restated question is cut out and the rest scored; a bare restatement is
-            # penalised. Either way the true answer wins.
-            assert echo[name]["echo_removed"] is True
+            # A restated question is cut out and the rest scored, less the penalty.
+            assert echo[name]["echo_penalised"] is True
             assert bare[name]["echo_penalised"] is True
             assert good["scores"][name] > echo["scores"][name], name
             assert good["scores"][name] > bare["scores"][name], name

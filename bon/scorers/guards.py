@@ -4,11 +4,12 @@ Such a response makes the reconstruction trivial (the model copies the instructi
 would score high without answering. The echo guard measures how much of the target (instruction
 or system prompt) reappears in the response, as the share of the target's word n-grams
 (normalised as for token F1) that the response contains. At or above a threshold the restated
-passages (runs of at least n matching words) are cut out, and the scorer reads what is left:
-an answer that first repeats the request, as some prompts ask ("First repeat the request word
-for word, then answer"), is scored on its answer like any other. Only when fewer than n words
-remain (a bare restatement) is the score lowered by a fixed penalty, chosen per scorer so that
-such an echo ranks below every non-echo by default. A rewrite ("Rewrite this sentence: ...")
+passages (runs of at least n matching words) are cut out, the scorer reads what is left, and
+the score is lowered by a fixed penalty, chosen per scorer so that an echo ranks below every
+non-echo by default. The exception is an instruction that asks to be repeated ("First repeat
+the request word for word without change, then give your answer", as IFEval has): there an
+answer that repeats it is scored on the rest, like any other answer, with no penalty unless
+fewer than n words remain. A rewrite ("Rewrite this sentence: ...")
 shares the quoted text, not the request around it, so it stays below the threshold. Targets
 shorter than n words are never flagged: a two-word greeting is restated by any polite answer.
 """
@@ -60,6 +61,19 @@ def remove_echo(response: str, target: str, n: int = 3) -> str:
     return re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
 
 
+_REPEAT = re.compile(
+    r"\b(?:repeat|restate|copy|rewrite)\b[^.?!]{0,40}?\b(?:request|question|prompt|instruction|"
+    r"query|task)s?\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_repetition(target: str) -> bool:
+    """Whether the instruction asks for itself to be repeated ("First repeat the request word
+    for word without change, then give your answer")."""
+    return bool(_REPEAT.search(target))
+
+
 @dataclass(frozen=True)
 class Guarded:
     """What the scorer reads of one response, and what the guard found."""
@@ -90,7 +104,7 @@ class EchoGuard:
         if overlap < self.threshold:
             return Guarded(response, False, evidence)
         rest = remove_echo(response, target, self.n)
-        if len(normalize(rest).split()) >= self.n:
+        if asks_for_repetition(target) and len(normalize(rest).split()) >= self.n:
             return Guarded(rest, False, {**evidence, "echo_removed": True})
         return Guarded(rest, True, {**evidence, "echo_penalised": True})
 
@@ -103,7 +117,7 @@ class EchoGuard:
             return {"echo_guard": False}
         return {
             "echo_guard": True,
-            "echo_guard_mode": "cut-restatement",
+            "echo_guard_mode": "cut-restatement-v2",
             "echo_ngram": self.n,
             "echo_threshold": self.threshold,
             "echo_penalty": self.penalty,
