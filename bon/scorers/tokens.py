@@ -16,13 +16,13 @@ token *across the record's candidates* (`token_reduce`):
   bullet points") weighs as much as any other.
 - `rank`: each token's rank among the record's candidates, averaged.
 
-The default, chosen on the dev halves of the preference sets (benchmarks/reward_quality.py), is
-`gain` mixed with how much each response says: within a record, the standard score of the gain
-plus `length_weight` (0.5) standard scores of log(1 + words read). On focus dev (80 items) the
-gain alone scored 96.2% and the mean 95.0%; on a vs-small dev sample (33 items) every token
-aggregate stayed near 61%, because small-model answers that restate the question make it
-likely, and the length term lifted it to 73% with focus unchanged (see
-benchmarks/results/reward_quality_tuning.md). `--length-weight 0` reads the aggregate alone.
+The default, chosen on the dev halves of the preference sets, is `gain` mixed with how much each
+response says: within a record, the standard score of the gain plus `length_weight` (0.5)
+standard scores of log(1 + words read). In the exploration that chose it, on focus dev (80
+items) the gain alone scored 96.2% and the mean 95.0%; on a vs-small dev sample (33 items) every
+token aggregate stayed near 61%, because small-model answers that restate the question make it
+likely, and the length term lifted it to 73% with focus unchanged; benchmarks/reward_quality.py
+measures the result. `--length-weight 0` reads the aggregate alone.
 `z`, `rank` and the mixed score compare candidates, so a candidate's score depends on the others
 in its record (the scorer is not `independent`; the cache keys the whole record).
 """
