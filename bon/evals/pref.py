@@ -28,7 +28,10 @@ from bon.errors import ConfigError, InputError, require
 from bon.evals.report import fmt, markdown_table
 from bon.jsonl import read_lines
 from bon.records import RecordProblem
-from bon.scorers import higher_is_better
+from bon.scorers import ScoreOptions, higher_is_better
+
+DEFAULT_SCORERS = ScoreOptions().scorers
+"""The default scorers of `bon score`."""
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +224,7 @@ def accuracy(
 def eval_pref(
     input: str | Path | Sequence[str | Path],
     *,
-    scorers: Sequence[str] = ("flip",),
+    scorers: Sequence[str] = DEFAULT_SCORERS,
     subset_field: str = "subset",
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
