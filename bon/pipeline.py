@@ -30,7 +30,7 @@ from bon.jsonl import (
 )
 from bon.records import RecordProblem
 from bon.reranker import Reranker
-from bon.scorers import ScoreOptions, higher_is_better
+from bon.scorers import ScoreOptions
 from bon.select import SelectOptions, select_record
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,14 @@ def score_stage(options: ScoreOptions) -> Stage:
 
 
 def select_stage(options: SelectOptions) -> Stage:
-    direction = higher_is_better(options.score)
-
     def process(batch: list[dict]) -> list[dict]:
-        return [select_record(r, options, direction) for r in batch]
+        return [select_record(r, options) for r in batch]
 
     return Stage(
         "select",
-        lambda record: records.check_scored(record, options.score),
+        lambda record: records.check_scored(record, options.score_for(record)),
         process,
-        {"stage": "select", "by": options.score, "keep_all": options.keep_all},
+        {"stage": "select", "by": options.by, "keep_all": options.keep_all},
         budget=64,
     )
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bon.options import option, validate
-from bon.scorers import ScoreOptions
+from bon.scorers import ScoreOptions, higher_is_better
 
 DEFAULT_SCORE = ScoreOptions().scorers[0]
 
@@ -24,7 +25,7 @@ class SelectOptions:
     by: str | None = option(
         None,
         "Score to select by (a key of each candidate's `scores`); unset: the first scorer run "
-        f"(`{DEFAULT_SCORE}` in `bon select`).",
+        "(in `bon select`: the first score the input records hold).",
         check=lambda v: v is None or (isinstance(v, str) and bool(v)),
         constraint="a score name",
     )
@@ -33,10 +34,28 @@ class SelectOptions:
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def score(self) -> str:
-        """The score selected by."""
-        return self.by or DEFAULT_SCORE
+    def score_for(self, record: Any) -> str:
+        """The score to select `record` by: `by`, else the first score the record holds, else
+        the default scorer's."""
+        return self.by or first_score(record) or DEFAULT_SCORE
+
+
+def first_score(record: Any) -> str | None:
+    """The first scorer a scored record names (its `scoring` block, else its first candidate's
+    `scores`), or None."""
+    if not isinstance(record, dict):
+        return None
+    for names in (record.get("scoring"), _first_scores(record)):
+        if isinstance(names, dict) and names:
+            return str(next(iter(names)))
+    return None
+
+
+def _first_scores(record: dict) -> Any:
+    candidates = record.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        return candidates[0].get("scores")
+    return None
 
 
 def best_index(values: Sequence[float | None], higher_is_better: bool = True) -> int:
@@ -61,14 +80,16 @@ def _missing(value: float | None) -> bool:
     return value is None or math.isnan(value)
 
 
-def select_record(record: dict, options: SelectOptions, higher_is_better: bool = True) -> dict:
-    """Return `record` with `selected` added (and its candidates dropped unless `keep_all`).
+def select_record(record: dict, options: SelectOptions) -> dict:
+    """Return `record` with `selected` added (and its candidates dropped unless `keep_all`),
+    in the direction the score's scorer declares.
 
     A record whose scores are all NaN or null gets `selected` with null index, text and score.
     """
+    name = options.score_for(record)
     candidates = record["candidates"]
-    values = [_as_float(c["scores"][options.score]) for c in candidates]
-    index = None if all(map(_missing, values)) else best_index(values, higher_is_better)
+    values = [_as_float(c["scores"][name]) for c in candidates]
+    index = None if all(map(_missing, values)) else best_index(values, higher_is_better(name))
     out = dict(record)
     if not options.keep_all:
         out.pop("candidates", None)
@@ -77,7 +98,7 @@ def select_record(record: dict, options: SelectOptions, higher_is_better: bool =
         "index": index,
         "text": None if index is None else candidates[index]["text"],
         "score": None if index is None else values[index],
-        "by": options.score,
+        "by": name,
     }
     return out
 
