@@ -61,3 +61,17 @@ def test_a_record_without_a_finite_score_is_selected_as_null():
     record["candidates"][1]["scores"]["flip"] = None  # how bon writes NaN to JSON
     out = select_record(record, SelectOptions())
     assert out["selected"] == {"index": None, "text": None, "score": None, "by": "flip"}
+
+
+def test_without_by_the_first_recorded_score_and_its_direction_decide():
+    record = {
+        "prompt": "p",
+        "scoring": {"shortest": {}, "longest": {}},
+        "candidates": [
+            {"text": "long answer", "scores": {"shortest": 11.0, "longest": 11.0}},
+            {"text": "short", "scores": {"shortest": 5.0, "longest": 5.0}},
+        ],
+    }
+    selected = select_record(record, SelectOptions())["selected"]
+    assert (selected["index"], selected["by"]) == (1, "shortest")  # lower is better
+    assert select_record(record, SelectOptions(by="longest"))["selected"]["index"] == 0
