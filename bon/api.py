@@ -10,6 +10,7 @@ function's signature is derived from those declarations, so `help(bon.generate)`
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
         zip(_run_stages(*stage_options), inputs, paths, strict=True)
     ):
         # Only the first stage sees user input; later stages read what bon wrote, which is valid.
-        step = files if i == 0 else FileOptions("fail", files.overwrite, files.quiet)
+        step = files if i == 0 else dataclasses.replace(files, on_error="fail")
         reports.append(_run_file(stage, source, target, step))
     return reports
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from bon.errors import ConfigError
 from bon.models import cache_dir
-from bon.scorers.base import Query, Scored, Scorer
+from bon.scorers.base import Query, Scored, Scorer, refused
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class CachedScorer:
             fresh = self._score_missing_candidates(queries, keys, found)
         else:
             fresh = self._score_missing_queries(queries, keys, found)
-        lasting = {k: s for k, s in fresh.items() if not _refused(s)}
+        lasting = {k: s for k, s in fresh.items() if not refused(s.evidence)}
         if lasting:
             self.cache.put_many(lasting)
         found.update(fresh)
@@ -186,9 +186,3 @@ class CachedScorer:
             for row, scored in zip(todo_keys, results, strict=True)
             for k, s in zip(row, scored, strict=True)
         }
-
-
-def _refused(scored: Scored) -> bool:
-    """True for a score standing in for an engine's refusal: retried next time, never cached."""
-    status = scored.evidence.get("parse")
-    return isinstance(status, str) and status.startswith("error")

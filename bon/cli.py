@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import functools
 import json
@@ -61,10 +60,9 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
     elif base is Mapping:
         kwargs.update(multiple=True, callback=_engine_args, metavar="KEY=VALUE", show_default=False)
     else:
-        kwargs["type"] = click.Choice(choices) if choices else base
-        kwargs["multiple"] = base is tuple or typing.get_origin(hint) is tuple
-        if kwargs["multiple"]:
-            kwargs["type"] = click.Choice(choices) if choices else str
+        multiple = base is tuple
+        element = str if multiple else base
+        kwargs.update(multiple=multiple, type=click.Choice(choices) if choices else element)
     if field.default is None:
         kwargs["show_default"] = False
     return click.option(*names, keyword, **kwargs)
@@ -76,7 +74,7 @@ def _base_type(hint: Any) -> Any:
     if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
         hint = args[0]
     origin = typing.get_origin(hint) or hint
-    if origin in (Mapping, collections.abc.Mapping, dict):
+    if origin in (Mapping, dict):
         return Mapping
     return origin
 

@@ -14,6 +14,7 @@ from bon.cache import CachedScorer, ScoreCache
 from bon.engines import Engine, load_engine
 from bon.records import RecordProblem
 from bon.scorers import Query, ScoreOptions, Scorer, scorers
+from bon.scorers.base import refused
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def _refused(record: dict) -> RecordProblem | None:
     """A problem when an engine refused to score one of the record's candidates."""
     for i, candidate in enumerate(record["candidates"]):
         for name in candidate.get("scores", {}):
-            evidence = candidate.get(name)
-            status = evidence.get("parse") if isinstance(evidence, dict) else None
-            if isinstance(status, str) and status.startswith("error"):
+            if refused(candidate.get(name)):
+                status = candidate[name]["parse"]
                 return RecordProblem(f"the reranker could not score candidate {i}: {status}")
     return None

@@ -271,6 +271,12 @@ class Scorer(ABC):
 CHARS_PER_WORD = 16
 
 
+def refused(evidence: Any) -> bool:
+    """True when a score's evidence says the engine refused to answer (parse status "error...")."""
+    status = evidence.get("parse") if isinstance(evidence, dict) else None
+    return isinstance(status, str) and status.startswith("error")
+
+
 def clip_words(text: str, limit: int) -> str:
     """`text` cut after its `limit`-th whitespace-separated word, its layout kept, and to at
     most `CHARS_PER_WORD * limit` characters (a response without spaces is no exception)."""
