@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bon import pipeline
+from bon import pipeline, turns
 from bon.errors import ConfigError
+from bon.export import ExportOptions, export_file
+from bon.export import export_records as _export_records
 from bon.generator import GenerateOptions
 from bon.options import fields, option, types_of, validate
 from bon.pipeline import ON_ERROR, Report, Stage
@@ -92,10 +94,18 @@ COMMANDS: dict[str, list[Group]] = {
 }
 """The option groups of each command, in the order the CLI lists them."""
 
+TOOLS: dict[str, list[Group]] = {"export": [Group(ExportOptions)]}
+"""Commands outside the pipeline's stages (no records function, no file options)."""
+
+
+def _groups(command: str, files: bool) -> list[Group]:
+    own = COMMANDS[command] if command in COMMANDS else TOOLS[command]
+    return [*own, *([Group(FileOptions)] if files else [])]
+
 
 def keywords(command: str, *, files: bool = True) -> list[inspect.Parameter]:
     """The keyword parameters of a command's API function (with `FileOptions` for file runs)."""
-    groups = [*COMMANDS[command], *([Group(FileOptions)] if files else [])]
+    groups = _groups(command, files)
     params = []
     for group in groups:
         hints = types_of(group.cls)
@@ -129,7 +139,7 @@ def _mirrors(command: str, *, files: bool) -> Callable[[Callable], Callable]:
 
 
 def _help(command: str, keyword: str) -> str:
-    for group in [*COMMANDS[command], Group(FileOptions)]:
+    for group in _groups(command, True):
         name = group.names().get(keyword)
         if name is not None:
             return next(f.metadata["help"] for f in fields(group.cls) if f.name == name)
@@ -139,7 +149,7 @@ def _help(command: str, keyword: str) -> str:
 def _split(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
     """Build each group's options object from the keywords; an unknown keyword is an error."""
     options = dict(options)
-    groups = [*COMMANDS[command], *([Group(FileOptions)] if files else [])]
+    groups = _groups(command, files)
     shared = {name: options[name] for name in SHARED_FIELDS if name in options}
     built = []
     for group in groups:
@@ -230,10 +240,21 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     next loads; each resumes on its own, and with `overwrite` only the stages whose input or
     configuration changed are redone. Reranker options whose names the generator also has take
     the prefix `reranker_` (`reranker_model`, ...); `device` and `dtype` apply to both models.
+    Records with `turns` (MT-Bench's question files) are answered turn by turn, each turn
+    sampled after the selected answer to the one before (see `bon.turns`).
     """
     *stage_options, files = _split("run", options, files=True)
-    paths = [Path(out_dir) / name for name in RUN_FILES]
-    inputs = [Path(prompts), *paths[:2]]
+    if turns.is_multiturn(prompts):
+        return _run_turns(prompts, Path(out_dir), stage_options, files)
+    return _run_three(Path(prompts), Path(out_dir), stage_options, files)
+
+
+def _run_three(
+    prompts: Path, out_dir: Path, stage_options: list[Any], files: FileOptions
+) -> list[Report]:
+    """Generate, score and select `prompts` into the three files of `out_dir`."""
+    paths = [out_dir / name for name in RUN_FILES]
+    inputs = [prompts, *paths[:2]]
     reports = []
     for i, (stage, source, target) in enumerate(
         zip(_run_stages(*stage_options), inputs, paths, strict=True)
@@ -244,13 +265,65 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     return reports
 
 
+def _run_turns(
+    prompts: str | Path, out_dir: Path, stage_options: list[Any], files: FileOptions
+) -> list[Report]:
+    """Multi-turn records (see `bon.turns`): turn k runs in OUT/turn-k/, then the selections
+    of every turn are merged into OUT/selected.jsonl."""
+    source = out_dir / "turn-1" / "prompts.jsonl"
+    reports = [_run_file(turns.first_stage(), prompts, source, files)]
+    selected: list[Path] = []
+    while True:
+        folder = source.parent
+        reports.extend(_run_three(source, folder, stage_options, files))
+        selected.append(folder / RUN_FILES[-1])
+        following = turns.next_turns(turns.read(selected[-1]))
+        if not following:
+            break
+        source = out_dir / f"turn-{len(selected) + 1}" / "prompts.jsonl"
+        turns.write(source, following)
+    first = out_dir / "turn-1" / "prompts.jsonl"
+    reports.append(turns.merge_files(first, selected, out_dir / RUN_FILES[-1]))
+    return reports
+
+
 @_mirrors("run", files=False)
 def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     """`run` over in-memory prompt records; returns the selected records."""
     items = list(prompts)
-    for stage in _run_stages(*_split("run", options, files=False)):
+    stage_options = _split("run", options, files=False)
+    if items and isinstance(items[0], dict) and "turns" in items[0]:
+        return _run_turns_records(items, stage_options)
+    for stage in _run_stages(*stage_options):
         items = pipeline.run_records(stage, items)
     return items
+
+
+def _run_turns_records(items: list[dict], stage_options: list[Any]) -> list[dict]:
+    first = pipeline.run_records(turns.first_stage(), items)
+    by_turn: list[dict[str, dict]] = []
+    current = first
+    while current:
+        for stage in _run_stages(*stage_options):
+            current = pipeline.run_records(stage, current)
+        by_turn.append({str(r["id"]): r for r in current})
+        current = turns.next_turns(current)
+    return turns.merge(first, by_turn)
+
+
+@_mirrors("export", files=False)
+def export(format: str, selected: str | Path, output: str | Path, **options: Any) -> Report:
+    """Write the selections of the JSONL file `selected` as `format` (alpacaeval, ifeval,
+    mtbench or pairs) to `output`; returns how many rows were written and records skipped."""
+    (export_options,) = _split("export", options, files=False)
+    return export_file(format, selected, output, export_options)
+
+
+@_mirrors("export", files=False)
+def export_records(format: str, records: Iterable[dict], **options: Any) -> list[dict]:
+    """`export` over in-memory records; returns the rows."""
+    (export_options,) = _split("export", options, files=False)
+    return _export_records(format, records, export_options)
 
 
 def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) -> SelectOptions:

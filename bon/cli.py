@@ -17,6 +17,7 @@ import click
 
 from bon import api
 from bon.errors import BonError
+from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of, fields, types_of
 from bon.pipeline import Report
 from bon.scorers import ScoreOptions
@@ -233,9 +234,34 @@ def rerank(file: str, output: str, **options: Any) -> Report:
 def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
     """Generate, score and select: the whole best-of-N job over PROMPTS.
 
+    Multi-turn records (`turns`, a list of user turns, as in MT-Bench) are answered turn by
+    turn: turn k is sampled after the answers selected for the turns before it; its files go
+    to OUT/turn-k/ and OUT/selected.jsonl holds every turn's selection (`answers`).
+
     Example: bon run data/sample_prompts.jsonl -o out/ --n 4
     """
     return api.run(prompts, out_dir, **options)
+
+
+@main.command("export")
+@click.argument("format", type=click.Choice(FORMATS))
+@click.argument("selected", type=INPUT)
+@click.option("--output", "-o", required=True, help="File to write (replaced if present).")
+@_declared(groups=[api.Group(ExportOptions)])
+@_reported
+def export(format: str, selected: str, output: str, **options: Any) -> Report:
+    """Write the selections of SELECTED in another tool's format (FORMAT):
+
+    \b
+    alpacaeval  AlpacaEval model_outputs: a JSON list of {instruction, output, generator[, dataset]}
+    ifeval      IFEval input_response_data: JSONL {prompt, response}
+    mtbench     MT-Bench model_answer: JSONL {question_id, answer_id, model_id, choices, tstamp}
+    pairs       DPO pairs: JSONL {id, prompt, chosen, rejected, score_chosen, score_rejected},
+                from scored candidates (scored.jsonl, or a selection made with --keep-all)
+
+    Example: bon export alpacaeval out/selected.jsonl -o outputs.json
+    """
+    return api.export(format, selected, output, **options)
 
 
 @main.group("eval")

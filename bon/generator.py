@@ -74,6 +74,16 @@ def request_seed(seed: int, record_id: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def seed_key(record: dict) -> str:
+    """What a record's request seed derives from: its id, and for turn k > 1 of a multi-turn
+    record (see `bon.turns`) also k, so that each turn draws samples of its own."""
+    key = str(record["id"])
+    if "turns" in record and "messages" in record:
+        turn = sum(m["role"] == "user" for m in record["messages"])
+        return key if turn == 1 else f"{key}#turn-{turn}"
+    return key
+
+
 class Generator:
     """Adds `candidates` and `generator` to prompt records; loads its engine on first use."""
 
@@ -95,7 +105,7 @@ class Generator:
 
     def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
         """Each record with its candidates, or a `RecordProblem` when the engine refused it."""
-        seeds = [request_seed(self.options.seed, str(r["id"])) for r in batch]
+        seeds = [request_seed(self.options.seed, seed_key(r)) for r in batch]
         conversations = [records.conversation(r) for r in batch]
         outputs = self.engine.generate(conversations, self._sampling, seeds)
         meta = {**self.engine.describe(), **self._sampling.to_dict()}

@@ -37,6 +37,11 @@ def check_prompt(record: Any) -> None:
     if "id" in record and not _valid_id(record["id"]):
         raise RecordProblem(f"`id` must be a non-empty string or an integer, got {record['id']!r}")
     has_prompt, has_messages = "prompt" in record, "messages" in record
+    if not has_prompt and not has_messages and "turns" in record:
+        raise RecordProblem(
+            "has `turns` (a multi-turn record): `bon run` runs them, over a file whose records "
+            "all have `turns`"
+        )
     if has_prompt == has_messages:
         raise RecordProblem("needs exactly one of `prompt` (a string) or `messages` (chat turns)")
     if has_prompt:
@@ -48,6 +53,29 @@ def check_prompt(record: Any) -> None:
         _check_text("prompt", prompt)
     else:
         _check_messages(record["messages"])
+
+
+def check_turns(record: Any) -> None:
+    """A multi-turn record: `turns`, a non-empty list of user turns (strings), answered one
+    after another (MT-Bench's question files)."""
+    if not isinstance(record, dict):
+        raise RecordProblem(f"expected a JSON object, got {type(record).__name__}")
+    if "id" in record and not _valid_id(record["id"]):
+        raise RecordProblem(f"`id` must be a non-empty string or an integer, got {record['id']!r}")
+    if "turns" not in record:
+        raise RecordProblem(
+            "needs `turns` (a list of user turns): this file is multi-turn, as its first record "
+            "has `turns`"
+        )
+    if "prompt" in record or "messages" in record:
+        raise RecordProblem("a `turns` record cannot also have `prompt` or `messages`")
+    turns = record["turns"]
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise RecordProblem("`turns` must be a non-empty list of strings (the user turns)")
+    for i, turn in enumerate(turns):
+        if not turn.strip():
+            raise RecordProblem(f"`turns[{i}]` is empty")
+        _check_text(f"turns[{i}]", turn)
 
 
 def _check_text(name: str, text: str) -> None:
