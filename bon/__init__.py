@@ -5,6 +5,8 @@ them, `select` keeps the best; `rerank` is score + select; `run` is all three.
 """
 
 from bon.api import (
+    export,
+    export_records,
     generate,
     generate_records,
     rerank,
@@ -38,6 +40,8 @@ __all__ = [
     "SelectOptions",
     "curve",
     "eval_pref",
+    "export",
+    "export_records",
     "generate",
     "generate_records",
     "rerank",
