@@ -1,4 +1,4 @@
-"""`bon export`: AlpacaEval, IFEval, MT-Bench and DPO-pair files from selected and scored records."""
+"""`bon export`: AlpacaEval, IFEval, MT-Bench and DPO-pair files from selected and scored files."""
 
 from __future__ import annotations
 
