@@ -23,6 +23,7 @@ from bon.evals.curve import curve_file as curve
 from bon.evals.pref import eval_pref
 from bon.generator import GenerateOptions
 from bon.pipeline import Report
+from bon.recipes import load_recipe
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
@@ -44,6 +45,7 @@ __all__ = [
     "export_records",
     "generate",
     "generate_records",
+    "load_recipe",
     "rerank",
     "rerank_records",
     "run",

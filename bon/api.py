@@ -165,6 +165,12 @@ def _split(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
     return [g.cls(**mine) for g, mine in zip(groups, built, strict=True)]
 
 
+def validate_options(command: str, options: dict[str, Any]) -> None:
+    """Check a command's keyword options (with its file options) as the API function would,
+    loading no model; raises `ConfigError`."""
+    _split(command, options, files=True)
+
+
 def _run_file(stage: Stage, input: str | Path, output: str | Path, files: FileOptions) -> Report:
     return pipeline.run_file(
         stage,

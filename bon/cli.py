@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from bon import api
+from bon import api, recipes
 from bon.errors import BonError
 from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of, fields, types_of
@@ -103,6 +103,31 @@ def _declared(
         return fn
 
     return add
+
+
+def _recipe(command: str) -> Callable[[Callable], Callable]:
+    """Add `--recipe FILE`: a YAML file of the command's options (see `bon.recipes`). Its values
+    become the defaults of this invocation, so only the flags the user gave override them."""
+
+    def load(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+        if path is None:
+            return
+        try:
+            values = recipes.load_recipe(path, command)
+        except BonError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        if isinstance(values.get("engine_args"), Mapping):  # as --engine-arg gives them
+            values["engine_args"] = tuple(f"{k}={v}" for k, v in values["engine_args"].items())
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+
+    return click.option(
+        "--recipe",
+        type=INPUT,
+        is_eager=True,
+        expose_value=False,
+        callback=load,
+        help="YAML file of this command's options (recipes/); flags given here override it.",
+    )
 
 
 def _reported(fn: Callable[..., Report | list[Report] | None]) -> Callable[..., None]:
@@ -229,6 +254,7 @@ def rerank(file: str, output: str, **options: Any) -> Report:
     required=True,
     help="Folder for candidates.jsonl, scored.jsonl and selected.jsonl.",
 )
+@_recipe("run")
 @_declared("run")
 @_reported
 def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
@@ -331,6 +357,7 @@ def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_js
     "--limit", type=int, default=None, help="A seeded subset of this many prompts [default: all]."
 )
 @click.option("--prompt-seed", default=0, show_default=True, help="Seed of the --limit subset.")
+@_recipe("eval ifeval")
 @_declared("run")
 @_reported
 def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: Any) -> None:

@@ -240,6 +240,7 @@ def test_cli_options_mirror_the_api(command):
         if isinstance(p, click.Option) and not p.required
     )
     cli.pop("help", None)
+    cli.pop("recipe", None)  # CLI only: the API takes a recipe as bon.run(**bon.load_recipe(f))
     file_fn = inspect.signature(getattr(api, command)).parameters
     api_keywords = _defaults(
         (p.name, p.default) for p in file_fn.values() if p.kind == p.KEYWORD_ONLY
