@@ -31,6 +31,8 @@ ANSWER_FIELDS = ("selected", "candidates", "generator", "scoring")
 
 def is_multiturn(path: str | Path) -> bool:
     """Whether the JSONL file's first record has `turns` (then every record must)."""
+    if str(path) == "-":  # never consume a stream to peek at it
+        return False
     try:
         for _, record in read_lines(path):
             return isinstance(record, dict) and "turns" in record
