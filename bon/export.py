@@ -214,7 +214,7 @@ def ifeval(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
 
 def mtbench(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
     """MT-Bench `model_answer`: one choice whose turns are the selected answer of each turn."""
-    if "turns" in record:
+    if _multiturn(record):
         answers = record.get("answers")
         if not isinstance(answers, list):
             raise RecordProblem("has `turns` but no `answers`: run it with `bon run` first")
@@ -250,7 +250,7 @@ def pairs(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
     Strings for `prompt` records; TRL's conversational form (a list of turns for the prompt,
     one assistant turn each for chosen and rejected) for `messages` records.
     """
-    if "turns" in record:
+    if _multiturn(record):
         raise RecordProblem(
             "multi-turn records hold one selection per turn: export pairs from the turn's "
             "scored file, OUT/turn-K/scored.jsonl"
@@ -309,8 +309,14 @@ EXPORTERS: dict[str, Exporter] = {
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _multiturn(record: dict) -> bool:
+    """A question of a multi-turn run (`turns`, answered in `answers`), not one of its turns
+    (those are chat records with `messages`)."""
+    return "turns" in record and "prompt" not in record and "messages" not in record
+
+
 def _single_prompt(record: dict, format: str) -> str:
-    if "turns" in record:
+    if _multiturn(record):
         raise RecordProblem(
             f"a multi-turn record (`turns`) has no single {format} prompt: export it as mtbench"
         )

@@ -78,7 +78,7 @@ def seed_key(record: dict) -> str:
     """What a record's request seed derives from: its id, and for turn k > 1 of a multi-turn
     record (see `bon.turns`) also k, so that each turn draws samples of its own."""
     key = str(record["id"])
-    if "turns" in record and "messages" in record:
+    if isinstance(record.get("turns"), list) and "messages" in record:
         turn = sum(m["role"] == "user" for m in record["messages"])
         return key if turn == 1 else f"{key}#turn-{turn}"
     return key

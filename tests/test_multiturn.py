@@ -94,6 +94,17 @@ def test_export_mtbench_gives_both_turns(mt_run, tmp_path):
         assert answer["model_id"].endswith("-bon")
 
 
+def test_pairs_from_a_turns_scored_file_carry_the_conversation(mt_run):
+    out, _ = mt_run
+    pairs = bon.export_records("pairs", read_jsonl(out / "turn-2" / "scored.jsonl"))
+    prompts = {r["id"]: r["messages"] for r in read_jsonl(out / "turn-2" / "prompts.jsonl")}
+    assert pairs, "three candidates with distinct scores give a pair per record"
+    for pair in pairs:
+        assert pair["prompt"] == prompts[pair["id"]] and len(pair["prompt"]) == 3
+        assert pair["chosen"][0]["role"] == "assistant"
+        assert pair["score_chosen"] > pair["score_rejected"]
+
+
 def test_a_rerun_resumes_every_turn(mt_run, tiny_model):
     out, _ = mt_run
     before = (out / "selected.jsonl").read_bytes()
