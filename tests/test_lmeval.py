@@ -16,12 +16,12 @@ from click.testing import CliRunner
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import lm_eval  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+import lm_eval
+from lm_eval.tasks import TaskManager
 
-from bon.cli import main  # noqa: E402
-from bon.lmeval import BonLM  # noqa: E402
-from tests.conftest import _free_port, _stop, _wait_until_ready  # noqa: E402
+from bon.cli import main
+from bon.lmeval import BonLM
+from tests.conftest import _free_port, _stop, _wait_until_ready
 
 TASK = Path(__file__).resolve().parent.parent / "data" / "lmeval_task"
 STOPS = ("\n", ".")
@@ -96,16 +96,14 @@ def test_local_chat_completions_against_bon_serve(
     try:
         _wait_until_ready(server, f"http://127.0.0.1:{port}/health", log_path, timeout=120)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        result = CliRunner().invoke(
-            main,
-            [
-                "lm-eval", "--model", "local-chat-completions",
-                "--model_args", f"model=bon,base_url={url},max_retries=1",
-                "--tasks", "bon_tiny", "--include_path", str(task_dir),
-                "--apply_chat_template", "--gen_kwargs", "temperature=0.8",
-                "--output_path", str(tmp_path / "out"), "--log_samples",
-            ],  # fmt: skip
-        )
+        args = [
+            "lm-eval", "--model", "local-chat-completions",
+            "--model_args", f"model=bon,base_url={url},max_retries=1",
+            "--tasks", "bon_tiny", "--include_path", str(task_dir),
+            "--apply_chat_template", "--gen_kwargs", "temperature=0.8",
+            "--output_path", str(tmp_path / "out"), "--log_samples",
+        ]  # fmt: skip
+        result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
     finally:
         _stop(server)
