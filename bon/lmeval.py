@@ -14,8 +14,16 @@ lm-eval's `batch_size` is the number of prompts handed to best-of-N at once ("au
 The task's `until` strings end each candidate before it is scored, and its `max_gen_toks` caps
 it; the task's other generation settings (temperature, do_sample, ...) are ignored, because
 best-of-N samples with bon's own. Tasks that need log-likelihoods (multiple choice,
-perplexity) cannot run on this model. The other route to lm-eval is `bon serve` with lm-eval's
-`local-chat-completions` model (see README).
+perplexity) cannot run on this model.
+
+The other route needs no registration: `bon serve --n 4` and lm-eval's own API model,
+
+    lm-eval --model local-chat-completions --apply_chat_template \
+        --model_args model=bon,base_url=http://127.0.0.1:8000/v1/chat/completions \
+        --gen_kwargs temperature=0.8 --tasks ...
+
+(lm-eval sends temperature 0 unless told otherwise, which the server refuses for N > 1, and
+sends `--gen_kwargs` fields such as `best_of` or `scorer` in each request's body.)
 """
 
 from __future__ import annotations

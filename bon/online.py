@@ -178,6 +178,11 @@ class BestOfN:
         self.generate = generate or GenerateOptions()
         self.score = score or ScoreOptions()
         self.select = select or SelectOptions()
+        if self.select.by is not None and self.select.by not in self.score.scorers:
+            raise ConfigError(
+                f"`by` must name one of the scorers ({', '.join(self.score.scorers)}), "
+                f"got {self.select.by!r}"
+            )
         self._generator_engine: Engine | None = None
         self._scoring_engine: _Meter | None = None
         self._rerankers: dict[tuple[str, ...], Reranker] = {}

@@ -103,7 +103,8 @@ class ApiError(Exception):
 
 
 def _bad(param: str, constraint: str, value: Any) -> ApiError:
-    return ApiError(400, f"`{param}` must be {constraint}, got {value!r}", param=param)
+    # Values are cut short: a bad field may hold most of a megabyte.
+    return ApiError(400, f"`{param}` must be {constraint}, got {value!r:.200}", param=param)
 
 
 def _number(body: dict, name: str, check: Callable[[float], bool], constraint: str) -> Any:
@@ -207,9 +208,8 @@ def _common(body: dict, known: set[str], served: str) -> None:
     _only(body, "logit_bias", (None, {}), "logit biases are not applied")
 
 
-def _job(
-    bon: BestOfN, body: dict, messages: list[dict], max_tokens: str, options: ServeOptions
-) -> Job:
+def _job(bon: BestOfN, body: dict, messages: list[dict], max_tokens: str) -> Job:
+    """The job of a checked body: its messages and the fields that override the options."""
     temperature = _number(body, "temperature", lambda v: v >= 0, "a number >= 0")
     top_p = _number(body, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
     n = _best_of(body)
@@ -280,7 +280,7 @@ def chat_job(bon: BestOfN, body: dict, options: ServeOptions) -> Job:
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise ApiError(400, "send `max_tokens` or `max_completion_tokens`, not both")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _job(bon, body, _chat_messages(body), key, options)
+    return _job(bon, body, _chat_messages(body), key)
 
 
 def completion_job(bon: BestOfN, body: dict, options: ServeOptions) -> Job:
@@ -290,7 +290,7 @@ def completion_job(bon: BestOfN, body: dict, options: ServeOptions) -> Job:
     _only(body, "echo", (False, None), "the prompt is not echoed")
     _only(body, "suffix", (None, ""), "suffixes are not supported")
     messages = [{"role": "user", "content": _prompt(body)}]
-    return _job(bon, body, messages, "max_tokens", options)
+    return _job(bon, body, messages, "max_tokens")
 
 
 # --- Responses ------------------------------------------------------------------------------
@@ -383,16 +383,16 @@ class Batcher:
         self.budget = budget
         self.wait = wait
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bon-worker")
-        self._queue: asyncio.Queue[Waiting] | None = None
+        self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        """Start gathering (from within the server's event loop)."""
         self._task = asyncio.create_task(self._loop())
 
     async def submit(self, job: Job) -> tuple[Answer, int]:
         """The job's answer and the number of jobs in its batch; raises the job's error."""
-        if self._queue is None:
+        if self._task is None:
             raise EngineError("the server is not started")
         future: asyncio.Future[tuple[Answer, int]] = asyncio.get_running_loop().create_future()
         await self._queue.put((job, future))
@@ -404,14 +404,13 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue is not None and not self._queue.empty():
+        while not self._queue.empty():
             _, future = self._queue.get_nowait()
             future.cancel()
         await asyncio.get_running_loop().run_in_executor(self.worker, self.bon.close)
         self.worker.shutdown()
 
     async def _gather(self) -> list[Waiting]:
-        assert self._queue is not None
         batch = [await self._queue.get()]
         cost = batch[0][0].generate.n
         deadline = time.monotonic() + self.wait
@@ -423,7 +422,7 @@ class Batcher:
                     if left <= 0
                     else await asyncio.wait_for(self._queue.get(), left)
                 )
-            except (asyncio.QueueEmpty, TimeoutError):
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
             batch.append(item)
             cost += item[0].generate.n
