@@ -9,7 +9,9 @@ lm-eval looks its name up: importing this module registers `bon`. Use it from Py
 or from the command line with `bon lm-eval --model bon --model_args n=4 --tasks ...`, which
 registers it and hands every argument to lm-eval's own CLI. `model_args` are `bon run`'s
 options (`n`, `temperature`, `model`, `reranker_model`, ...; `scorer` names one scorer).
-lm-eval's `batch_size` is the number of prompts handed to best-of-N at once ("auto": all).
+lm-eval's `batch_size` is the number of prompts handed to best-of-N at once ("auto": all);
+its `device` applies to both models unless `device` is in `model_args` (its CLI default,
+cuda:0, is left to bon's `auto`).
 
 The task's `until` strings end each candidate before it is scored, and its `max_gen_toks` caps
 it; the task's other generation settings (temperature, do_sample, ...) are ignored, because
@@ -52,6 +54,7 @@ LIKELIHOOD = (
     "tasks with lm-eval's hf model"
 )
 HONOURED = ("until", "max_gen_toks")
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"
 
 
 def _options(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +93,9 @@ class BonLM(LM):
     ) -> None:
         super().__init__()
         options = _options(model_args)
-        if device is not None:
+        # lm-eval's CLI always sends its default, cuda:0; bon's own default (auto) already
+        # takes CUDA when there is one, and a machine without it still runs.
+        if device is not None and device != LM_EVAL_DEFAULT_DEVICE:
             options.setdefault("device", device)
         generate, score, select = api._split("run", options, files=False)
         self.bon = BestOfN(generate, score, select)

@@ -64,7 +64,7 @@ class ServeOptions:
         constraint="a non-empty name",
     )
     batch_wait_ms: float = option(
-        10.0,
+        50.0,
         "How long the first request of a batch waits for others to join it, in milliseconds.",
         check=non_negative,
         constraint=">= 0",
