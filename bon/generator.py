@@ -87,10 +87,13 @@ def seed_key(record: dict) -> str:
 class Generator:
     """Adds `candidates` and `generator` to prompt records; loads its engine on first use."""
 
-    def __init__(self, options: GenerateOptions) -> None:
+    def __init__(self, options: GenerateOptions, engine: Engine | None = None) -> None:
+        """`engine`, when given, is used instead of loading one and is left open by `close`
+        (a server shares one engine among generators of different sampling options)."""
         self.options = options
         self._sampling = options.sampling()
-        self._engine: Engine | None = None
+        self._engine: Engine | None = engine
+        self._owns_engine = engine is None
 
     @property
     def engine(self) -> Engine:
@@ -116,6 +119,6 @@ class Generator:
         ]
 
     def close(self) -> None:
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.close()
-            self._engine = None
+        self._engine = None

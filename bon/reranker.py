@@ -26,9 +26,11 @@ class Reranker:
     score comes from the cache).
     """
 
-    def __init__(self, options: ScoreOptions) -> None:
+    def __init__(self, options: ScoreOptions, engine: Engine | None = None) -> None:
+        """`engine`, when given, is used instead of loading one and is left open by `close`."""
         self.options = options
-        self._engine: Engine | None = None
+        self._engine: Engine | None = engine
+        self._owns_engine = engine is None
         self.scorers: list[Scorer] = [
             scorers.get(name)(options, self._get_engine) for name in options.scorers
         ]
@@ -98,9 +100,9 @@ class Reranker:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.close()
-            self._engine = None
+        self._engine = None
 
 
 def _query(record: dict) -> Query:

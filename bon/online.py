@@ -1,0 +1,345 @@
+"""Best-of-N for one prompt at a time, with the models held between calls.
+
+The file stages load a model, stream a file and free the model. A server, an lm-eval model and
+an RL reward answer prompts as they come, so `BestOfN` loads the generator's and the reranker's
+engines once and runs the same stage objects (`Generator`, `Reranker`, `select_record`) on each
+call. A call takes several `Job`s: jobs with equal sampling options share one generator call,
+and each job's candidates are then scored as one batch of their own, so the reranker tokens a
+job reports are exactly those spent on it.
+
+Not thread-safe: use one `BestOfN` from one thread (the score cache is a SQLite connection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bon import records
+from bon.chat import Message
+from bon.engines import Completion, Engine, SamplingOptions, load_engine
+from bon.errors import BonError, ConfigError, RecordError
+from bon.generator import GenerateOptions, Generator
+from bon.records import RecordProblem
+from bon.reranker import Reranker
+from bon.scorers import ScoreOptions, scorers
+from bon.select import SelectOptions, select_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Usage:
+    """Tokens one job cost: the generator's prompt (once) and its N completions, and what the
+    reranker read (its prompts and teacher-forced continuations) and wrote."""
+
+    generator_prompt: int = 0
+    generator_completion: int = 0
+    reranker_prompt: int = 0
+    reranker_completion: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.generator_prompt + self.reranker_prompt
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.generator_completion + self.reranker_completion
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        """The breakdown by stage."""
+        return {
+            "generator": {
+                "prompt_tokens": self.generator_prompt,
+                "completion_tokens": self.generator_completion,
+            },
+            "reranker": {
+                "prompt_tokens": self.reranker_prompt,
+                "completion_tokens": self.reranker_completion,
+            },
+        }
+
+
+def prompt_tokens(engine: Any, conversation: list[Message]) -> int:
+    """Tokens of `conversation` as `engine` formats it for a reply; 0 for engines that do not
+    expose their chat template and tokenizer (the openai engine)."""
+    render = getattr(engine, "render", None)
+    tokenizer = getattr(engine, "tokenizer", None)
+    if render is None or tokenizer is None:
+        return 0
+    return len(tokenizer(render(conversation), add_special_tokens=False)["input_ids"])
+
+
+class _Meter(Engine):
+    """The reranker's engine, counting the tokens its scorers send through it."""
+
+    name = "metered"
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine.options)
+        self.inner = engine
+        self.read = 0
+        self.written = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        out = self.inner.generate(conversations, sampling, seeds)
+        self.read += sum(prompt_tokens(self.inner, c) for c in conversations)
+        self.written += sum(c.tokens for row in out for c in row)
+        return out
+
+    def continuation_logprobs(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        rows = self.inner.continuation_logprobs(conversations, continuations)
+        # An empty continuation is never run through the model.
+        self.read += sum(
+            prompt_tokens(self.inner, c) + len(row)
+            for c, row in zip(conversations, rows, strict=True)
+            if row
+        )
+        return rows
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def take(self) -> tuple[int, int]:
+        """Tokens read and written since the last call."""
+        counts = (self.read, self.written)
+        self.read = self.written = 0
+        return counts
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt to answer: its chat turns, the generator's options (N and sampling), the
+    scorers, the score to select by, and stop strings that end each candidate early."""
+
+    messages: list[Message]
+    generate: GenerateOptions
+    scorers: tuple[str, ...]
+    by: str
+    stop: tuple[str, ...] = ()
+
+    def record(self) -> dict:
+        """The prompt record the generator reads; its id comes from its content, so a repeated
+        request with the same seed gets the same candidates."""
+        record: dict[str, Any] = {"messages": self.messages}
+        return {"id": records.content_id(record), **record}
+
+
+@dataclass
+class Answer:
+    """A job's selected candidate, the selection's evidence and the tokens spent.
+
+    `index` and `score` are None when no candidate got a finite score; `text` is then the
+    first candidate's. `candidates` holds every candidate with its scores.
+    """
+
+    text: str
+    finish_reason: str
+    index: int | None
+    score: float | None
+    by: str
+    candidates: list[dict]
+    usage: Usage = field(default_factory=Usage)
+
+
+Outcome = dict | BaseException
+
+
+class BestOfN:
+    """Generator and reranker held in memory; `answer` runs generate, score and select.
+
+    `generate`, `score` and `select` are the stages' option objects (as `bon run` takes
+    them); a job may override the sampling options and the scorers (`job`).
+    """
+
+    def __init__(
+        self,
+        generate: GenerateOptions | None = None,
+        score: ScoreOptions | None = None,
+        select: SelectOptions | None = None,
+    ) -> None:
+        self.generate = generate or GenerateOptions()
+        self.score = score or ScoreOptions()
+        self.select = select or SelectOptions()
+        if self.select.by is not None and self.select.by not in self.score.scorers:
+            raise ConfigError(
+                f"`by` must name one of the scorers ({', '.join(self.score.scorers)}), "
+                f"got {self.select.by!r}"
+            )
+        self._generator_engine: Engine | None = None
+        self._scoring_engine: _Meter | None = None
+        self._rerankers: dict[tuple[str, ...], Reranker] = {}
+
+    def load(self) -> None:
+        """Load the generator and, when a default scorer runs a model, the reranker."""
+        self._generator()
+        if _uses_model(self.score.scorers):
+            self._meter()
+
+    def job(
+        self,
+        messages: list[Message],
+        *,
+        n: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        scorers: Sequence[str] | None = None,
+        stop: Sequence[str] = (),
+    ) -> Job:
+        """A validated job; options left None take this instance's defaults. Raises
+        `ConfigError` for a bad option and `RecordError` for bad messages."""
+        try:
+            records.check_prompt({"messages": messages})
+        except RecordProblem as problem:
+            raise RecordError(str(problem)) from None
+        given = {
+            "n": n,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        }
+        changes = {k: v for k, v in given.items() if v is not None}
+        generate = dataclasses.replace(self.generate, **changes) if changes else self.generate
+        names = tuple(scorers) if scorers is not None else self.score.scorers
+        if names != self.score.scorers:
+            dataclasses.replace(self.score, scorers=names)  # validates the names
+        by = self.select.by if self.select.by in names else names[0]
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ConfigError(f"`stop` must be a list of non-empty strings, got {list(stop)!r}")
+        return Job([dict(m) for m in messages], generate, names, by, tuple(stop))
+
+    def answer(self, jobs: Sequence[Job]) -> list[Answer | BonError | Exception]:
+        """An `Answer` per job, in order, or the error of a job that failed alone:
+        `RecordError` for a prompt the models cannot take, another exception for a failure.
+        An engine or configuration failure of the whole call raises."""
+        out: list[Answer | BonError | Exception] = [RecordError("not run")] * len(jobs)
+        groups: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(_sampling_key(job.generate), []).append(i)
+        for members in groups.values():
+            generator = Generator(jobs[members[0]].generate, engine=self._generator())
+            generated = settle(generator.process, [jobs[i].record() for i in members])
+            for i, outcome in zip(members, generated, strict=True):
+                failed = isinstance(outcome, BaseException)
+                out[i] = outcome if failed else self._finish(jobs[i], outcome)
+        return out
+
+    def close(self) -> None:
+        """Close the score cache and free both models."""
+        for reranker in self._rerankers.values():
+            reranker.close()
+        self._rerankers.clear()
+        for engine in (self._generator_engine, self._scoring_engine):
+            if engine is not None:
+                engine.close()
+        self._generator_engine = self._scoring_engine = None
+
+    def _generator(self) -> Engine:
+        if self._generator_engine is None:
+            self._generator_engine = load_engine(self.generate)
+        return self._generator_engine
+
+    def _meter(self) -> _Meter:
+        if self._scoring_engine is None:
+            self._scoring_engine = _Meter(load_engine(self.score))
+        return self._scoring_engine
+
+    def _reranker(self, names: tuple[str, ...]) -> Reranker:
+        if names not in self._rerankers:
+            options = dataclasses.replace(self.score, scorers=names)
+            engine = self._meter() if _uses_model(names) else None
+            self._rerankers[names] = Reranker(options, engine=engine)
+        return self._rerankers[names]
+
+    def _finish(self, job: Job, record: dict) -> Answer | BaseException:
+        record["candidates"] = [_cut(c, job.stop) for c in record["candidates"]]
+        usage = Usage(
+            generator_prompt=prompt_tokens(self._generator_engine, job.messages),
+            generator_completion=sum(c["tokens"] for c in record["candidates"]),
+        )
+        reranker = self._reranker(job.scorers)
+        try:
+            reranker.check(record)
+        except RecordProblem as problem:
+            return RecordError(str(problem))
+        meter = self._scoring_engine
+        if meter is not None:
+            meter.take()
+        (scored,) = settle(reranker.process, [record])
+        if meter is not None:
+            usage.reranker_prompt, usage.reranker_completion = meter.take()
+        if isinstance(scored, BaseException):
+            return scored
+        chosen = select_record(scored, SelectOptions(by=job.by, keep_all=True))["selected"]
+        index = chosen["index"]
+        if index is None:
+            log.warning("no candidate got a finite %s score; answering with the first", job.by)
+        candidate = scored["candidates"][index or 0]
+        return Answer(
+            text=candidate["text"],
+            finish_reason=candidate["finish_reason"],
+            index=index,
+            score=chosen["score"],
+            by=job.by,
+            candidates=scored["candidates"],
+            usage=usage,
+        )
+
+
+def _uses_model(names: Sequence[str]) -> bool:
+    return any(scorers.get(name).uses_model for name in names)
+
+
+def _sampling_key(options: GenerateOptions) -> str:
+    return repr(sorted(options.sampling().to_dict().items()))
+
+
+def _cut(candidate: dict, stop: tuple[str, ...]) -> dict:
+    """The candidate ended before the first stop string it contains (finish reason "stop")."""
+    text = candidate["text"]
+    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if not ends:
+        return candidate
+    return {**candidate, "text": text[: min(ends)], "finish_reason": "stop"}
+
+
+def settle(process: Callable[[list[dict]], list], batch: list[dict]) -> list[Outcome]:
+    """`process(batch)`, each record's problem as a `RecordError` in its place; when the batch
+    fails as a whole for a record-level reason, the records are retried one at a time.
+    Failures of the whole job (engine, configuration) propagate."""
+    try:
+        results = process(batch)
+    except Exception as exc:
+        if isinstance(exc, BonError) and not isinstance(exc, RecordError):
+            raise
+        if len(batch) == 1:
+            return [exc]
+        return [outcome for record in batch for outcome in settle(process, [record])]
+    return [RecordError(str(r)) if isinstance(r, RecordProblem) else r for r in results]
+
+
+def finite(value: float | None) -> float | None:
+    """`value`, or None when it is missing or not finite (JSON has no NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)

@@ -1,0 +1,231 @@
+"""`bon serve`: a real uvicorn server on 127.0.0.1 (a free port) with the tiny random Llama as
+generator and reranker, driven by the real `openai` client and by raw HTTP for bad requests."""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from bon.cli import serve as serve_command
+from bon.errors import ConfigError
+from bon.serve import ServeOptions, serve, start
+
+NAME = "bon-test"
+LIMIT = 20_000
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("serve-cache") / "scores.sqlite"
+    running = start(
+        model=tiny_model,
+        reranker_model=tiny_model,
+        device="cpu",
+        n=2,
+        max_new_tokens=6,
+        port=0,
+        served_model_name=NAME,
+        batch_wait_ms=400,
+        max_request_bytes=LIMIT,
+        keep_all=True,
+        cache_path=str(cache),
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+
+def _chat(client: openai.OpenAI, content: str = "Name a colour.", **extra):
+    return client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": content}], **extra
+    )
+
+
+def test_binds_to_localhost_by_default(server) -> None:
+    assert ServeOptions().host == "127.0.0.1"
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_chat_completion_returns_the_selected_candidate(client: openai.OpenAI) -> None:
+    reply = _chat(client)
+    assert len(reply.choices) == 1
+    extra = reply.model_extra["bon"]
+    assert extra["n"] == 2 and extra["by"] == "flip-tokens"
+    scores = extra["scores"]
+    assert len(scores) == 2 and extra["index"] == max(range(2), key=lambda i: (scores[i], -i))
+    chosen = extra["candidates"][extra["index"]]
+    assert reply.choices[0].message.content == chosen["text"]
+    assert reply.choices[0].finish_reason == chosen["finish_reason"]
+
+
+def test_usage_counts_both_stages(client: openai.OpenAI) -> None:
+    reply = _chat(client, "Count the tokens of both stages.")
+    usage, parts = reply.usage, reply.model_extra["bon"]["usage"]
+    generator, reranker = parts["generator"], parts["reranker"]
+    assert generator["prompt_tokens"] > 5 and 2 <= generator["completion_tokens"] <= 12
+    # flip-tokens reads each candidate's reconstruction prompt and the instruction (and a prior).
+    assert reranker["prompt_tokens"] > 3 * generator["prompt_tokens"]
+    assert usage.prompt_tokens == generator["prompt_tokens"] + reranker["prompt_tokens"]
+    assert usage.completion_tokens == generator["completion_tokens"] + reranker["completion_tokens"]
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_a_seeded_request_is_reproducible_and_seeds_differ(client: openai.OpenAI) -> None:
+    first, again = _chat(client, seed=7), _chat(client, seed=7)
+    other = _chat(client, seed=8)
+    texts = [c["text"] for c in first.model_extra["bon"]["candidates"]]
+    assert texts == [c["text"] for c in again.model_extra["bon"]["candidates"]]
+    assert texts != [c["text"] for c in other.model_extra["bon"]["candidates"]]
+
+
+def test_request_fields_override_the_server_options(client: openai.OpenAI) -> None:
+    reply = _chat(client, max_tokens=3, extra_body={"best_of": 3, "scorer": "longest"})
+    extra = reply.model_extra["bon"]
+    assert extra["n"] == 3 and extra["by"] == "longest" and len(extra["candidates"]) == 3
+    assert extra["score"] == max(extra["scores"])
+    assert reply.model_extra["bon"]["usage"]["reranker"]["prompt_tokens"] == 0
+    assert reply.usage.completion_tokens <= 9
+
+
+def test_stop_strings_end_every_candidate(client: openai.OpenAI) -> None:
+    reply = _chat(client, "Write a sentence.", max_tokens=12, stop=[" ", "."])
+    for candidate in reply.model_extra["bon"]["candidates"]:
+        assert " " not in candidate["text"] and "." not in candidate["text"]
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model=NAME, prompt="Once upon a time", max_tokens=4, extra_body={"bon_n": 3}
+    )
+    assert len(reply.choices) == 1 and isinstance(reply.choices[0].text, str)
+    assert reply.model_extra["bon"]["n"] == 3
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_models_lists_the_served_name(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [NAME]
+
+
+def test_concurrent_requests_run_as_one_batch(client: openai.OpenAI) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda text: _chat(client, text), ["One?", "Two?"]))
+    assert [r.model_extra["bon"]["batch_requests"] for r in replies] == [2, 2]
+    assert all(len(r.choices) == 1 for r in replies)
+
+
+BAD = [
+    ({"n": 2}, 400, "`n` must be 1"),
+    ({"stream": True}, 400, "not streamed"),
+    ({"temperature": 0}, 400, "greedy decoding"),
+    ({"temperature": "hot"}, 400, "`temperature` must be a number >= 0"),
+    ({"top_p": 1.5}, 400, r"`top_p` must be a number in \(0, 1\]"),
+    ({"max_tokens": 0}, 400, "`max_tokens` must be an integer >= 1"),
+    ({"best_of": 2, "bon_n": 3}, 400, "differ"),
+    ({"scorer": "nope"}, 400, "`scorers` must be one of .*flip-tokens"),
+    ({"stop": [""]}, 400, "`stop` must be"),
+    ({"colour": "red"}, 400, "unknown field.*colour"),
+    ({"logprobs": True}, 400, "log-probabilities"),
+    ({"messages": []}, 400, "`messages` must be a non-empty list"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last of `messages`"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400, r"`messages\[0\]` must be"),
+    ({"model": "gpt-4"}, 404, "does not exist"),
+]
+
+
+@dataclass
+class Reply:
+    status_code: int
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def _request(server, method: str, path: str, body=None, chunked: bool = False) -> Reply:
+    """A raw HTTP request (stdlib); `chunked` sends the body without a Content-Length."""
+    url = urlsplit(server.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    try:
+        if chunked:
+            connection.request(method, url.path + path, body=iter([body]), encode_chunked=True)
+        else:
+            connection.request(method, url.path + path, body=body)
+        response = connection.getresponse()
+        return Reply(response.status, response.read())
+    finally:
+        connection.close()
+
+
+def _post(server, path: str, body, chunked: bool = False) -> Reply:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return _request(server, "POST", path, content, chunked)
+
+
+@pytest.mark.parametrize(("change", "status", "message"), BAD)
+def test_bad_chat_requests_get_openai_errors(server, change, status, message) -> None:
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], **change}
+    reply = _post(server, "/chat/completions", body)
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert re.search(message, error["message"])
+
+
+def test_the_openai_client_sees_a_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        _chat(client, n=2)
+
+
+def test_oversized_and_malformed_bodies(server) -> None:
+    big = {"model": NAME, "messages": [{"role": "user", "content": "x" * LIMIT}]}
+    assert _post(server, "/chat/completions", big).status_code == 413
+    chunked = _post(server, "/chat/completions", big, chunked=True)  # no Content-Length
+    assert chunked.status_code == 413 and "limit" in chunked.json()["error"]["message"]
+    broken = _post(server, "/chat/completions", b"{not json")
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    listed = _post(server, "/completions", [1, 2])
+    assert listed.status_code == 400 and "JSON object" in listed.json()["error"]["message"]
+    many = _post(server, "/completions", {"model": NAME, "prompt": ["a", "b"]})
+    assert many.status_code == 400 and "one prompt per request" in many.json()["error"]["message"]
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(server) -> None:
+    missing = _request(server, "GET", "/embeddings")
+    assert missing.status_code == 404 and "message" in missing.json()["error"]
+    wrong = _request(server, "GET", "/chat/completions")
+    assert wrong.status_code == 405 and "message" in wrong.json()["error"]
+
+
+def test_a_prompt_longer_than_the_context_is_a_400(client: openai.OpenAI, server) -> None:
+    # The tiny model's context is 2048 tokens; this prompt has more (and fits the body limit).
+    with pytest.raises(openai.BadRequestError, match="context"):
+        _chat(client, "word " * 2500)
+
+
+def test_api_mirrors_the_cli_command() -> None:
+    keywords = inspect.signature(serve).parameters
+    for param in serve_command.params:
+        assert param.name in keywords, param.name
+        default = keywords[param.name].default
+        assert param.default == default
+
+
+def test_bad_server_options_fail_before_loading(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="`port` must be an integer in"):
+        start(port=70000, model=str(tmp_path / "no-model"))
+    with pytest.raises(ConfigError, match="unknown option"):
+        start(colour="red")
