@@ -40,9 +40,10 @@ SCORER = "flip-tokens"
 PENALTY = ScoreOptions().echo_penalty or FlipTokensScorer.default_echo_penalty
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        records = [json.loads(line) for line in handle if line.strip()]
+    return records[:limit] if limit else records
 
 
 def features(record: dict) -> dict[str, np.ndarray]:
@@ -77,12 +78,14 @@ def accuracies(records: list[dict], weights: list[tuple[float, float]]) -> dict[
     return {label: overall.scorers[label].accuracy for label in labels.values()}
 
 
-def scored_files(pref_dir: Path, batch_size: int) -> dict[tuple[str, str], list[dict]]:
+def scored_files(
+    pref_dir: Path, batch_size: int, limit: int | None
+) -> dict[tuple[str, str], list[dict]]:
     files = {}
     for name, half in itertools.product(SETS, HALVES):
         path = pref_dir / f"{name}.{half}.jsonl"
         if path.exists() and path.stat().st_size:
-            records = read_jsonl(path)
+            records = read_jsonl(path, limit)
             files[name, half] = bon.score_records(records, scorers=(SCORER,), batch_size=batch_size)
             print(f"scored {path} ({len(records)} records)", file=sys.stderr)
     return files
@@ -133,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pref-dir", type=Path, default=Path("data/pref"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune_flip_tokens.md"))
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
     args = parser.parse_args(argv)
     weights = list(itertools.product(MEAN_WEIGHTS, LENGTH_WEIGHTS))
-    files = scored_files(args.pref_dir, args.batch_size)
+    files = scored_files(args.pref_dir, args.batch_size, args.limit)
     grid = {key: accuracies(records, weights) for key, records in files.items()}
     dev = [key for key in grid if key[1] == "dev"]
     chosen = max(weights, key=lambda w: np.mean([grid[k][f"m{w[0]}-l{w[1]}"] for k in dev]))
