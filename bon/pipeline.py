@@ -251,11 +251,15 @@ def run_file(
             return _run_to_stdout(job, follow_lines(job.input) if follow else read_lines(job.input))
         _check_paths(job, follow)
         with locked(job.output):
-            if follow:
-                _follow(job)
-            return _run_locked(job, _replayable(job.input))
+            followed = _follow(job) if follow else 0
+            report = _run_locked(job, _replayable(job.input))
     finally:
         stage.close()
+    # What the follow pass wrote counts as written now, not as found done.
+    moved = min(followed, report.resumed)
+    report.written += moved
+    report.resumed -= moved
+    return report
 
 
 def _check_paths(job: _Job, follow: bool) -> None:
@@ -309,13 +313,15 @@ def _run_to_stdout(job: _Job, lines: Iterable[tuple[int, Any]]) -> Report:
     return report
 
 
-def _follow(job: _Job) -> None:
-    """Process the records of a growing input as they arrive, appending them to the output.
+def _follow(job: _Job) -> int:
+    """Process the records of a growing input as they arrive, appending them to the output;
+    returns how many it wrote.
 
     Ids the output already holds are skipped and bad or failed records are left out: the full
     pass that follows once the input is complete checks fingerprints, retries and reports them.
     """
     stage = job.stage
+    written = 0
     with open_output(job.output, stage.config, overwrite=job.overwrite) as out:
         pending = (
             (line, record)
@@ -332,6 +338,8 @@ def _follow(job: _Job) -> None:
                         raise InputError(job.source, line, str(outcome))
                     continue
                 out.write(_stamped(outcome, stage.name, records.fingerprint(record)))
+                written += 1
+    return written
 
 
 def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Report:
