@@ -230,12 +230,8 @@ class RayRunner:
             return
         ray = _connect(self.address, self.quiet)
         with tempfile.TemporaryDirectory(prefix=".bon-ray-", dir=self.spool_dir) as folder:
-            spool, widest = _spool(Path(folder) / "batches.jsonl", batches)
-            dataset = ray.data.read_json(
-                str(spool),
-                lines=True,
-                read_options=_arrow_read_options(widest),
-            ).map_batches(
+            spool = _spool(Path(folder) / "batches.jsonl", batches)
+            dataset = ray.data.read_json(str(spool), lines=True).map_batches(
                 _StageActor,
                 fn_constructor_args=(self.build,),
                 batch_size=1,
@@ -284,23 +280,12 @@ def _connect(address: str, quiet: bool) -> Any:
     return ray
 
 
-def _spool(path: Path, batches: list[list[Pair]]) -> tuple[Path, int]:
-    """Write one line per batch ({"batch": k, "records": JSON text}); returns the path and the
-    longest line's length."""
-    widest = 0
+def _spool(path: Path, batches: list[list[Pair]]) -> Path:
+    """Write one line per batch: {"batch": k, "records": the batch's records as JSON text}."""
     with open(path, "w", encoding="utf-8") as handle:
         for number, batch in enumerate(batches):
-            line = dumps({"batch": number, "records": dumps([r for _, r in batch])})
-            widest = max(widest, len(line.encode("utf-8")))
-            handle.write(line + "\n")
-    return path, widest
-
-
-def _arrow_read_options(widest: int) -> Any:
-    """Arrow's JSON reader needs a block larger than any one line."""
-    import pyarrow.json
-
-    return pyarrow.json.ReadOptions(block_size=max(1 << 20, 2 * widest + 1024))
+            handle.write(dumps({"batch": number, "records": dumps([r for _, r in batch])}) + "\n")
+    return path
 
 
 class _StageActor:
