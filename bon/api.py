@@ -322,6 +322,8 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
             "`run` writes three files into a folder, not to stdout; to stream, pipe the stages: "
             "bon generate P -o - | bon score - -o - | bon select - -o BEST"
         )
+    if files.concurrent and str(prompts) == STDIO:
+        raise ConfigError("`concurrent` generates in a child process: pass PROMPTS as a file")
     paths = [Path(out_dir) / name for name in RUN_FILES]
     builds = _run_builders(*stage_options)
     # Only the first stage sees user input (and takes the shard); later stages read what bon

@@ -198,7 +198,9 @@ class RayRunner:
     `address` is `local` (a new cluster in this process, sized to this machine) or anything
     `ray.init(address=...)` takes ("auto", "ray://head:10001"); `actors` actors reserve `cpus`
     CPUs and `gpus` GPUs each. The batch spool goes to `spool_dir` (the output's folder, which
-    a multi-machine cluster must share, like the input), or a temporary folder.
+    a multi-machine cluster must share, like the input), or a temporary folder. Ray Data
+    restarts a dead actor and reruns its batch (its default for actor pools); results are
+    keyed by batch, so a batch that comes back twice is written once.
     """
 
     def __init__(
@@ -211,7 +213,6 @@ class RayRunner:
         gpus: float = 0.0,
         quiet: bool = False,
         spool_dir: str | Path | None = None,
-        max_restarts: int = 3,
     ) -> None:
         self.build = build
         self.address = address
@@ -220,7 +221,6 @@ class RayRunner:
         self.gpus = gpus
         self.quiet = quiet
         self.spool_dir = spool_dir
-        self.max_restarts = max_restarts
 
     def __call__(
         self, stage: Stage, batches: Iterable[list[Pair]]
@@ -237,9 +237,7 @@ class RayRunner:
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=self.actors),
                 num_cpus=self.cpus,
-                num_gpus=self.gpus,
-                max_restarts=self.max_restarts,
-                max_task_retries=self.max_restarts,
+                num_gpus=self.gpus or None,
             )
             done: set[int] = set()
             for row in dataset.iter_rows():
