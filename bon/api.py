@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import multiprocessing
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bon import pipeline, turns
-from bon.errors import ConfigError
+from bon import distributed, pipeline, turns
+from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
 from bon.export import export_records as _export_records
+from bon.follow import writer_alive
 from bon.generator import GenerateOptions
-from bon.options import fields, option, types_of, validate
+from bon.jsonl import STDIO, mark_complete
+from bon.options import fields, non_negative, option, positive, types_of, validate
 from bon.pipeline import ON_ERROR, Report, Stage
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
@@ -48,9 +54,66 @@ class FileOptions:
         "Redo the records whose configuration changed instead of refusing to resume.",
     )
     quiet: bool = option(False, "No progress bars or log lines.", short="-q")
+    follow: bool = option(
+        False,
+        "Read INPUT while another bon command is still writing it, until that command marks "
+        "it complete in its manifest.",
+    )
+    shard: str | None = option(
+        None,
+        "Take only shard I of K of the input (I/K, 1-based, by a hash of each id); join the "
+        "shards' outputs with `bon merge`.",
+        check=lambda v: v is None or distributed.valid_shard(v),
+        constraint="I/K with 1 <= I <= K (e.g. 1/4)",
+    )
+    ray: str | None = option(
+        None,
+        "Run the model stages as Ray Data pipelines: `--ray` alone (or `local`) starts a Ray "
+        "cluster inside this process; `--ray=ADDRESS` joins a running one (`auto` for the one "
+        "`ray start` began on this machine, or `ray://HOST:10001`).",
+    )
+    ray_actors: int = option(
+        2,
+        "Ray actors (copies of the model) per stage.",
+        check=positive,
+        constraint="an integer >= 1",
+    )
+    ray_cpus: float = option(
+        0.5,
+        "CPUs each Ray actor reserves; fractions let actors share cores.",
+        check=lambda v: non_negative(v) and v > 0,
+        constraint="a number > 0",
+    )
+    ray_gpus: float = option(
+        0.0, "GPUs each Ray actor reserves.", check=non_negative, constraint="a number >= 0"
+    )
+    concurrent: bool = option(
+        False,
+        "Generate and score at the same time, in two processes: the scorer follows "
+        "candidates.jsonl as it grows.",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.concurrent and self.ray is not None:
+            raise ConfigError("`concurrent` and `ray` do not go together; choose one")
+
+
+# The file options each command leaves out: following is for stages that read bon's output,
+# running stages concurrently is for `run`, Ray for stages that hold a model.
+RAY_FIELDS = ("ray", "ray_actors", "ray_cpus", "ray_gpus")
+FILE_SKIPS: dict[str, tuple[str, ...]] = {
+    "generate": ("follow", "concurrent"),
+    "score": ("concurrent",),
+    "select": ("concurrent", *RAY_FIELDS),
+    "rerank": ("concurrent",),
+    "run": ("follow",),
+}
+
+
+def file_group(command: str) -> Group:
+    """The `FileOptions` a command takes."""
+    return Group(FileOptions, skip=FILE_SKIPS.get(command, ()))
 
 
 @dataclass(frozen=True)
@@ -94,13 +157,14 @@ COMMANDS: dict[str, list[Group]] = {
 }
 """The option groups of each command, in the order the CLI lists them."""
 
+
 TOOLS: dict[str, list[Group]] = {"export": [Group(ExportOptions)]}
 """Commands outside the pipeline's stages (no records function, no file options)."""
 
 
 def _groups(command: str, files: bool) -> list[Group]:
     own = COMMANDS[command] if command in COMMANDS else TOOLS[command]
-    return [*own, *([Group(FileOptions)] if files else [])]
+    return [*own, *([file_group(command)] if files else [])]
 
 
 def keywords(command: str, *, files: bool = True) -> list[inspect.Parameter]:
@@ -171,14 +235,36 @@ def validate_options(command: str, options: dict[str, Any]) -> None:
     _split(command, options, files=True)
 
 
-def _run_file(stage: Stage, input: str | Path, output: str | Path, files: FileOptions) -> Report:
+def _run_file(
+    build: Callable[[], Stage],
+    input: str | Path,
+    output: str | Path,
+    files: FileOptions,
+    *,
+    follow: bool | None = None,
+) -> Report:
+    """Run the stage `build()` makes over a file (`build` itself goes to Ray's actors)."""
+    runner = pipeline.run_locally
+    if files.ray is not None:
+        runner = distributed.RayRunner(
+            build,
+            address=files.ray,
+            actors=files.ray_actors,
+            cpus=files.ray_cpus,
+            gpus=files.ray_gpus,
+            quiet=files.quiet,
+            spool_dir=None if str(output) == STDIO else Path(output).parent,
+        )
     return pipeline.run_file(
-        stage,
+        build(),
         input,
         output,
         on_error=files.on_error,
         overwrite=files.overwrite,
         quiet=files.quiet,
+        follow=files.follow if follow is None else follow,
+        shard=distributed.parse_shard(files.shard),
+        runner=runner,
     )
 
 
@@ -186,7 +272,7 @@ def _run_file(stage: Stage, input: str | Path, output: str | Path, files: FileOp
 def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Sample candidates for each prompt record of `input` into `output`."""
     generate_options, files = _split("generate", options, files=True)
-    return _run_file(pipeline.generate_stage(generate_options), input, output, files)
+    return _run_file(partial(pipeline.generate_stage, generate_options), input, output, files)
 
 
 @_mirrors("generate", files=False)
@@ -200,7 +286,7 @@ def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
 def score(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Score every candidate of each record of `input` into `output`."""
     score_options, files = _split("score", options, files=True)
-    return _run_file(pipeline.score_stage(score_options), input, output, files)
+    return _run_file(partial(pipeline.score_stage, score_options), input, output, files)
 
 
 @_mirrors("score", files=False)
@@ -214,7 +300,7 @@ def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
 def select(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Keep the best candidate of each scored record."""
     select_options, files = _split("select", options, files=True)
-    return _run_file(pipeline.select_stage(select_options), input, output, files)
+    return _run_file(partial(pipeline.select_stage, select_options), input, output, files)
 
 
 @_mirrors("select", files=False)
@@ -228,7 +314,7 @@ def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
 def rerank(input: str | Path, output: str | Path, **options: Any) -> Report:
     """`score` then `select` in one pass, for outputs made elsewhere."""
     score_options, select_options, files = _split("rerank", options, files=True)
-    return _run_file(_rerank_stage(score_options, select_options), input, output, files)
+    return _run_file(partial(_rerank_stage, score_options, select_options), input, output, files)
 
 
 @_mirrors("rerank", files=False)
@@ -250,25 +336,35 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     sampled after the selected answer to the one before (see `bon.turns`).
     """
     *stage_options, files = _split("run", options, files=True)
+    if str(out_dir) == STDIO:
+        raise ConfigError(
+            "`run` writes three files into a folder, not to stdout; to stream, pipe the stages: "
+            "bon generate P -o - | bon score - -o - | bon select - -o BEST"
+        )
+    if files.concurrent and str(prompts) == STDIO:
+        raise ConfigError("`concurrent` generates in a child process: pass PROMPTS as a file")
     if turns.is_multiturn(prompts):
         return _run_turns(prompts, Path(out_dir), stage_options, files)
-    return _run_three(Path(prompts), Path(out_dir), stage_options, files)
+    return _run_three(prompts, Path(out_dir), stage_options, files)
 
 
 def _run_three(
-    prompts: Path, out_dir: Path, stage_options: list[Any], files: FileOptions
+    prompts: str | Path, out_dir: Path, stage_options: list[Any], files: FileOptions
 ) -> list[Report]:
     """Generate, score and select `prompts` into the three files of `out_dir`."""
     paths = [out_dir / name for name in RUN_FILES]
-    inputs = [prompts, *paths[:2]]
-    reports = []
-    for i, (stage, source, target) in enumerate(
-        zip(_run_stages(*stage_options), inputs, paths, strict=True)
-    ):
-        # Only the first stage sees user input; later stages read what bon wrote, which is valid.
-        step = files if i == 0 else dataclasses.replace(files, on_error="fail")
-        reports.append(_run_file(stage, source, target, step))
-    return reports
+    builds = _run_builders(*stage_options)
+    # Only the first stage sees user input (and takes the shard); later stages read what bon
+    # wrote, which is valid and already sharded. Selection needs no model: it runs here.
+    later = dataclasses.replace(files, on_error="fail", shard=None)
+    steps = [
+        partial(_run_file, builds[0], prompts, paths[0], files),
+        partial(_run_file, builds[1], paths[0], paths[1], later, follow=files.concurrent),
+        partial(_run_file, builds[2], paths[1], paths[2], dataclasses.replace(later, ray=None)),
+    ]
+    if files.concurrent:
+        return [*_concurrently(steps[0], steps[1], paths[0]), steps[2]()]
+    return [step() for step in steps]
 
 
 def _run_turns(
@@ -277,7 +373,7 @@ def _run_turns(
     """Multi-turn records (see `bon.turns`): turn k runs in OUT/turn-k/, then the selections
     of every turn are merged into OUT/selected.jsonl."""
     source = out_dir / "turn-1" / "prompts.jsonl"
-    reports = [_run_file(turns.first_stage(), prompts, source, files)]
+    reports = [_run_file(turns.first_stage, prompts, source, files)]
     selected: list[Path] = []
     while True:
         folder = source.parent
@@ -291,6 +387,43 @@ def _run_turns(
     first = out_dir / "turn-1" / "prompts.jsonl"
     reports.append(turns.merge_files(first, selected, out_dir / RUN_FILES[-1]))
     return reports
+
+
+def _concurrently(
+    produce: Callable[[], Report], consume: Callable[[], Report], between: Path
+) -> list[Report]:
+    """Run `produce` in a child process and `consume` (which follows `between`) here."""
+    # A stale `complete` from an earlier run must not end the follower before the child starts.
+    mark_complete(between, False)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        produced = pool.submit(_in_child, produce)
+        while not produced.done() and not writer_alive(between):
+            time.sleep(0.05)  # the child is starting: its lock says when it writes
+        if produced.done() and produced.exception() is not None:
+            produced.result()
+        try:
+            consumed = consume()
+        except BonError:
+            if produced.exception() is not None:  # the producer's error explains the follower's
+                produced.result()
+            raise
+        return [produced.result(), consumed]
+
+
+def _in_child(step: Callable[[], Report]) -> Report:
+    """`step()`, with its errors made picklable (an `InputError` cannot be rebuilt from its
+    message) so the parent can raise them."""
+    try:
+        return step()
+    except InputError as exc:
+        raise BonError(str(exc)) from None
+
+
+def merge(
+    shards: list[str | Path], output: str | Path, *, input: str | Path | None = None
+) -> Report:
+    """Join the outputs of a sharded run into `output` (see `bon.distributed.merge`)."""
+    return distributed.merge(shards, output, input=input)
 
 
 @_mirrors("run", files=False)
@@ -346,11 +479,18 @@ def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) ->
     )
 
 
+def _run_builders(
+    generate_options: GenerateOptions, score_options: ScoreOptions, select_options: SelectOptions
+) -> list[Callable[[], Stage]]:
+    """Functions that build `run`'s three stages (picklable, for Ray actors and child processes)."""
+    return [
+        partial(pipeline.generate_stage, generate_options),
+        partial(pipeline.score_stage, score_options),
+        partial(pipeline.select_stage, _first_scorer(select_options, score_options)),
+    ]
+
+
 def _run_stages(
     generate_options: GenerateOptions, score_options: ScoreOptions, select_options: SelectOptions
 ) -> list[Stage]:
-    return [
-        pipeline.generate_stage(generate_options),
-        pipeline.score_stage(score_options),
-        pipeline.select_stage(_first_scorer(select_options, score_options)),
-    ]
+    return [build() for build in _run_builders(generate_options, score_options, select_options)]

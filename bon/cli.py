@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from bon import api, recipes
+from bon import api, distributed, recipes
 from bon.errors import BonError
 from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of, fields, types_of
@@ -24,6 +24,8 @@ from bon.scorers import ScoreOptions
 from bon.serve import ServeOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
+# A stage's input: `-` is stdin; it may not exist yet when the stage follows it (--follow).
+STAGE_INPUT = click.Path(dir_okay=False, allow_dash=True)
 
 
 def _engine_args(
@@ -39,6 +41,9 @@ def _engine_args(
             raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", ctx, param)
         pairs[key.strip()] = text
     return pairs
+
+
+BARE_VALUES = {"ray": distributed.LOCAL}
 
 
 def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: bool) -> Callable:
@@ -67,6 +72,8 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
         kwargs.update(multiple=multiple, type=click.Choice(choices) if choices else element)
     if field.default is None:
         kwargs["show_default"] = False
+    if field.name in BARE_VALUES:  # the flag alone stands for a value: `--ray` is `--ray local`
+        kwargs.update(is_flag=False, flag_value=BARE_VALUES[field.name])
     return click.option(*names, keyword, **kwargs)
 
 
@@ -88,9 +95,7 @@ def _declared(
     derived from their one declaration."""
 
     def add(fn: Callable) -> Callable:
-        chosen = (
-            groups if groups is not None else [*api.COMMANDS[command], api.Group(api.FileOptions)]
-        )
+        chosen = groups if groups is not None else [*api.COMMANDS[command], api.file_group(command)]
         decorators = []
         for group in chosen:
             hints = types_of(group.cls)
@@ -190,23 +195,31 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("prompts", type=INPUT)
+@click.argument("prompts", type=STAGE_INPUT)
 @click.option(
-    "--output", "-o", required=True, help="Candidates JSONL to write (resumed if present)."
+    "--output",
+    "-o",
+    required=True,
+    help="Candidates JSONL to write (resumed if present), or - for stdout.",
 )
 @_declared("generate")
 @_reported
 def generate(prompts: str, output: str, **options: Any) -> Report:
-    """Sample N candidates for each prompt of PROMPTS (JSONL: `prompt` or `messages`).
+    """Sample N candidates for each prompt of PROMPTS (JSONL: `prompt` or `messages`; - is stdin).
 
     Example: bon generate data/sample_prompts.jsonl -o candidates.jsonl --n 8
+
+    Stages pipe: records go to stdout as each batch finishes, logs to stderr:
+    bon generate prompts.jsonl -o - | bon score - -o - | bon select - -o best.jsonl
     """
     return api.generate(prompts, output, **options)
 
 
 @main.command()
-@click.argument("candidates", type=INPUT)
-@click.option("--output", "-o", required=True, help="Scored JSONL to write (resumed if present).")
+@click.argument("candidates", type=STAGE_INPUT)
+@click.option(
+    "--output", "-o", required=True, help="Scored JSONL to write (resumed if present), or -."
+)
 @_declared("score")
 @_reported
 def score(candidates: str, output: str, **options: Any) -> Report:
@@ -216,13 +229,16 @@ def score(candidates: str, output: str, **options: Any) -> Report:
     `responses` (strings); files made by other tools work.
 
     Example: bon score candidates.jsonl -o scored.jsonl
+
+    While `bon generate` still writes CANDIDATES (another terminal or machine), --follow
+    scores each record as it lands and stops when the generator has finished.
     """
     return api.score(candidates, output, **options)
 
 
 @main.command()
-@click.argument("scored", type=INPUT)
-@click.option("--output", "-o", required=True, help="Selected JSONL to write.")
+@click.argument("scored", type=STAGE_INPUT)
+@click.option("--output", "-o", required=True, help="Selected JSONL to write, or - for stdout.")
 @_declared("select")
 @_reported
 def select(scored: str, output: str, **options: Any) -> Report:
@@ -234,8 +250,8 @@ def select(scored: str, output: str, **options: Any) -> Report:
 
 
 @main.command()
-@click.argument("file", type=INPUT)
-@click.option("--output", "-o", required=True, help="Selected JSONL to write.")
+@click.argument("file", type=STAGE_INPUT)
+@click.option("--output", "-o", required=True, help="Selected JSONL to write, or - for stdout.")
 @_declared("rerank")
 @_reported
 def rerank(file: str, output: str, **options: Any) -> Report:
@@ -247,7 +263,7 @@ def rerank(file: str, output: str, **options: Any) -> Report:
 
 
 @main.command()
-@click.argument("prompts", type=INPUT)
+@click.argument("prompts", type=STAGE_INPUT)
 @click.option(
     "--output",
     "-o",
@@ -266,6 +282,9 @@ def run(prompts: str, out_dir: str, **options: Any) -> list[Report]:
     to OUT/turn-k/ and OUT/selected.jsonl holds every turn's selection (`answers`).
 
     Example: bon run data/sample_prompts.jsonl -o out/ --n 4
+
+    --concurrent scores while it generates (two processes); --ray runs both model stages on a
+    Ray cluster; --shard I/K takes a part of PROMPTS (join the parts with `bon merge`).
     """
     return api.run(prompts, out_dir, **options)
 
@@ -289,6 +308,28 @@ def export(format: str, selected: str, output: str, **options: Any) -> Report:
     Example: bon export alpacaeval out/selected.jsonl -o outputs.json
     """
     return api.export(format, selected, output, **options)
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=INPUT)
+@click.option("--output", "-o", required=True, help="Merged JSONL to write, or - for stdout.")
+@click.option(
+    "--input",
+    "input",
+    type=INPUT,
+    default=None,
+    help="The file the shards were made from: sets the order and finds missing ids "
+    "[default: sort by id].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No summary.")
+@_reported
+def merge(shards: tuple[str, ...], output: str, input: str | None, quiet: bool) -> Report:
+    """Join the outputs of a sharded run (--shard I/K) into one file, in input order; fails on an
+    id found twice or, with --input, on an id no shard holds.
+
+    Example: bon merge c1.jsonl c2.jsonl --input prompts.jsonl -o candidates.jsonl
+    """
+    return api.merge(list(shards), output, input=input)
 
 
 @main.group("eval")

@@ -7,11 +7,14 @@ with the same configuration repairs a half-written last line (a kill mid-write),
 records the caller no longer wants (their input changed or left) with an atomic rewrite, and
 reports the ids already done so the caller can skip them. A different configuration is refused
 unless the caller asks to start over. Every rewrite goes through a temporary file, fsync and
-`os.replace`, so a kill at any moment leaves either the old file or the new one.
+`os.replace`, so a kill at any moment leaves either the old file or the new one. The manifest's
+`complete` flag is false while a run writes the file and true once it has finished, so a reader
+can follow a file that is still growing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -19,16 +22,18 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bon.errors import BonError, ConfigError, InputError
 
 JSON_SPACE = " \t\r\n"
 BOM = b"\xef\xbb\xbf"
 BLANK = object()  # what `_parse` returns for a blank line (a `null` line parses to None)
+STDIO = "-"  # the path that stands for stdin (as input) or stdout (as output)
 
 
 def dumps(record: Any) -> str:
@@ -64,20 +69,56 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
 
     A line that is not valid UTF-8 or not valid JSON yields an `InputError` naming the file and
     line as its value, so the caller decides whether to stop or go on; an unreadable file raises
-    it. A UTF-8 byte-order mark at the start of the file is ignored.
+    it. A UTF-8 byte-order mark at the start of the file is ignored. The path `-` reads stdin
+    (named `<stdin>` in errors), line by line as it arrives.
     """
+    if str(path) == STDIO:
+        yield from parse_lines("<stdin>", sys.stdin.buffer)
+        return
     path = str(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 (closed below; errors named first)
     except OSError as exc:
         raise InputError(path, None, f"cannot read the file: {exc.strerror}") from None
     with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM) :]
-            value = _parse(path, number, raw)
-            if value is not BLANK:
-                yield number, value
+        yield from parse_lines(path, handle)
+
+
+def parse_lines(name: str, lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """`read_lines` over raw lines already read from the file called `name`."""
+    for number, raw in enumerate(lines, start=1):
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        value = _parse(name, number, raw)
+        if value is not BLANK:
+            yield number, value
+
+
+@contextmanager
+def stdout_sink() -> Iterator[BinaryIO]:
+    """stdout, kept for data alone while inside.
+
+    Whatever else writes to stdout meanwhile (a library's print, C code) is sent to stderr, so
+    one stray line cannot corrupt the JSONL a pipe carries.
+    """
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced stdout (a test runner): no fd
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    data_fd = os.dup(fd)
+    os.dup2(sys.stderr.fileno(), fd)
+    sink = open(data_fd, "wb")  # noqa: SIM115 (closed below, after fd 1 is restored)
+    try:
+        yield sink
+    finally:
+        sys.stdout.flush()
+        os.dup2(data_fd, fd)
+        # A reader that left (broken pipe) made the writes fail loudly already.
+        with contextlib.suppress(OSError):
+            sink.close()
 
 
 def _parse(path: str, number: int, raw: bytes) -> Any:
@@ -298,6 +339,7 @@ def open_output(
     if path.exists():
         try:
             _check_manifest(path, manifest_path(path), config_hash(config))
+            mark_complete(path, False)
             return _resume(path, keep)
         except ConfigError:
             if not overwrite:
@@ -313,9 +355,33 @@ def _start_over(path: Path, config: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(path, exc) from None
-    wanted = {"config_hash": config_hash(config), "config": config}
-    text = json.dumps(wanted, indent=2, sort_keys=True) + "\n"
+    write_manifest(path, {"config_hash": config_hash(config), "config": config, "complete": False})
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Replace the manifest of the output `path` (atomically)."""
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     replace_atomically(manifest_path(path), [text.encode("utf-8")])
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    """The manifest of the output `path`, or None when it has none (or an unreadable one)."""
+    try:
+        found = json.loads(manifest_path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("config_hash"), str) else None
+
+
+def mark_complete(path: str | Path, complete: bool = True) -> None:
+    """Record in the manifest of `path` whether the run that writes it has finished.
+
+    A run marks its output incomplete when it opens it and complete when every record is in
+    place, so a reader following the file (`bon score --follow`) knows when to stop.
+    """
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.get("complete") is not complete:
+        write_manifest(path, {**manifest, "complete": complete})
 
 
 def _check_manifest(path: Path, manifest: Path, expected_hash: str) -> None:

@@ -12,26 +12,33 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from bon import records
 from bon.errors import BonError, ConfigError, InputError, RecordError, require
+from bon.follow import follow_lines
 from bon.generator import GenerateOptions, Generator
 from bon.jsonl import (
+    STDIO,
     append_line,
     dumps,
     locked,
+    mark_complete,
     open_output,
     read_lines,
     replace_atomically,
+    stdout_sink,
     write_error,
 )
 from bon.records import RecordProblem
 from bon.reranker import Reranker
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions, select_record
+
+if TYPE_CHECKING:
+    from bon.distributed import Shard
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +156,14 @@ def run_records(stage: Stage, items: Iterable[dict], *, quiet: bool = True) -> l
     """Run `stage` over in-memory records; a bad or failed record raises `InputError`
     (line = its 1-based position)."""
     valid: list[Pair] = []
-    for line, item in _validated("<records>", enumerate(items, start=1), stage.check):
+    for line, item in validated("<records>", enumerate(items, start=1), stage.check):
         if isinstance(item, InputError):
             raise item
         valid.append((line, item))
     out: list[dict] = []
     try:
         for number, batch in enumerate(_batches(valid, stage, quiet)):
-            outcomes = _run_batch(stage, [r for _, r in batch], first=number == 0)
+            outcomes = run_batch(stage, [r for _, r in batch], first=number == 0)
             for (line, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, RecordProblem):
                     raise InputError("<records>", line, str(outcome))
@@ -164,6 +171,46 @@ def run_records(stage: Stage, items: Iterable[dict], *, quiet: bool = True) -> l
         return out
     finally:
         stage.close()
+
+
+Runner = Callable[[Stage, Iterable[list[Pair]]], Iterator[tuple[list[Pair], list]]]
+"""Runs a stage's batches somewhere; yields each batch with its outcomes (`Stage.process`'s
+elements), every batch exactly once, in any order."""
+
+
+def run_locally(stage: Stage, batches: Iterable[list[Pair]]) -> Iterator[tuple[list[Pair], list]]:
+    """The default `Runner`: each batch in this process, in order."""
+    for number, batch in enumerate(batches):
+        yield batch, run_batch(stage, [r for _, r in batch], first=number == 0)
+
+
+@dataclass
+class _Job:
+    """One file run: the stage, where its records come from and go, and how."""
+
+    stage: Stage
+    input: str
+    output: str
+    on_error: str
+    overwrite: bool
+    quiet: bool
+    shard: Shard | None
+    runner: Runner
+
+    @property
+    def source(self) -> str:
+        """The input's name in messages."""
+        return "<stdin>" if self.input == STDIO else self.input
+
+    def takes(self, record: dict) -> bool:
+        """Whether this run (its shard) takes the record."""
+        return self.shard is None or self.shard.holds(str(record["id"]))
+
+    def fail_or_skip(self, problem: InputError, report: Report) -> None:
+        if self.on_error == "fail":
+            raise problem
+        report.errors += 1
+        log.warning("%s (skipped)", problem)
 
 
 def run_file(
@@ -174,6 +221,9 @@ def run_file(
     on_error: str = "fail",
     overwrite: bool = False,
     quiet: bool = False,
+    follow: bool = False,
+    shard: Shard | None = None,
+    runner: Runner = run_locally,
 ) -> Report:
     """Run `stage` from the JSONL file `input` to `output`, resuming an earlier identical run.
 
@@ -185,57 +235,148 @@ def run_file(
     run); with "fail", a bad input record raises `InputError` before any work, and a failed
     record raises it after everything before it is written. `overwrite` starts over only when
     the configuration changed; otherwise the run resumes.
+
+    `input` "-" is stdin (read whole before the run, which checks it all first); `output` "-"
+    is stdout, written batch by batch as the input streams in, with no resume, lock or manifest
+    (a bad record then fails or is skipped when it is reached). `follow` reads an input that
+    another bon run is still writing, until its manifest marks it complete (`bon.follow`).
+    `shard` keeps the records of one shard; `runner` runs the batches (default: here).
     """
     require(on_error in ON_ERROR, "on_error", f"one of {', '.join(ON_ERROR)}", on_error)
-    input, output = str(input), str(output)
-    if Path(input).resolve() == Path(output).resolve():
-        raise ConfigError(f"the output {output} is the input file; choose another output path")
-    if Path(input).exists() and not Path(input).is_file():
+    job = _Job(stage, str(input), str(output), on_error, overwrite, quiet, shard, runner)
+    if follow and job.input == STDIO:
+        raise ConfigError("--follow reads a file another bon command writes, not stdin (-)")
+    try:
+        if job.output == STDIO:
+            return _run_to_stdout(job, follow_lines(job.input) if follow else read_lines(job.input))
+        _check_paths(job, follow)
+        with locked(job.output):
+            followed = _follow(job) if follow else 0
+            report = _run_locked(job, _replayable(job.input))
+    finally:
+        stage.close()
+    # What the follow pass wrote counts as written now, not as found done.
+    moved = min(followed, report.resumed)
+    report.written += moved
+    report.resumed -= moved
+    return report
+
+
+def _check_paths(job: _Job, follow: bool) -> None:
+    if job.input == STDIO:
+        return
+    if Path(job.input).resolve() == Path(job.output).resolve():
+        raise ConfigError(f"the output {job.output} is the input file; choose another output path")
+    if Path(job.input).exists() and not Path(job.input).is_file() and not follow:
         raise ConfigError(
-            f"the input {input} is not a regular file (a pipe?); bon reads its input twice, "
-            "to check it and then to run it: save it to a file first"
+            f"the input {job.input} is not a regular file (a pipe?); bon reads its input twice, "
+            "to check it and then to run it: save it to a file first, or pass it as - (stdin)"
         )
-    with locked(output):
-        return _run_locked(stage, input, output, on_error, overwrite, quiet)
 
 
-def _run_locked(
-    stage: Stage, input: str, output: str, on_error: str, overwrite: bool, quiet: bool
-) -> Report:
-    wanted, bad = _precheck(stage, input, on_error)
+def _replayable(input: str) -> Callable[[], Iterable[tuple[int, Any]]]:
+    """A function giving the input's lines afresh on each call (stdin is read once, kept)."""
+    if input != STDIO:
+        return lambda: read_lines(input)
+    lines = list(read_lines(STDIO))
+    return lambda: iter(lines)
+
+
+def _run_to_stdout(job: _Job, lines: Iterable[tuple[int, Any]]) -> Report:
+    """Stream records to stdout, flushing after each batch: no resume, lock or manifest."""
+    report = Report(output="<stdout>")
+    stage = job.stage
+
+    def good() -> Iterator[Pair]:
+        for line, record in validated(job.source, lines, stage.check):
+            if isinstance(record, InputError):
+                job.fail_or_skip(record, report)
+            elif job.takes(record):
+                yield line, record
+
+    with stdout_sink() as sink:
+        batches = _batches(good(), stage, job.quiet, desc=stage.name)
+        for batch, outcomes in job.runner(stage, batches):
+            for (line, record), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, RecordProblem):
+                    job.fail_or_skip(InputError(job.source, line, str(outcome)), report)
+                    continue
+                stamped = _stamped(outcome, stage.name, records.fingerprint(record))
+                try:
+                    sink.write((dumps(stamped) + "\n").encode("utf-8"))
+                    sink.flush()
+                except OSError as exc:
+                    raise write_error("stdout", exc) from None
+                report.written += 1
+                report.unselected += _unselected(outcome)
+    report.extra.update(stage.summary())
+    return report
+
+
+def _follow(job: _Job) -> int:
+    """Process the records of a growing input as they arrive, appending them to the output;
+    returns how many it wrote.
+
+    Ids the output already holds are skipped and bad or failed records are left out: the full
+    pass that follows once the input is complete checks fingerprints, retries and reports them.
+    """
+    stage = job.stage
+    written = 0
+    with open_output(job.output, stage.config, overwrite=job.overwrite) as out:
+        pending = (
+            (line, record)
+            for line, record in validated(job.source, follow_lines(job.input), stage.check)
+            if not isinstance(record, InputError)
+            and job.takes(record)
+            and str(record["id"]) not in out.done
+        )
+        batches = _batches(pending, stage, job.quiet, desc=f"{stage.name} (following)")
+        for batch, outcomes in job.runner(stage, batches):
+            for (line, record), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, RecordProblem):
+                    if job.on_error == "fail":
+                        raise InputError(job.source, line, str(outcome))
+                    continue
+                out.write(_stamped(outcome, stage.name, records.fingerprint(record)))
+                written += 1
+    return written
+
+
+def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Report:
+    stage, output = job.stage, job.output
+    wanted, bad = _precheck(job, lines())
     report = Report(output=output, errors=len(bad))
     errors = _ErrorFile(output, report)
     errors.start(bad)
     unselected: set[str] = set()
     keep = _keeper(stage, wanted, unselected)
-    with open_output(output, stage.config, overwrite=overwrite, keep=keep) as out:
+    with open_output(output, stage.config, overwrite=job.overwrite, keep=keep) as out:
         _log_resume(output, out.dropped, wanted, report)
         report.resumed = len(out.done)
         report.unselected = len(unselected & out.done)
         pending = (
             (line, r)
-            for line, r in _validated(input, read_lines(input), stage.check)
-            if not isinstance(r, InputError) and str(r["id"]) not in out.done
+            for line, r in validated(job.source, lines(), stage.check)
+            if not isinstance(r, InputError)
+            and str(r["id"]) in wanted
+            and str(r["id"]) not in out.done
         )
-        try:
-            total = len(wanted) - report.resumed
-            batches = _batches(pending, stage, quiet, total=total, desc=stage.name)
-            for number, batch in enumerate(batches):
-                outcomes = _run_batch(stage, [r for _, r in batch], first=number == 0)
-                for (line, record), outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, RecordProblem):
-                        problem = InputError(input, line, str(outcome))
-                        if on_error == "fail":
-                            raise problem
-                        errors.add(problem, record["id"])
-                        continue
-                    out.write(_stamped(outcome, stage.name, wanted[str(record["id"])]))
-                    report.written += 1
-                    report.unselected += _unselected(outcome)
-            if out.finish(list(wanted)):
-                log.info("%s: records put back in input order", output)
-        finally:
-            stage.close()
+        total = len(wanted) - report.resumed
+        batches = _batches(pending, stage, job.quiet, total=total, desc=stage.name)
+        for batch, outcomes in job.runner(stage, batches):
+            for (line, record), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, RecordProblem):
+                    problem = InputError(job.source, line, str(outcome))
+                    if job.on_error == "fail":
+                        raise problem
+                    errors.add(problem, record["id"])
+                    continue
+                out.write(_stamped(outcome, stage.name, wanted[str(record["id"])]))
+                report.written += 1
+                report.unselected += _unselected(outcome)
+        if out.finish(list(wanted)):
+            log.info("%s: records put back in input order", output)
+    mark_complete(output)
     report.extra.update(stage.summary())
     return report
 
@@ -277,7 +418,7 @@ def _unselected(record: dict) -> int:
     return int(isinstance(selected, dict) and selected.get("index") is None)
 
 
-def _run_batch(stage: Stage, batch: list[dict], *, first: bool) -> list[dict | RecordProblem]:
+def run_batch(stage: Stage, batch: list[dict], *, first: bool) -> list[dict | RecordProblem]:
     """`stage.process(batch)`; on a record-level failure, retry the records one at a time.
 
     `RecordError` and exceptions outside the `BonError` family are record-level; other
@@ -348,17 +489,19 @@ def _same_unexpected(failures: list[Exception]) -> bool:
     return len({(type(f), str(f)) for f in failures}) == 1
 
 
-def _precheck(stage: Stage, input: str, on_error: str) -> tuple[dict[str, str], list[InputError]]:
-    """Validate the whole input: fingerprints of the good records by id (in input order), and
-    the bad ones (raised at once under "fail")."""
+def _precheck(
+    job: _Job, lines: Iterable[tuple[int, Any]]
+) -> tuple[dict[str, str], list[InputError]]:
+    """Validate the whole input: fingerprints of the good records of this run's shard by id (in
+    input order), and the bad ones (raised at once under "fail")."""
     wanted: dict[str, str] = {}
     bad: list[InputError] = []
-    for _, item in _validated(input, read_lines(input), stage.check):
+    for _, item in validated(job.source, lines, job.stage.check):
         if isinstance(item, InputError):
-            if on_error == "fail":
+            if job.on_error == "fail":
                 raise item
             bad.append(item)
-        else:
+        elif job.takes(item):
             wanted[str(item["id"])] = records.fingerprint(item)
     return wanted, bad
 
@@ -394,7 +537,7 @@ def _entry(error: InputError) -> dict[str, Any]:
     return {"file": error.path, "line": error.line, "error": error.problem}
 
 
-def _validated(
+def validated(
     source: str, lines: Iterable[tuple[int, Any]], check: Callable[[Any], None]
 ) -> Iterator[tuple[int, dict | InputError]]:
     """Check each record and give it an id; yield problems as `InputError` values.
