@@ -1,0 +1,220 @@
+"""Rescoring fully cached candidates: the whole `bon score` process, no model loaded.
+
+Builds synthetic records (`--n` candidates each), fills a score cache with the keys a real
+scorer's configuration gives them (`CachedScorer.keys`, so the keys are the ones `bon score`
+looks up), then times `python -m bon score` on them in a subprocess, best of `--repeats`.
+A run that computed any score (so loaded a model) is an error, not a number.
+
+    python benchmarks/perf_cache.py --sizes 10240,100000 --scorers flip-likelihood,flip-tokens
+
+Writes benchmarks/results/perf_cache.md (command, machine, versions, numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = [
+    "the",
+    "model",
+    "writes",
+    "a",
+    "short",
+    "answer",
+    "about",
+    "rivers",
+    "mountains",
+    "cities",
+    "history",
+    "science",
+    "music",
+    "art",
+    "food",
+    "travel",
+    "code",
+    "python",
+    "data",
+    "tables",
+    "lists",
+    "steps",
+    "reasons",
+    "examples",
+    "colours",
+    "numbers",
+    "people",
+]
+
+
+def make_records(count: int, n: int, seed: int = 0) -> list[dict]:
+    """`count` records of `n` distinct candidates of 40-80 words each."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(count):
+        prompt = f"Question {r}: " + " ".join(rng.choices(WORDS, k=20))
+        texts = [
+            f"Answer {r}.{i}: " + " ".join(rng.choices(WORDS, k=rng.randint(40, 80)))
+            for i in range(n)
+        ]
+        out.append({"id": f"r{r}", "prompt": prompt, "responses": texts})
+    return out
+
+
+def fill_cache(records: list[dict], scorer_name: str, cache_path: Path) -> int:
+    """Store a score for every candidate under `scorer_name`'s real configuration."""
+    from bon import records as rec
+    from bon.cache import CachedScorer, ScoreCache
+    from bon.scorers import Query, Scored, ScoreOptions, scorers
+
+    options = ScoreOptions(scorers=(scorer_name,), cache_path=str(cache_path))
+
+    def no_engine():
+        raise RuntimeError("filling the cache must not load a model")
+
+    cache = ScoreCache(cache_path)
+    cached = CachedScorer(scorers.get(scorer_name)(options, no_engine), cache)
+    queries = [Query(rec.conversation(r), [c["text"] for c in rec.candidates(r)]) for r in records]
+    stored = 0
+    for start in range(0, len(queries), 1000):
+        chunk = queries[start : start + 1000]
+        items = {
+            key: Scored(-1.0 - (j % 7) / 10, {"tokens": 12, "logprob_sum": -12.5})
+            for row in cached.keys(chunk)
+            for j, key in enumerate(row)
+        }
+        cache.put_many(items)
+        stored += len(items)
+    cache.close()
+    return stored
+
+
+def time_score(
+    input: Path, output: Path, scorer: str, cache_path: Path, candidates: int
+) -> tuple[float, str]:
+    """Wall seconds of one `python -m bon score` run (the output removed first)."""
+    output.unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "bon", "score", str(input), "-o", str(output),
+        "--scorer", scorer, "--cache-path", str(cache_path),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"bon score failed:\n{done.stderr[-2000:]}")
+    match = re.search(r"(\d+) scores from the cache, (\d+) computed", done.stderr)
+    if not match or int(match.group(2)) != 0 or int(match.group(1)) != candidates:
+        raise SystemExit(f"not every score came from the cache:\n{done.stderr[-2000:]}")
+    return seconds, " ".join(command[1:])
+
+
+def versions() -> str:
+    import importlib.metadata as md
+    import sqlite3
+
+    import bon
+
+    parts = [f"python {platform.python_version()}", f"bon {bon.__version__}"]
+    parts.append(f"sqlite {sqlite3.sqlite_version}")
+    for dist in ("click", "tqdm"):
+        parts.append(f"{dist} {md.version(dist)}")
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10240,100000", help="candidates per run")
+    parser.add_argument("--n", type=int, default=8, help="candidates per record")
+    parser.add_argument("--scorers", default="flip-likelihood,flip-tokens")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/perf_cache.md"))
+    parser.add_argument("--note", default="", help="a line added under the table")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            records = make_records(size // args.n, args.n)
+            candidates = len(records) * args.n
+            input = Path(tmp) / f"cands-{size}.jsonl"
+            input.write_text("".join(json.dumps(r) + "\n" for r in records))
+            for scorer in args.scorers.split(","):
+                cache_path = Path(tmp) / f"cache-{size}-{scorer}.sqlite"
+                fill_cache(records, scorer, cache_path)
+                runs = []
+                for _ in range(args.repeats):
+                    seconds, command = time_score(
+                        input, Path(tmp) / "scored.jsonl", scorer, cache_path, candidates
+                    )
+                    runs.append(seconds)
+                row = {
+                    "candidates": candidates,
+                    "records": len(records),
+                    "scorer": scorer,
+                    "best_s": round(min(runs), 3),
+                    "runs_s": [round(s, 3) for s in runs],
+                    "candidates_per_s": round(candidates / min(runs)),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    write_results(Path(args.out), rows, args, command)
+
+
+def write_results(path: Path, rows: list[dict], args: argparse.Namespace, command: str) -> None:
+    lines = [
+        "# Rescoring fully cached candidates (issue 11, item 6)",
+        "",
+        "Written by `benchmarks/perf_cache.py`; every score comes from the cache (checked from "
+        "the run's log), so no model loads. Wall time of the whole `bon score` process, best "
+        f"of {args.repeats}; {args.n} candidates per record of 40-80 words.",
+        "",
+        f"- Benchmark: `python benchmarks/perf_cache.py --sizes {args.sizes} --n {args.n} "
+        f"--scorers {args.scorers} --repeats {args.repeats}`",
+        f"- Each run: `python {re.sub(r'/tmp/[^ ]*/', 'TMP/', command)}`",
+        f"- Machine: {machine()}; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        f"- Versions: {versions()}",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| candidates | records | scorer | best wall s | all runs s | candidates/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        runs = ", ".join(f"{s:.2f}" for s in r["runs_s"])
+        lines.append(
+            f"| {r['candidates']:,} | {r['records']:,} | {r['scorer']} | {r['best_s']:.2f} | "
+            f"{runs} | {r['candidates_per_s']:,} |"
+        )
+    if args.note:
+        lines += ["", args.note]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
