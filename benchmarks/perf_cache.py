@@ -27,35 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = [
-    "the",
-    "model",
-    "writes",
-    "a",
-    "short",
-    "answer",
-    "about",
-    "rivers",
-    "mountains",
-    "cities",
-    "history",
-    "science",
-    "music",
-    "art",
-    "food",
-    "travel",
-    "code",
-    "python",
-    "data",
-    "tables",
-    "lists",
-    "steps",
-    "reasons",
-    "examples",
-    "colours",
-    "numbers",
-    "people",
-]
+_VOCABULARY = (
+    "the model writes a short answer about rivers mountains cities history science music art "
+    "food travel code python data tables lists steps reasons examples colours numbers people"
+)
+WORDS = _VOCABULARY.split()
 
 
 def make_records(count: int, n: int, seed: int = 0) -> list[dict]:
