@@ -190,13 +190,13 @@ class HFEngine(Engine):
         }
         with torch.inference_mode():
             try:
-                out = self.model(**inputs, logits_to_keep=keep + 1)
+                out = self.model(**inputs, use_cache=False, logits_to_keep=keep + 1)
             except TypeError:  # a model without `logits_to_keep` returns every position's logits
-                out = self.model(**inputs)
+                out = self.model(**inputs, use_cache=False)
             logits = out.logits[:, -(keep + 1) : -1]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            del out
             wanted = input_ids[:, width - keep :].to(self.device)
-            picked = logprobs.gather(-1, wanted.unsqueeze(-1)).squeeze(-1).cpu()
+            picked = _target_logprobs(torch, logits, wanted).cpu()
         return [picked[row, keep - len(t) :].tolist() for row, t in enumerate(targets)]
 
     def close(self) -> None:
@@ -232,6 +232,23 @@ class HFEngine(Engine):
             return Completion(text=text, finish_reason="length", tokens=len(token_ids))
         text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
         return Completion(text=text, finish_reason="stop", tokens=end + 1)
+
+
+LOGSOFTMAX_BYTES = 64 * 2**20
+"""Most float32 logits bytes normalised at once when reading log-probabilities."""
+
+
+def _target_logprobs(torch: Any, logits: Any, targets: Any) -> Any:
+    """`log_softmax(logits.float())` at the `targets` indices, a few rows at a time: the
+    float copy (and its log-softmax) of a whole batch's vocabulary-wide logits is never made."""
+    rows, positions, vocab = logits.shape
+    step = max(1, LOGSOFTMAX_BYTES // max(1, positions * vocab * 4))
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, rows, step):
+        chunk = logits[start : start + step].float()
+        picked = chunk.gather(-1, targets[start : start + step].unsqueeze(-1)).squeeze(-1)
+        out[start : start + step] = picked - torch.logsumexp(chunk, dim=-1)
+    return out
 
 
 @contextmanager
