@@ -43,6 +43,7 @@ def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
 
 def checkout(rev: str, folder: Path) -> Path:
     """`bon/` of git revision `rev`, unpacked under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
         ["git", "archive", rev, "bon"], cwd=ROOT, check=True, capture_output=True
     ).stdout
