@@ -41,6 +41,34 @@ def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
     return len(rows), total
 
 
+def tiny_model(folder: Path) -> str:
+    """A random 2-layer Llama (hidden 64) with the SmolLM2 tokenizer: the forward pass costs
+    little, the vocabulary-wide logits (49,152 wide) as much as the real model's."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from bon.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def checkout(rev: str, folder: Path) -> Path:
     """`bon/` of git revision `rev`, unpacked under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,8 +106,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=48)
     parser.add_argument("--scorer", default="flip-likelihood")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a random tiny Llama instead of --model"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/perf_memory.md"))
+    parser.add_argument("--out", default=None, help="default: results/perf_memory[_tiny].md")
     args = parser.parse_args()
 
     rows = []
@@ -89,13 +120,18 @@ def main() -> None:
         subset(ROOT / args.input, 1, small)
         records, candidates = subset(ROOT / args.input, args.candidates, tmp / "many.jsonl")
         before = checkout(args.before, tmp / "before")
+        if args.tiny:
+            args.model = tiny_model(tmp / "tiny")
         for label, code in (("before", before), ("after", ROOT)):
             for name, path in (("one record", small), (f"{candidates} candidates", None)):
                 mib, seconds = peak_rss(code, path or tmp / "many.jsonl", args)
                 row = {"code": label, "input": name, "peak_rss_mib": round(mib), "s": seconds}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    write_results(Path(args.out), rows, args, records, candidates)
+    name = "perf_memory_tiny.md" if args.tiny else "perf_memory.md"
+    write_results(
+        Path(args.out or ROOT / "benchmarks/results" / name), rows, args, records, candidates
+    )
 
 
 def write_results(
@@ -106,18 +142,20 @@ def write_results(
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    model = "a random tiny Llama (2 layers, hidden 64, SmolLM2's vocabulary)"
+    model = model if args.tiny else f"`{args.model}`"
     lines = [
         f"# Peak memory of `{args.scorer}` (issue 11, item 5)",
         "",
         "Written by `benchmarks/perf_memory.py`: peak RSS (kernel `ru_maxrss`) of a whole "
         f"`bon score --no-cache --scorer {args.scorer} --batch-size {args.batch_size}` process "
-        f"on `{args.model}`, before ({args.before}) and after (the working tree at {head}), "
+        f"on {model}, before ({args.before}) and after (the working tree at {head}), "
         f"one after the other. Input: the first {records} records ({candidates} candidates) "
         f"of `{args.input}`; 'one record' is its first record alone.",
         "",
         f"- Command: `python benchmarks/perf_memory.py --before {args.before} --input "
-        f"{args.input} --candidates {args.candidates} --scorer {args.scorer} --model "
-        f"{args.model} --batch-size {args.batch_size}`",
+        f"{args.input} --candidates {args.candidates} --scorer {args.scorer} "
+        f"{'--tiny' if args.tiny else '--model ' + args.model} --batch-size {args.batch_size}`",
         f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores; load "
         f"average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- Versions: python {platform.python_version()}, torch {md.version('torch')}, "
