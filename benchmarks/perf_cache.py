@@ -76,8 +76,18 @@ def fill_cache(records: list[dict], scorer_name: str, cache_path: Path) -> int:
     return stored
 
 
+def checkout(rev: str, folder: Path) -> Path:
+    """`bon/` of git revision `rev`, unpacked under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "bon"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def time_score(
-    input: Path, output: Path, scorer: str, cache_path: Path, candidates: int
+    input: Path, output: Path, scorer: str, cache_path: Path, candidates: int, code: Path = ROOT
 ) -> tuple[float, float, str]:
     """Wall and CPU seconds of one `python -m bon score` run (the output removed first)."""
     output.unlink(missing_ok=True)
@@ -85,9 +95,9 @@ def time_score(
         sys.executable, "-m", "bon", "score", str(input), "-o", str(output),
         "--scorer", scorer, "--cache-path", str(cache_path),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, env=env, cwd=code, stderr=subprocess.PIPE, text=True)
     stderr = child.stderr.read()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
@@ -134,6 +144,12 @@ def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> d
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def versions() -> str:
     import importlib.metadata as md
     import sqlite3
@@ -167,10 +183,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/perf_cache.md"))
     parser.add_argument("--note", default="", help="a line added under the table")
+    parser.add_argument("--before", help="also time this git revision's bon (same cache keys)")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        codes = [("after", ROOT)]
+        if args.before:
+            codes.insert(0, ("before", checkout(args.before, Path(tmp) / "before")))
         for size in [int(s) for s in args.sizes.split(",")]:
             records = make_records(size // args.n, args.n)
             candidates = len(records) * args.n
@@ -179,24 +199,26 @@ def main() -> None:
             for scorer in args.scorers.split(","):
                 cache_path = Path(tmp) / f"cache-{size}-{scorer}.sqlite"
                 fill_cache(records, scorer, cache_path)
-                runs, cpu = [], []
-                for _ in range(args.repeats):
-                    seconds, cpu_s, command = time_score(
-                        input, Path(tmp) / "scored.jsonl", scorer, cache_path, candidates
-                    )
-                    runs.append(seconds)
-                    cpu.append(cpu_s)
-                row = {
-                    "candidates": candidates,
-                    "records": len(records),
-                    "scorer": scorer,
-                    "best_s": round(min(runs), 3),
-                    "runs_s": [round(s, 3) for s in runs],
-                    "best_cpu_s": round(min(cpu), 3),
-                    "candidates_per_s": round(candidates / min(runs)),
-                }
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                for label, code in codes:
+                    runs, cpu = [], []
+                    for _ in range(args.repeats):
+                        seconds, cpu_s, command = time_score(
+                            input, Path(tmp) / "out.jsonl", scorer, cache_path, candidates, code
+                        )
+                        runs.append(seconds)
+                        cpu.append(cpu_s)
+                    row = {
+                        "code": label,
+                        "candidates": candidates,
+                        "records": len(records),
+                        "scorer": scorer,
+                        "best_s": round(min(runs), 3),
+                        "runs_s": [round(s, 3) for s in runs],
+                        "best_cpu_s": round(min(cpu), 3),
+                        "candidates_per_s": round(candidates / min(runs)),
+                    }
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
         parts = breakdown(input, args.scorers.split(",")[0], cache_path, 16)
         print(json.dumps(parts), flush=True)
     write_results(Path(args.out), rows, args, command, parts, candidates)
@@ -219,22 +241,24 @@ def write_results(
         f"{args.n} candidates per record of 40-80 words.",
         "",
         f"- Benchmark: `python benchmarks/perf_cache.py --sizes {args.sizes} --n {args.n} "
-        f"--scorers {args.scorers} --repeats {args.repeats}`",
+        f"--scorers {args.scorers} --repeats {args.repeats}"
+        f"{' --before ' + args.before if args.before else ''}`; 'before' is that revision's "
+        f"`bon/` (`git archive`), 'after' the working tree at {head()}",
         f"- Each run: `python {re.sub(r'/tmp/[^ ]*/', 'TMP/', command)}`",
         f"- Machine: {machine()}; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- Versions: {versions()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| candidates | records | scorer | best wall s | all runs wall s | best CPU s "
+        "| code | candidates | records | scorer | best wall s | all runs wall s | best CPU s "
         "(user+sys) | candidates/s (wall) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = ", ".join(f"{s:.2f}" for s in r["runs_s"])
         lines.append(
-            f"| {r['candidates']:,} | {r['records']:,} | {r['scorer']} | {r['best_s']:.2f} | "
-            f"{runs} | {r['best_cpu_s']:.2f} | {r['candidates_per_s']:,} |"
+            f"| {r['code']} | {r['candidates']:,} | {r['records']:,} | {r['scorer']} | "
+            f"{r['best_s']:.2f} | {runs} | {r['best_cpu_s']:.2f} | {r['candidates_per_s']:,} |"
         )
     lines += [
         "",
