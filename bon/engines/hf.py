@@ -234,7 +234,7 @@ class HFEngine(Engine):
         return Completion(text=text, finish_reason="stop", tokens=end + 1)
 
 
-LOGSOFTMAX_BYTES = 64 * 2**20
+LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
 
 
