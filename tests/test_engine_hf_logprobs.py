@@ -37,12 +37,22 @@ def plain_logprobs(engine, conversation, continuation):
     return [logprobs[row, token].item() for row, token in zip(rows, target, strict=True)]
 
 
-@pytest.mark.parametrize("budget", [hf_engine.LOGSOFTMAX_BYTES, 1])
+@pytest.mark.parametrize("budget", [None, 1])
 def test_batched_logprobs_equal_each_pair_alone(engine, monkeypatch, budget):
-    monkeypatch.setattr(hf_engine, "LOGSOFTMAX_BYTES", budget)  # 1: one row at a time
+    if budget is not None:  # one row per forward pass, one row per log-softmax
+        monkeypatch.setattr(hf_engine, "LOGITS_BYTES", budget)
+        monkeypatch.setattr(hf_engine, "LOGSOFTMAX_BYTES", budget)
     batched = engine.continuation_logprobs(CONVERSATIONS, CONTINUATIONS)
     for conversation, continuation, row in zip(CONVERSATIONS, CONTINUATIONS, batched, strict=True):
         assert row == pytest.approx(plain_logprobs(engine, conversation, continuation), abs=1e-4)
+
+
+def test_forward_passes_are_cut_to_the_logits_budget(engine, monkeypatch):
+    row_bytes = engine._vocab_size * 4  # float32 logits per position
+    monkeypatch.setattr(hf_engine, "LOGITS_BYTES", 3 * 5 * row_bytes)
+    targets = [[0] * 4, [0] * 4, [0] * 4, [0] * 4, [0] * 9, [0]]
+    # 3 rows of 5 positions fit; a 10-position row fits alone; then a new part begins.
+    assert engine._within_logits_budget(list(range(6)), targets) == [[0, 1, 2], [3], [4], [5]]
 
 
 def test_rows_normalised_in_steps_match_the_whole_batch():

@@ -65,6 +65,7 @@ class HFEngine(Engine):
         self.context_length = _context_length(self.model.config)
         """Most tokens (prompt and completion) the model takes; None when its config says not."""
         self._dtype = str(self.model.dtype).removeprefix("torch.")
+        self._vocab_size = self.model.get_output_embeddings().weight.shape[0]
 
     def describe(self) -> dict[str, Any]:
         """The model, device and dtype: what changes this engine's outputs."""
@@ -162,12 +163,28 @@ class HFEngine(Engine):
         results: list[list[float]] = [[] for _ in prompts]
         for start in range(0, len(order), self.options.batch_size):
             chunk = [i for i in order[start : start + self.options.batch_size] if targets[i]]
-            if not chunk:
-                continue
-            rows = self._logprob_batch([prompts[i] for i in chunk], [targets[i] for i in chunk])
-            for i, row in zip(chunk, rows, strict=True):
-                results[i] = row
+            for part in self._within_logits_budget(chunk, targets):
+                rows = self._logprob_batch([prompts[i] for i in part], [targets[i] for i in part])
+                for i, row in zip(part, rows, strict=True):
+                    results[i] = row
         return results
+
+    def _within_logits_budget(self, chunk: list[int], targets: list[list[int]]) -> list[list[int]]:
+        """`chunk` cut into consecutive parts whose vocabulary-wide logits (rows x the longest
+        target x vocabulary) fit `LOGITS_BYTES`: one long instruction must not multiply a whole
+        batch's logits."""
+        per_position = self._vocab_size * self.model.dtype.itemsize
+        parts: list[list[int]] = []
+        longest = 0
+        for i in chunk:
+            wider = max(longest, len(targets[i]) + 1)
+            if parts and (len(parts[-1]) + 1) * wider * per_position <= LOGITS_BYTES:
+                parts[-1].append(i)
+                longest = wider
+            else:
+                parts.append([i])
+                longest = len(targets[i]) + 1
+        return parts
 
     def _logprob_batch(
         self, prompts: list[list[int]], targets: list[list[int]]
@@ -234,6 +251,8 @@ class HFEngine(Engine):
         return Completion(text=text, finish_reason="stop", tokens=end + 1)
 
 
+LOGITS_BYTES = 128 * 2**20
+"""Most bytes of logits one teacher-forced forward pass returns; longer targets, fewer rows."""
 LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
 
