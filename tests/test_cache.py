@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 import pytest
 
 import bon
 import bon.reranker
-from bon.cache import CachedScorer, ScoreCache, score_key
+from bon.cache import CachedScorer, KeyMaker, ScoreCache, score_key
 from bon.errors import ConfigError
 from bon.scorers import Query, Scored, ScoreOptions, Scorer
 
@@ -27,6 +28,7 @@ class Counting(Scorer):
         self.seen: list[str] = []
 
     def describe(self):
+        self.described = getattr(self, "described", 0) + 1
         return {"scorer": self.name, "tag": self.tag}
 
     def score(self, queries):
@@ -64,6 +66,46 @@ def test_keys_change_with_configuration_and_conversation(tmp_path):
     assert len(cache) == 3
     assert score_key({"a": 1}, MESSAGES, "red") == score_key({"a": 1}, MESSAGES, "red")
     assert score_key({"a": 1}, MESSAGES, "red") != score_key({"a": 2}, MESSAGES, "red")
+
+
+def test_key_is_the_hash_of_the_canonical_json_of_its_parts():
+    # Pinned: a change of this layout orphans every cached score (bump SCHEMA_VERSION then).
+    payload = (
+        f'[1,"{bon.__version__}",{{"a":1,"b":"é"}},[{{"content":"Name a colour.","role":"user"}}],'
+        '"red"]'
+    )
+    expected = hashlib.sha256(payload.encode()).hexdigest()
+    assert score_key({"b": "é", "a": 1}, MESSAGES, "red") == expected
+
+
+TRICKY = ["red", "", 'say "hi"\n\\ ok', "日本語 \u2028", "red", "lone \ud800 surrogate"]
+CONFIG = {"scorer": "x", "nested": {"z": [1, 2.5, None], "a": True}, "ü": "ß"}
+CONVERSATION = [
+    {"role": "system", "content": 'Be "brief".'},
+    {"role": "user", "content": "Übersetze:\n日本"},
+]
+
+
+def test_key_maker_gives_score_key_exactly():
+    keys = KeyMaker(CONFIG)
+    assert keys.independent(CONVERSATION, TRICKY) == [
+        score_key(CONFIG, CONVERSATION, text) for text in TRICKY
+    ]
+    assert keys.compared(CONVERSATION, TRICKY) == [
+        score_key(CONFIG, CONVERSATION, {"candidates": TRICKY, "index": i})
+        for i in range(len(TRICKY))
+    ]
+    assert len(set(keys.independent(CONVERSATION, TRICKY))) == len(set(TRICKY))
+
+
+def test_configuration_is_described_once_per_cached_scorer(tmp_path):
+    scorer = Counting()
+    cached = CachedScorer(scorer, ScoreCache(tmp_path / "s.sqlite"))
+    for text in ["red", "blue", "red"]:
+        cached.score([Query(MESSAGES, [text])])
+        assert cached.describe() == {"scorer": "counting", "tag": "v1"}
+    assert scorer.described == 1
+    assert scorer.seen == ["red", "blue"]
 
 
 def test_comparing_scorers_are_keyed_by_the_whole_candidate_list(tmp_path):

@@ -65,6 +65,7 @@ class HFEngine(Engine):
         self.context_length = _context_length(self.model.config)
         """Most tokens (prompt and completion) the model takes; None when its config says not."""
         self._dtype = str(self.model.dtype).removeprefix("torch.")
+        self._vocab_size = self.model.get_output_embeddings().weight.shape[0]
 
     def describe(self) -> dict[str, Any]:
         """The model, device and dtype: what changes this engine's outputs."""
@@ -162,12 +163,28 @@ class HFEngine(Engine):
         results: list[list[float]] = [[] for _ in prompts]
         for start in range(0, len(order), self.options.batch_size):
             chunk = [i for i in order[start : start + self.options.batch_size] if targets[i]]
-            if not chunk:
-                continue
-            rows = self._logprob_batch([prompts[i] for i in chunk], [targets[i] for i in chunk])
-            for i, row in zip(chunk, rows, strict=True):
-                results[i] = row
+            for part in self._within_logits_budget(chunk, targets):
+                rows = self._logprob_batch([prompts[i] for i in part], [targets[i] for i in part])
+                for i, row in zip(part, rows, strict=True):
+                    results[i] = row
         return results
+
+    def _within_logits_budget(self, chunk: list[int], targets: list[list[int]]) -> list[list[int]]:
+        """`chunk` cut into consecutive parts whose vocabulary-wide logits (rows x the longest
+        target x vocabulary) fit `LOGITS_BYTES`: one long instruction must not multiply a whole
+        batch's logits."""
+        per_position = self._vocab_size * self.model.dtype.itemsize
+        parts: list[list[int]] = []
+        longest = 0
+        for i in chunk:
+            wider = max(longest, len(targets[i]) + 1)
+            if parts and (len(parts[-1]) + 1) * wider * per_position <= LOGITS_BYTES:
+                parts[-1].append(i)
+                longest = wider
+            else:
+                parts.append([i])
+                longest = len(targets[i]) + 1
+        return parts
 
     def _logprob_batch(
         self, prompts: list[list[int]], targets: list[list[int]]
@@ -190,13 +207,13 @@ class HFEngine(Engine):
         }
         with torch.inference_mode():
             try:
-                out = self.model(**inputs, logits_to_keep=keep + 1)
+                out = self.model(**inputs, use_cache=False, logits_to_keep=keep + 1)
             except TypeError:  # a model without `logits_to_keep` returns every position's logits
-                out = self.model(**inputs)
+                out = self.model(**inputs, use_cache=False)
             logits = out.logits[:, -(keep + 1) : -1]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            del out
             wanted = input_ids[:, width - keep :].to(self.device)
-            picked = logprobs.gather(-1, wanted.unsqueeze(-1)).squeeze(-1).cpu()
+            picked = _target_logprobs(torch, logits, wanted).cpu()
         return [picked[row, keep - len(t) :].tolist() for row, t in enumerate(targets)]
 
     def close(self) -> None:
@@ -232,6 +249,25 @@ class HFEngine(Engine):
             return Completion(text=text, finish_reason="length", tokens=len(token_ids))
         text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
         return Completion(text=text, finish_reason="stop", tokens=end + 1)
+
+
+LOGITS_BYTES = 128 * 2**20
+"""Most bytes of logits one teacher-forced forward pass returns; longer targets, fewer rows."""
+LOGSOFTMAX_BYTES = 16 * 2**20
+"""Most float32 logits bytes normalised at once when reading log-probabilities."""
+
+
+def _target_logprobs(torch: Any, logits: Any, targets: Any) -> Any:
+    """`log_softmax(logits.float())` at the `targets` indices, a few rows at a time: the
+    float copy (and its log-softmax) of a whole batch's vocabulary-wide logits is never made."""
+    rows, positions, vocab = logits.shape
+    step = max(1, LOGSOFTMAX_BYTES // max(1, positions * vocab * 4))
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, rows, step):
+        chunk = logits[start : start + step].float()
+        picked = chunk.gather(-1, targets[start : start + step].unsqueeze(-1)).squeeze(-1)
+        out[start : start + step] = picked - torch.logsumexp(chunk, dim=-1)
+    return out
 
 
 @contextmanager

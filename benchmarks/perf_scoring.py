@@ -1,0 +1,219 @@
+"""Seconds per candidate of the FLIP scorers, and of a plain per-candidate loop, in one run.
+
+One transformers engine (one model in memory) serves every measurement, on the same
+candidates: the first `--records` records of the input. Measured side by side:
+
+- each scorer's batch path as `bon score --no-cache` runs it (pipeline batches of
+  `--batch-size` candidates handed to `Scorer.score`);
+- a plain loop over the same model, the way reference code is used: `flip` as one greedy
+  `generate` per candidate (same prompt, `max_new_tokens`, parsing and F1), `flip-likelihood`
+  as one full forward pass per candidate (every position's logits, then a log-softmax).
+
+    python benchmarks/perf_scoring.py --records 4
+
+Writes benchmarks/results/perf_scoring.md (command, machine, versions, numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_items(path: Path, count: int) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line, _ in zip(handle, range(count), strict=False)]
+
+
+def queries_of(items: list[dict]) -> list:
+    from bon import records
+    from bon.scorers import Query
+
+    return [
+        Query(records.conversation(r), [c["text"] for c in records.candidates(r)]) for r in items
+    ]
+
+
+def pipeline_batches(queries: list, budget: int) -> list[list]:
+    """Records grouped as the pipeline groups them: until their candidates reach `budget`."""
+    batches, batch, used = [], [], 0
+    for query in queries:
+        batch.append(query)
+        used += len(query.candidates)
+        if used >= budget:
+            batches.append(batch)
+            batch, used = [], 0
+    return batches + ([batch] if batch else [])
+
+
+def time_scorer(name: str, engine, options, queries: list) -> tuple[float, list[float]]:
+    from bon.scorers import scorers
+
+    scorer = scorers.get(name)(options, lambda: engine)
+    start = time.perf_counter()
+    values = []
+    for batch in pipeline_batches(queries, options.batch_size):
+        values += [s.value for row in scorer.score(batch) for s in row]
+    return time.perf_counter() - start, values
+
+
+def loop_flip(engine, options, queries: list) -> tuple[float, list[float]]:
+    """One greedy `generate` per candidate on the same model, prompt, parsing and F1."""
+    import torch
+
+    from bon.scorers.base import clip_words
+    from bon.scorers.flip import parse_reconstruction, reconstruction_messages
+    from bon.similarity import token_f1
+
+    start = time.perf_counter()
+    values = []
+    for query in queries:
+        for text in query.candidates:
+            response = clip_words(text, options.max_response_words)
+            messages = reconstruction_messages(response, query.history, prompt=options.prompt)
+            ids = engine.tokenizer(
+                engine.render(messages), add_special_tokens=False, return_tensors="pt"
+            ).to(engine.device)
+            with torch.inference_mode():
+                out = engine.model.generate(
+                    **ids,
+                    max_new_tokens=options.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=engine.tokenizer.pad_token_id,
+                )
+            output = engine.tokenizer.decode(
+                out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            inferred, _ = parse_reconstruction(output, options.prompt)
+            values.append(token_f1(inferred, query.instruction))
+    return time.perf_counter() - start, values
+
+
+def loop_likelihood(engine, options, queries: list) -> tuple[float, list[float]]:
+    """One full forward pass per candidate: every position's logits, then a log-softmax."""
+    import torch
+
+    from bon.scorers.base import clip_words
+    from bon.scorers.flip import reconstruction_messages
+
+    start = time.perf_counter()
+    values = []
+    for query in queries:
+        target = engine.tokenizer(query.instruction, add_special_tokens=False)["input_ids"]
+        for text in query.candidates:
+            response = clip_words(text, options.max_response_words)
+            messages = reconstruction_messages(response, query.history, prompt="short")
+            prompt = engine.tokenizer(engine.render(messages), add_special_tokens=False)
+            ids = torch.tensor([prompt["input_ids"] + target], device=engine.device)
+            with torch.inference_mode():
+                logits = engine.model(input_ids=ids).logits[0].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            first = len(prompt["input_ids"]) - 1
+            picked = [logprobs[first + i, t].item() for i, t in enumerate(target)]
+            values.append(sum(picked) / len(picked))
+    return time.perf_counter() - start, values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", default="data/pref/vs_small.dev.jsonl")
+    parser.add_argument("--records", type=int, default=4)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--scorers", default="flip,flip-likelihood,flip-tokens")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/perf_scoring.md"))
+    args = parser.parse_args()
+
+    from bon.engines import load_engine
+    from bon.scorers import ScoreOptions
+
+    options = ScoreOptions(
+        model=args.model,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        echo_guard=False,  # the plain loops have none; the guard costs no model call anyway
+        no_cache=True,
+    )
+    engine = load_engine(options)
+    items = load_items(ROOT / args.input, args.records)
+    queries = queries_of(items)
+    candidates = sum(len(q.candidates) for q in queries)
+    warm = queries_of([{"prompt": "Say hi.", "responses": ["Hi!"]}])
+    time_scorer("flip-likelihood", engine, options, warm)  # first-call costs, paid by neither
+
+    rows: dict[str, dict] = {}
+    loops = {"flip": loop_flip, "flip-likelihood": loop_likelihood}
+    for name in args.scorers.split(","):
+        seconds, values = time_scorer(name, engine, options, queries)
+        row = {"scorer": name, "bon_s": seconds, "bon_s_per_candidate": seconds / candidates}
+        if name in loops:
+            loop_s, loop_values = loops[name](engine, options, queries)
+            pairs = zip(values, loop_values, strict=True)
+            row.update(
+                loop_s=loop_s,
+                loop_s_per_candidate=loop_s / candidates,
+                batching_ratio=loop_s / seconds,
+                max_abs_score_diff=max(abs(a - b) for a, b in pairs),
+            )
+        print(json.dumps(row), flush=True)
+        rows[name] = row
+    write_results(Path(args.out), rows, args, len(queries), candidates)
+
+
+def write_results(
+    path: Path, rows: dict[str, dict], args: argparse.Namespace, records: int, candidates: int
+) -> None:
+    import importlib.metadata as md
+
+    lines = [
+        "# FLIP scoring cost: batched vs a per-candidate loop, flip vs flip-likelihood "
+        "(issue 11, items 1 and 2)",
+        "",
+        "Written by `benchmarks/perf_scoring.py`, every figure from one process, one model in "
+        f"memory, the same {candidates} candidates (the first {records} records of "
+        f"`{args.input}`). 'bon' is the scorer's batch path as `bon score --no-cache` runs it "
+        f"(batches of {args.batch_size} candidates); 'loop' is a plain loop over the same "
+        "model: one greedy `generate` per candidate for flip, one full forward pass per "
+        "candidate for flip-likelihood. Echo guard off (the loops have none).",
+        "",
+        f"- Command: `python benchmarks/perf_scoring.py --input {args.input} --records "
+        f"{args.records} --model {args.model} --batch-size {args.batch_size} "
+        f"--max-new-tokens {args.max_new_tokens} --scorers {args.scorers}`",
+        f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"shared with other jobs; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        f"- Versions: python {platform.python_version()}, torch {md.version('torch')}, "
+        f"transformers {md.version('transformers')}",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| scorer | bon s/candidate | loop s/candidate | loop / bon | max score diff |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows.values():
+        loop = f"{r['loop_s_per_candidate']:.2f}" if "loop_s" in r else "-"
+        ratio = f"{r['batching_ratio']:.2f}x" if "loop_s" in r else "-"
+        diff = f"{r['max_abs_score_diff']:.3g}" if "loop_s" in r else "-"
+        lines.append(
+            f"| {r['scorer']} | {r['bon_s_per_candidate']:.2f} | {loop} | {ratio} | {diff} |"
+        )
+    if "flip" in rows:
+        lines.append("")
+        for name in ("flip-likelihood", "flip-tokens"):
+            if name in rows:
+                ratio = rows["flip"]["bon_s"] / rows[name]["bon_s"]
+                lines.append(f"- flip / {name} seconds per candidate (bon): {ratio:.1f}x")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
