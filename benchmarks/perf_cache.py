@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from revisions import checkout  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 _VOCABULARY = (
     "the model writes a short answer about rivers mountains cities history science music art "
     "food travel code python data tables lists steps reasons examples colours numbers people"
@@ -74,16 +76,6 @@ def fill_cache(records: list[dict], scorer_name: str, cache_path: Path) -> int:
         stored += len(items)
     cache.close()
     return stored
-
-
-def checkout(rev: str, folder: Path) -> Path:
-    """`bon/` of git revision `rev`, unpacked under `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", rev, "bon"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
 
 
 def time_score(

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from revisions import checkout  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
     """The first records of `input` holding at least `candidates` candidates."""
@@ -67,16 +69,6 @@ def tiny_model(folder: Path) -> str:
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
-
-
-def checkout(rev: str, folder: Path) -> Path:
-    """`bon/` of git revision `rev`, unpacked under `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", rev, "bon"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
 
 
 def peak_rss(code: Path, input: Path, args: argparse.Namespace) -> tuple[float, float]:

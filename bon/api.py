@@ -210,7 +210,7 @@ def _help(command: str, keyword: str) -> str:
     return ""
 
 
-def _split(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
+def split_options(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
     """Build each group's options object from the keywords; an unknown keyword is an error."""
     options = dict(options)
     groups = _groups(command, files)
@@ -232,7 +232,7 @@ def _split(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
 def validate_options(command: str, options: dict[str, Any]) -> None:
     """Check a command's keyword options (with its file options) as the API function would,
     loading no model; raises `ConfigError`."""
-    _split(command, options, files=True)
+    split_options(command, options, files=True)
 
 
 def _run_file(
@@ -271,56 +271,56 @@ def _run_file(
 @_mirrors("generate", files=True)
 def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Sample candidates for each prompt record of `input` into `output`."""
-    generate_options, files = _split("generate", options, files=True)
+    generate_options, files = split_options("generate", options, files=True)
     return _run_file(partial(pipeline.generate_stage, generate_options), input, output, files)
 
 
 @_mirrors("generate", files=False)
 def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`generate` over in-memory records; returns them with `candidates` added."""
-    (generate_options,) = _split("generate", options, files=False)
+    (generate_options,) = split_options("generate", options, files=False)
     return pipeline.run_records(pipeline.generate_stage(generate_options), records)
 
 
 @_mirrors("score", files=True)
 def score(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Score every candidate of each record of `input` into `output`."""
-    score_options, files = _split("score", options, files=True)
+    score_options, files = split_options("score", options, files=True)
     return _run_file(partial(pipeline.score_stage, score_options), input, output, files)
 
 
 @_mirrors("score", files=False)
 def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`score` over in-memory records."""
-    (score_options,) = _split("score", options, files=False)
+    (score_options,) = split_options("score", options, files=False)
     return pipeline.run_records(pipeline.score_stage(score_options), records)
 
 
 @_mirrors("select", files=True)
 def select(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Keep the best candidate of each scored record."""
-    select_options, files = _split("select", options, files=True)
+    select_options, files = split_options("select", options, files=True)
     return _run_file(partial(pipeline.select_stage, select_options), input, output, files)
 
 
 @_mirrors("select", files=False)
 def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`select` over in-memory records."""
-    (select_options,) = _split("select", options, files=False)
+    (select_options,) = split_options("select", options, files=False)
     return pipeline.run_records(pipeline.select_stage(select_options), records)
 
 
 @_mirrors("rerank", files=True)
 def rerank(input: str | Path, output: str | Path, **options: Any) -> Report:
     """`score` then `select` in one pass, for outputs made elsewhere."""
-    score_options, select_options, files = _split("rerank", options, files=True)
+    score_options, select_options, files = split_options("rerank", options, files=True)
     return _run_file(partial(_rerank_stage, score_options, select_options), input, output, files)
 
 
 @_mirrors("rerank", files=False)
 def rerank_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`rerank` over in-memory records."""
-    score_options, select_options = _split("rerank", options, files=False)
+    score_options, select_options = split_options("rerank", options, files=False)
     return pipeline.run_records(_rerank_stage(score_options, select_options), records)
 
 
@@ -335,7 +335,7 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     Records with `turns` (MT-Bench's question files) are answered turn by turn, each turn
     sampled after the selected answer to the one before (see `bon.turns`).
     """
-    *stage_options, files = _split("run", options, files=True)
+    *stage_options, files = split_options("run", options, files=True)
     if str(out_dir) == STDIO:
         raise ConfigError(
             "`run` writes three files into a folder, not to stdout; to stream, pipe the stages: "
@@ -430,7 +430,7 @@ def merge(
 def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     """`run` over in-memory prompt records; returns the selected records."""
     items = list(prompts)
-    stage_options = _split("run", options, files=False)
+    stage_options = split_options("run", options, files=False)
     if items and isinstance(items[0], dict) and "turns" in items[0]:
         return _run_turns_records(items, stage_options)
     for stage in _run_stages(*stage_options):
@@ -454,14 +454,14 @@ def _run_turns_records(items: list[dict], stage_options: list[Any]) -> list[dict
 def export(format: str, selected: str | Path, output: str | Path, **options: Any) -> Report:
     """Write the selections of the JSONL file `selected` as `format` (alpacaeval, ifeval,
     mtbench or pairs) to `output`; returns how many rows were written and records skipped."""
-    (export_options,) = _split("export", options, files=False)
+    (export_options,) = split_options("export", options, files=False)
     return export_file(format, selected, output, export_options)
 
 
 @_mirrors("export", files=False)
 def export_records(format: str, records: Iterable[dict], **options: Any) -> list[dict]:
     """`export` over in-memory records; returns the rows."""
-    (export_options,) = _split("export", options, files=False)
+    (export_options,) = split_options("export", options, files=False)
     return _export_records(format, records, export_options)
 
 

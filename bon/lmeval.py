@@ -97,7 +97,7 @@ class BonLM(LM):
         # takes CUDA when there is one, and a machine without it still runs.
         if device is not None and device != LM_EVAL_DEFAULT_DEVICE:
             options.setdefault("device", device)
-        generate, score, select = api._split("run", options, files=False)
+        generate, score, select = api.split_options("run", options, files=False)
         self.bon = BestOfN(generate, score, select)
         self.prompts_per_call = _prompts_per_call(batch_size)
         self._warned: set[str] = set()

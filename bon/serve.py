@@ -544,7 +544,7 @@ def _build(options: dict[str, Any]) -> tuple[BestOfN, ServeOptions]:
     """Split keyword options into the stages' objects and the server's."""
     names = {f.name for f in fields(ServeOptions)}
     server = ServeOptions(**{k: v for k, v in options.items() if k in names})
-    generate, score, select = api._split(
+    generate, score, select = api.split_options(
         "run", {k: v for k, v in options.items() if k not in names}, files=False
     )
     return BestOfN(generate, score, select), server

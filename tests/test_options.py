@@ -107,9 +107,11 @@ def test_api_functions_show_every_option_in_their_signature():
 
 
 def test_run_shares_device_and_dtype_with_the_reranker():
-    from bon.api import _split
+    from bon.api import split_options
 
-    generate, score, _ = _split("run", {"dtype": "float32", "reranker_model": "m"}, files=False)
+    generate, score, _ = split_options(
+        "run", {"dtype": "float32", "reranker_model": "m"}, files=False
+    )
     assert generate.dtype == score.dtype == "float32"
     assert score.model == "m" and generate.model == "smollm2-135m"
 
