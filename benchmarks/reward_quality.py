@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import bon
+from bon import pipeline
+from bon.api import split_options
+from bon.engines import Engine, load_engine
 from bon.evals.pref import accuracy
 from bon.scorers import ScoreOptions
 
@@ -52,11 +55,13 @@ def default_rows() -> list[Row]:
     """The default scorer first, then the FLIP variants, the judges and the controls."""
     default = ScoreOptions().scorers[0]
     rows = [Row(f"{default} (default)", default)]
+    rows += [Row("flip-tokens gain (previous default)", "flip-tokens", {"token_reduce": "gain"})]
     rows += [Row(name, name) for name in ("flip-likelihood",) if name != default]
     rows += [
         Row("flip paper+f1 (paper recipe)", "flip", {"prompt": "paper", "similarity": "f1"}, True),
         Row("flip short+cosine", "flip", {"prompt": "short", "similarity": "cosine"}, True),
         Row("judge-pointwise", "judge-pointwise", {}, True),
+        Row("judge-pairwise knockout", "judge-pairwise", {"pairwise": "knockout"}, True),
         Row("judge-listwise", "judge-listwise", {}, True),
         Row("random", "random"),
         Row("longest", "longest"),
@@ -71,14 +76,49 @@ def read_jsonl(path: Path, limit: int | None) -> list[dict]:
     return records[:limit] if limit else records
 
 
-def score_row(row: Row, records: list[dict], common: dict[str, Any]) -> list[dict]:
+def score_row(
+    row: Row, records: list[dict], common: dict[str, Any], engine: Engine | None = None
+) -> list[dict]:
     """`records` scored by `row`, the score stored under the row's label (accuracy reads a
     label that is no scorer's name as higher-is-better, so `shortest` keeps its own name)."""
-    scored = bon.score_records(records, scorers=(row.scorer,), **{**common, **row.options})
+    (options,) = split_options(
+        "score", {"scorers": (row.scorer,), **common, **row.options}, files=False
+    )
+    scored = pipeline.run_records(pipeline.score_stage(options, engine), records)
     for record in scored:
         for candidate in record["candidates"]:
             candidate["scores"] = {row.label: candidate["scores"][row.scorer]}
     return scored
+
+
+class SharedEngine:
+    """One reranker engine for every slow row and file, loaded when first needed (a vLLM
+    start-up costs minutes on a CPU)."""
+
+    def __init__(self, common: dict[str, Any]) -> None:
+        self.common = common
+        self.engine: Engine | None = None
+
+    def get(self) -> Engine:
+        if self.engine is None:
+            (options,) = split_options("score", dict(self.common), files=False)
+            self.engine = load_engine(options)
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+def files(pref_dir: Path) -> list[tuple[str, str, Path]]:
+    """(subset, half, path) of every non-empty preference file present."""
+    out = []
+    for name, subset in SETS:
+        for half in HALVES:
+            path = pref_dir / f"{name}.{half}.jsonl"
+            if path.exists() and path.stat().st_size:
+                out.append((subset, half, path))
+    return out
 
 
 def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, Any]:
@@ -89,19 +129,20 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
     common: dict[str, Any] = {"batch_size": args.batch_size}
     if args.no_cache:
         common["no_cache"] = True
+    slow_common = {**common, "engine": args.slow_engine}
+    shared = SharedEngine(slow_common)
     results: dict[str, dict[str, dict[str, Any]]] = {row.label: {} for row in rows}
     seconds: dict[str, float] = {row.label: 0.0 for row in rows}
-    for name, subset in SETS:
-        for half in HALVES:
-            path = args.pref_dir / f"{name}.{half}.jsonl"
-            if not path.exists() or path.stat().st_size == 0:
-                continue
-            for row in rows:
+    try:
+        for row in rows:
+            for subset, half, path in files(args.pref_dir):
                 limit = min(filter(None, (args.limit, args.slow_limit))) if row.slow else args.limit
                 records = read_jsonl(path, limit)
                 started = time.perf_counter()
-                engine = {"engine": args.slow_engine} if row.slow else {}
-                scored = score_row(row, records, {**common, **engine})
+                if row.slow:
+                    scored = score_row(row, records, slow_common, shared.get())
+                else:
+                    scored = score_row(row, records, common)
                 seconds[row.label] += time.perf_counter() - started
                 cell = accuracy(scored, [row.label], bootstrap=args.bootstrap).overall
                 results[row.label].setdefault(subset, {})[half] = {
@@ -112,7 +153,10 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
                 print(
                     f"{subset}.{half} {row.label}: {cell.scorers[row.label].accuracy:.3f}",
                     file=sys.stderr,
+                    flush=True,
                 )
+    finally:
+        shared.close()
     return {"rows": [r.__dict__ for r in rows], "results": results, "seconds": seconds}
 
 

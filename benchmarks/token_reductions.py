@@ -1,11 +1,11 @@
 """Every `flip-tokens` token reduction on the same items, from one scoring pass per file.
 
 `flip-tokens` reduces the instruction's per-token log-probabilities given each response (and the
-instruction's prior) to one number per candidate (`--token-reduce mean|gain|z|rank`), then mixes
-it with a length term (`--length-weight`). This script scores each file once, keeps the per-token
-rows the scorer computed (it wraps `bon.scorers.tokens.reduce_tokens` for the run), and applies
-every reduction and length weight to those same rows, so the rows of the table differ only in
-the aggregation. Tune on dev halves only; the test halves are there to report.
+instruction's prior) to one number per candidate (`--token-reduce`), then mixes it with a length
+term (`--length-weight`). This script scores each file once, keeps the per-token rows and the
+instruction's sentence spans the scorer computed (it wraps `bon.scorers.tokens.reduce_tokens` for
+the run), and applies every reduction and length weight to those same rows, so the rows of the
+table differ only in the aggregation. Tune on dev halves only; the test halves are there to report.
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python benchmarks/token_reductions.py \\
         data/pref/ifeval_pref.dev.jsonl data/pref/ifeval_pref.test.jsonl
@@ -27,23 +27,28 @@ from bon.scorers import ScoreOptions
 from bon.scorers.base import TOKEN_REDUCTIONS
 from bon.scorers.tokens import FlipTokensScorer
 
-LENGTH_WEIGHTS = (-0.5, 0.0, 0.5)
+LENGTH_WEIGHTS = (-0.5, 0.0, 0.25, 0.5)
 PENALTY = ScoreOptions().echo_penalty or FlipTokensScorer.default_echo_penalty
 
 
 def token_rows(records: list[dict], batch_size: int) -> tuple[list[dict], list[tuple]]:
-    """`records` scored by the default `flip-tokens` (no cache), and each record's (rows, prior)."""
+    """`records` scored by `flip-tokens` (no cache; the reduction that reads sentence spans),
+    and each record's (rows, prior, spans)."""
     captured: list[tuple] = []
     reduce = tokens.reduce_tokens
 
-    def keep(rows: Sequence, prior: Sequence, how: str) -> list[float]:
-        captured.append(([list(r) for r in rows], list(prior)))
-        return reduce(rows, prior, how)
+    def keep(rows: Sequence, prior: Sequence, how: str, spans: Sequence) -> list[float]:
+        captured.append(([list(r) for r in rows], list(prior), spans))
+        return reduce(rows, prior, how, spans)
 
     tokens.reduce_tokens = keep
     try:
         scored = bon.score_records(
-            records, scorers=("flip-tokens",), batch_size=batch_size, no_cache=True
+            records,
+            scorers=("flip-tokens",),
+            token_reduce="weakest",
+            batch_size=batch_size,
+            no_cache=True,
         )
     finally:
         tokens.reduce_tokens = reduce
@@ -56,11 +61,10 @@ def accuracies(scored: list[dict], captured: list[tuple]) -> dict[str, float]:
         for weight in LENGTH_WEIGHTS:
             label = f"{how} / {weight}"
             labels.append(label)
-            for record, (rows, prior) in zip(scored, captured, strict=True):
+            for record, (rows, prior, spans) in zip(scored, captured, strict=True):
                 evidence = [c["flip-tokens"] for c in record["candidates"]]
-                values = tokens.combine(
-                    tokens.reduce_tokens(rows, prior, how), [e["words"] for e in evidence], weight
-                )
+                aggregate = tokens.reduce_tokens(rows, prior, how, spans)
+                values = tokens.combine(aggregate, [e["words"] for e in evidence], weight)
                 for candidate, value, e in zip(record["candidates"], values, evidence, strict=True):
                     candidate["scores"][label] = value - PENALTY * bool(e.get("echo_penalised"))
     overall = accuracy(scored, labels, bootstrap=0).overall

@@ -1,11 +1,12 @@
 """Tune `flip-tokens`' mixing weights on the dev halves, then report them on the test halves.
 
-`flip-tokens` records, per candidate, the raw token aggregate (`gain`), the mean token
+`flip-tokens` records, per candidate, the raw token aggregate (under the name of its
+`--token-reduce`, the default's unless given), the mean token
 log-probability (`logprob_mean`), the words it read and whether the echo guard penalised it. From
 one scoring pass (through bon's score cache, so after `benchmarks/reward_quality.py` nothing is
 recomputed) this script rebuilds the score of every weighting on a grid,
 
-    z(gain) + mean_weight * z(logprob_mean) + length_weight * z(log(1 + words)) - echo penalty,
+    z(aggregate) + mean_weight * z(logprob_mean) + length_weight * z(log(1 + words)) - echo penalty,
 
 (z: standard scores within a record) and measures preference accuracy on every file. The weights
 are chosen by the mean dev accuracy over the three sets (each set counts once, whatever its
@@ -46,11 +47,11 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return records[:limit] if limit else records
 
 
-def features(record: dict) -> dict[str, np.ndarray]:
+def features(record: dict, reduce: str) -> dict[str, np.ndarray]:
     """The per-candidate quantities a weighting mixes, from the scorer's evidence."""
     evidence = [c[SCORER] for c in record["candidates"]]
     return {
-        "gain": np.array([e["gain"] for e in evidence], dtype=float),
+        "aggregate": np.array([e[reduce] for e in evidence], dtype=float),
         "mean": np.array([e["logprob_mean"] for e in evidence], dtype=float),
         "words": np.log1p([e["words"] for e in evidence]),
         "echo": np.array([bool(e.get("echo_penalised")) for e in evidence], dtype=float),
@@ -58,17 +59,19 @@ def features(record: dict) -> dict[str, np.ndarray]:
 
 
 def mixed(feature: dict[str, np.ndarray], mean_weight: float, length_weight: float) -> np.ndarray:
-    score = standardise(feature["gain"]) + mean_weight * standardise(feature["mean"])
+    score = standardise(feature["aggregate"]) + mean_weight * standardise(feature["mean"])
     score = score + length_weight * standardise(feature["words"])
     return score - PENALTY * feature["echo"]
 
 
-def accuracies(records: list[dict], weights: list[tuple[float, float]]) -> dict[str, float]:
+def accuracies(
+    records: list[dict], weights: list[tuple[float, float]], reduce: str
+) -> dict[str, float]:
     """Accuracy of every weighting on one file's scored records."""
     labels = {w: f"m{w[0]}-l{w[1]}" for w in weights}
     rows = []
     for record in records:
-        feature = features(record)
+        feature = features(record, reduce)
         candidates = [dict(c, scores={}) for c in record["candidates"]]
         for w, label in labels.items():
             for candidate, value in zip(candidates, mixed(feature, *w), strict=True):
@@ -79,14 +82,16 @@ def accuracies(records: list[dict], weights: list[tuple[float, float]]) -> dict[
 
 
 def scored_files(
-    pref_dir: Path, batch_size: int, limit: int | None
+    pref_dir: Path, batch_size: int, limit: int | None, reduce: str
 ) -> dict[tuple[str, str], list[dict]]:
     files = {}
     for name, half in itertools.product(SETS, HALVES):
         path = pref_dir / f"{name}.{half}.jsonl"
         if path.exists() and path.stat().st_size:
             records = read_jsonl(path, limit)
-            files[name, half] = bon.score_records(records, scorers=(SCORER,), batch_size=batch_size)
+            files[name, half] = bon.score_records(
+                records, scorers=(SCORER,), token_reduce=reduce, batch_size=batch_size
+            )
             print(f"scored {path} ({len(records)} records)", file=sys.stderr)
     return files
 
@@ -111,7 +116,7 @@ def markdown(grid: dict, weights: list, chosen: tuple, default: tuple, argv: Seq
             f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. bon {bon.__version__}; "
             "default models (SmolLM2-135M-Instruct reranker).",
             "",
-            "Score = z(gain) + mean weight * z(mean token log-prob) + length weight * "
+            "Score = z(token aggregate) + mean weight * z(mean token log-prob) + length weight * "
             "z(log(1 + words)) within a record, minus the echo penalty. Accuracy %, ties wrong.",
             "",
             "## Every weighting on the dev halves",
@@ -137,10 +142,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune_flip_tokens.md"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
+    parser.add_argument("--token-reduce", default=ScoreOptions().token_reduce)
     args = parser.parse_args(argv)
     weights = list(itertools.product(MEAN_WEIGHTS, LENGTH_WEIGHTS))
-    files = scored_files(args.pref_dir, args.batch_size, args.limit)
-    grid = {key: accuracies(records, weights) for key, records in files.items()}
+    files = scored_files(args.pref_dir, args.batch_size, args.limit, args.token_reduce)
+    grid = {key: accuracies(records, weights, args.token_reduce) for key, records in files.items()}
     dev = [key for key in grid if key[1] == "dev"]
     chosen = max(weights, key=lambda w: np.mean([grid[k][f"m{w[0]}-l{w[1]}"] for k in dev]))
     default = (0.0, ScoreOptions().length_weight)

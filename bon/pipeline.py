@@ -39,6 +39,7 @@ from bon.select import SelectOptions, select_record
 
 if TYPE_CHECKING:
     from bon.distributed import Shard
+    from bon.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def generate_stage(options: GenerateOptions) -> Stage:
     )
 
 
-def score_stage(options: ScoreOptions) -> Stage:
-    reranker = Reranker(options)
+def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
+    """The score stage; `engine`, when given, is shared instead of loaded (and left open)."""
+    reranker = Reranker(options, engine)
     return Stage(
         "score",
         lambda record: (records.check_candidates(record), reranker.check(record)),

@@ -87,6 +87,9 @@ def test_continuation_logprobs_one_per_token(probe, smollm2_path):
         for t in ("The capital of France is Paris.", "Waves")
     ]
     assert [len(row) for row in probe["logprobs"]] == lengths
+    # token_pieces splits a continuation into the tokens whose log-probabilities these are.
+    assert [len(row) for row in probe["pieces"]] == lengths
+    assert "".join(probe["pieces"][0]) == "The capital of France is Paris."
     assert all(v <= 0 for row in probe["logprobs"] for v in row)
     # The answer is likely under the question: its mean log-probability is far above uniform.
     assert sum(probe["logprobs"][0]) / lengths[0] > -4

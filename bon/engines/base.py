@@ -231,6 +231,11 @@ def check_fits(
             )
 
 
+def decode_each(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own (a character split across tokens decodes as U+FFFD)."""
+    return [tokenizer.decode([token]) for token in ids]
+
+
 class Engine(ABC):
     """A text-generation backend. Subclasses register with `bon.engines.register`."""
 
@@ -289,6 +294,11 @@ class Engine(ABC):
         engines that cannot return prompt log-probabilities raise `EngineError`.
         """
         raise EngineError(f"the {self.name} engine cannot return log-probabilities")
+
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's tokens as a continuation (the rows of `continuation_logprobs`), each
+        decoded on its own; engines without a local tokenizer raise `EngineError`."""
+        raise EngineError(f"the {self.name} engine cannot split text into its tokens")
 
     def describe(self) -> dict[str, Any]:
         """What identifies this engine's outputs, for records and manifests."""

@@ -26,6 +26,7 @@ from bon.engines.base import (
     EngineOptions,
     SamplingOptions,
     check_fits,
+    decode_each,
     too_long,
 )
 from bon.errors import EngineError
@@ -141,6 +142,9 @@ class HFEngine(Engine):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return [decode_each(self.tokenizer, self._encode(text)) for text in texts]
 
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]

@@ -326,21 +326,34 @@ class OpenAIEngine(Engine):
             )
         return [float(v) for v in values[len(head) : len(head) + len(tail)]]
 
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """As `Engine.token_pieces`, through vLLM's /tokenize and /detokenize endpoints."""
+        pieces = []
+        for text in texts:
+            ids = self._tokenize({"prompt": text, "add_special_tokens": False})
+            pieces.append([self._server("detokenize", {"tokens": [t]}, "prompt") for t in ids])
+        return pieces
+
     def _tokenize(self, body: dict[str, Any]) -> list[int]:
         """Token ids from vLLM's /tokenize endpoint (beside /v1)."""
+        return list(self._server("tokenize", body, "tokens"))
+
+    def _server(self, endpoint: str, body: dict[str, Any], field: str) -> Any:
+        """`field` of the answer of one of vLLM's endpoints beside /v1 (tokenize, detokenize)."""
         root = self.base_url.removesuffix("/v1")
         request = urllib.request.Request(
-            f"{root}/tokenize",
+            f"{root}/{endpoint}",
             data=json.dumps({"model": self.options.model, **body}).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.engine_args["timeout"]) as reply:
-                return list(json.load(reply)["tokens"])
-        except (urllib.error.URLError, KeyError, ValueError) as exc:
+                return json.load(reply)[field]
+        except (urllib.error.URLError, KeyError, TypeError, ValueError) as exc:
             raise EngineError(
-                f"cannot tokenize through {root}/tokenize ({exc}): continuation log-probabilities "
-                "need a vLLM server; use the hf or vllm engine for likelihood scoring"
+                f"cannot {endpoint} through {root}/{endpoint} ({exc}): continuation "
+                "log-probabilities need a vLLM server; use the hf or vllm engine for likelihood "
+                "scoring"
             ) from None
 
     def _retrying(self, call: Callable[[], T]) -> T:

@@ -31,6 +31,7 @@ from bon.engines.base import (
     EngineOptions,
     SamplingOptions,
     check_fits,
+    decode_each,
     too_long,
 )
 from bon.engines.hf import _accepts_system_role
@@ -172,6 +173,9 @@ class VLLMEngine(Engine):
         return self.tokenizer.apply_chat_template(
             self._prepare(conversation), add_generation_prompt=True, tokenize=False
         )
+
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return [decode_each(self.tokenizer, self._encode(text)) for text in texts]
 
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]

@@ -21,7 +21,7 @@ from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
 PROMPTS = ("paper", "short")
 FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood", "flip-tokens")
-TOKEN_REDUCTIONS = ("z", "gain", "rank", "mean")
+TOKEN_REDUCTIONS = ("sentences", "gain", "weakest", "z", "rank", "mean")
 GENERATIVE_FLIP = ("flip", "flip-k")
 JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
@@ -127,10 +127,13 @@ class ScoreOptions(EngineOptions):
         used_by=FLIP_FAMILY,
     )
     token_reduce: str = option(
-        "gain",
-        "How flip-tokens aggregates the instruction's token log-probabilities: gain (mean "
-        "gain over the instruction's prior, clipped at 0), z or rank (each token compared "
-        "across the record's candidates), mean (as flip-likelihood).",
+        "sentences",
+        "How flip-tokens aggregates the instruction's token log-probabilities. sentences: each "
+        "instruction sentence's mean gain over the instruction's prior, averaged, plus half the "
+        "least-gained sentence (each in standard scores across the record's candidates); "
+        "weakest: the least-gained sentence alone; gain: the mean gain over the prior, clipped "
+        "at 0; z or rank: each token compared across the record's candidates; mean: as "
+        "flip-likelihood.",
         choices=TOKEN_REDUCTIONS,
         used_by=("flip-tokens",),
     )

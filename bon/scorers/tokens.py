@@ -7,28 +7,32 @@ ranking. `flip-tokens` reads the same teacher-forced log-probabilities, plus onc
 the instruction's prior (its log-probabilities after an empty response), and aggregates per
 token *across the record's candidates* (`token_reduce`):
 
-- `mean`: the mean log-probability (as `flip-likelihood`);
+- `sentences` (default): the instruction cut into sentences and lines (`sentence_spans`); each
+  sentence's mean gain over the prior; a candidate's aggregate is the standard score (across the
+  record) of its mean over sentences plus half that of its least-gained sentence. Each sentence
+  weighs the same however many tokens it has, so a one-line constraint ("Answer in all
+  lowercase.") counts as much as a long topic sentence, and a response that leaves one
+  sentence unexplained is marked down;
+- `weakest`: the least-gained sentence alone;
 - `gain`: the mean per-token gain over the prior, clipped at 0 (a response earns credit only for
   the tokens it makes more likely than no response does);
 - `z`: each token's log-probability standardised across the record's candidates, then averaged:
-  a token every candidate predicts equally well (a shared topic word) carries no weight, and a
-  token only some candidates predict (a constraint such as "in all lowercase" or "exactly 3
-  bullet points") weighs as much as any other.
-- `rank`: each token's rank among the record's candidates, averaged.
+  a token every candidate predicts equally well (a shared topic word) carries no weight;
+- `rank`: each token's rank among the record's candidates, averaged;
+- `mean`: the mean log-probability (as `flip-likelihood`).
 
-The default, chosen on the dev halves of the preference sets, is `gain` mixed with how much each
-response says: within a record, the standard score of the gain plus `length_weight` (0.5)
-standard scores of log(1 + words read). In the exploration that chose it, on focus dev (80
-items) the gain alone scored 96.2% and the mean 95.0%; on a vs-small dev sample (33 items) every
-token aggregate stayed near 61%, because small-model answers that restate the question make it
-likely, and the length term lifted it to 73% with focus unchanged; benchmarks/reward_quality.py
-measures the result. `--length-weight 0` reads the aggregate alone.
+The aggregate is then mixed with how much each response says: its standard score within the
+record plus `length_weight` (0.5) standard scores of log(1 + words read); `--length-weight 0`
+reads the aggregate alone. The reduction and both weights were chosen on the dev halves of the
+preference sets (`benchmarks/token_reductions.py` compares every reduction on the same rows;
+`benchmarks/reward_quality.py` reports the default against the other scorers on dev and test).
 `z`, `rank` and the mixed score compare candidates, so a candidate's score depends on the others
 in its record (the scorer is not `independent`; the cache keys the whole record).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -38,14 +42,17 @@ from bon.scorers.base import Scored
 from bon.scorers.flip import FlipLikelihoodScorer, _Item
 
 _EPS = 1e-6
+Spans = Sequence[Sequence[int]]
+WEAKEST_WEIGHT = 0.5
+"""How much `sentences` weighs the least-gained sentence against the mean (fitted on dev)."""
 
 
-def _z(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def _z(logprobs: np.ndarray, prior: np.ndarray, spans: Spans) -> np.ndarray:
     spread = logprobs.std(axis=0) + _EPS
     return ((logprobs - logprobs.mean(axis=0)) / spread).mean(axis=1)
 
 
-def _rank(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def _rank(logprobs: np.ndarray, prior: np.ndarray, spans: Spans) -> np.ndarray:
     # Average ranks, so candidates that predict a token equally share its rank.
     ranks = np.empty_like(logprobs)
     for t in range(logprobs.shape[1]):
@@ -57,24 +64,64 @@ def _rank(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return ranks.mean(axis=1) / max(1, len(logprobs) - 1)
 
 
+def _sentence_gains(logprobs: np.ndarray, prior: np.ndarray, spans: Spans) -> np.ndarray:
+    """Candidates x sentences: each sentence's mean gain over the prior."""
+    gain = logprobs - prior
+    return np.stack([gain[:, span].mean(axis=1) for span in spans], axis=1)
+
+
+def _weakest(logprobs: np.ndarray, prior: np.ndarray, spans: Spans) -> np.ndarray:
+    return _sentence_gains(logprobs, prior, spans).min(axis=1)
+
+
+def _sentences(logprobs: np.ndarray, prior: np.ndarray, spans: Spans) -> np.ndarray:
+    gains = _sentence_gains(logprobs, prior, spans)
+    return standardise(gains.mean(axis=1)) + WEAKEST_WEIGHT * standardise(gains.min(axis=1))
+
+
 _REDUCE = {
-    "mean": lambda logprobs, prior: logprobs.mean(axis=1),
-    "gain": lambda logprobs, prior: np.maximum(logprobs - prior, 0.0).mean(axis=1),
+    "mean": lambda logprobs, prior, spans: logprobs.mean(axis=1),
+    "gain": lambda logprobs, prior, spans: np.maximum(logprobs - prior, 0.0).mean(axis=1),
     "z": _z,
     "rank": _rank,
+    "weakest": _weakest,
+    "sentences": _sentences,
 }
+_SENTENCE_END = re.compile(r"(?:[.?!:]\s*|\n\s*)$")
 
 
-def reduce_tokens(rows: Sequence[Sequence[float]], prior: Sequence[float], how: str) -> list[float]:
+def sentence_spans(pieces: Sequence[str]) -> list[list[int]]:
+    """The token positions of each sentence or line of a text given as its decoded tokens: a
+    span ends at a token that ends a line or ends with `.`, `?`, `!` or `:`."""
+    spans: list[list[int]] = [[]]
+    for position, piece in enumerate(pieces):
+        if not piece.strip() and not spans[-1] and len(spans) > 1:
+            spans[-2].append(position)  # whitespace after an end belongs to that sentence
+            continue
+        spans[-1].append(position)
+        if _SENTENCE_END.search(piece) or "\n" in piece:
+            spans.append([])
+    return [span for span in spans if span]
+
+
+def reduce_tokens(
+    rows: Sequence[Sequence[float]],
+    prior: Sequence[float],
+    how: str,
+    spans: Spans | None = None,
+) -> list[float]:
     """One score per candidate from its per-token log-probabilities `rows` (all of one length,
     the instruction's) and the instruction's `prior` log-probabilities; `how` is one of
-    `TOKEN_REDUCTIONS`."""
+    `TOKEN_REDUCTIONS`. `spans` (default: one span of every token) are the instruction's
+    sentences, which `sentences` and `weakest` read."""
     if not rows:
         return []
     logprobs = np.asarray(rows, dtype=float)
     if logprobs.shape[1] == 0:
         return [0.0] * len(rows)
-    return [float(v) for v in _REDUCE[how](logprobs, np.asarray(prior, dtype=float))]
+    spans = spans or [list(range(logprobs.shape[1]))]
+    values = _REDUCE[how](logprobs, np.asarray(prior, dtype=float), spans)
+    return [float(v) for v in values]
 
 
 def standardise(values: Sequence[float]) -> np.ndarray:
@@ -119,13 +166,15 @@ class FlipTokensScorer(FlipLikelihoodScorer):
         conversations = [self.messages(item) for item in [*items, *priors]]
         targets = [item.target for item in [*items, *priors]]
         rows = self.engine.continuation_logprobs(conversations, targets)
+        spans = iter(self.spans([prior.target for prior in priors]))
         flat: list[Scored] = []
         prior_rows = iter(rows[len(items) :])
         for start, size in zip(starts, sizes, strict=True):
             if not size:
                 continue
             group = rows[start : start + size]
-            aggregate = reduce_tokens(group, next(prior_rows), self.options.token_reduce)
+            how = self.options.token_reduce
+            aggregate = reduce_tokens(group, next(prior_rows), how, next(spans))
             words = [len(item.response.split()) for item in items[start : start + size]]
             values = combine(aggregate, words, self.options.length_weight)
             for row, value, raw, count in zip(group, values, aggregate, words, strict=True):
@@ -133,6 +182,12 @@ class FlipTokensScorer(FlipLikelihoodScorer):
                 evidence.update({self.options.token_reduce: round(raw, 4), "words": count})
                 flat.append(Scored(value, evidence))
         return flat
+
+    def spans(self, targets: list[str]) -> list[Spans | None]:
+        """Each target's sentence spans when the reduction reads them, else None."""
+        if self.options.token_reduce not in ("weakest", "sentences"):
+            return [None] * len(targets)
+        return [sentence_spans(pieces) for pieces in self.engine.token_pieces(targets)]
 
 
 def _mean(row: Sequence[float]) -> float:
