@@ -211,8 +211,9 @@ class HFEngine(Engine):
                 max_new_tokens=room,
                 warmup=False,
             )
-            if len(out) != len(rows) * sampling.n:
-                raise EngineError("continuous batching lost requests; see the log above")
+            failed = [r.error for r in out.values() if r.error is not None]
+            if len(out) != len(rows) * sampling.n or failed:
+                raise EngineError(f"continuous batching failed: {failed[:1] or 'lost requests'}")
             outputs = [self._completion(r.generated_tokens) for r in out.values()]
             for k, i in enumerate(rows):
                 results[i] = outputs[k * sampling.n : (k + 1) * sampling.n]
