@@ -19,7 +19,8 @@ class GenerateOptions(EngineOptions):
     batch_size: int = option(
         32,
         "Sequences decoded at once (a prompt counts N times); the hf engine samples each "
-        "prompt's N candidates in a call of their own and batches greedy prompts.",
+        "prompt's N candidates in a call of their own (unless --engine-arg "
+        "sample_batching=grouped or continuous) and batches greedy prompts.",
         check=positive,
         constraint="an integer >= 1",
     )

@@ -1,12 +1,18 @@
 """The embedded default engine: Hugging Face transformers, on CPU or GPU.
 
-Sampling runs each conversation's `n` samples as one `generate` call seeded with that
-conversation's own seed (under a forked RNG, so the caller's random state is untouched): a
-record's samples then depend on its seed alone, not on which records share its batch or where
-a killed run resumed. transformers draws from the global RNG, so samples of several
-conversations in one batch could not be seeded apart. On CPUs batch 8 and batch 32 decode at
-about the same speed, so little is lost; greedy decoding, which draws nothing, is still
-length-sorted into left-padded micro-batches of `batch_size` conversations.
+By default (`sample_batching=prompt`) sampling runs each conversation's `n` samples as one
+`generate` call seeded with that conversation's own seed (under a forked RNG, so the caller's
+random state is untouched): a record's samples then depend on its seed alone, not on which
+records share its batch or where a killed run resumed. transformers draws from the global RNG,
+so samples of several conversations in one batch cannot be seeded apart. Greedy decoding, which
+draws nothing, is always length-sorted into left-padded micro-batches of `batch_size` sequences.
+
+Two opt-in engine args trade that reproducibility for throughput (benchmarks/gen_throughput.py
+measures them): `sample_batching=grouped` samples several conversations in one length-sorted
+`generate` call of up to `batch_size` sequences, seeded once per call; `sample_batching=continuous`
+hands every conversation to transformers' continuous batching (`generate_batch`), which
+refills a finished row with a waiting one. With either, a record's samples depend on the
+other records of the call.
 
 A prompt with no room in the model's context gets `finish_reason="error"` completions, and
 `max_new_tokens` is capped so that every prompt and its completion fit.
@@ -15,21 +21,22 @@ A prompt with no room in the model's context gets `finish_reason="error"` comple
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
     Completion,
     Engine,
+    EngineArg,
     EngineOptions,
     SamplingOptions,
     check_fits,
     decode_each,
     too_long,
 )
-from bon.errors import EngineError
+from bon.errors import ConfigError, EngineError
 from bon.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,28 @@ class HFEngine(Engine):
     """transformers `generate` over a causal LM with a chat template."""
 
     name = "hf"
+    args: ClassVar[dict[str, EngineArg]] = {
+        "sample_batching": EngineArg(
+            str,
+            "prompt",
+            "how sampled conversations share `generate` calls: prompt (one call per "
+            "conversation, its samples depend on its own seed alone), grouped (length-sorted "
+            "calls of up to batch_size sequences, one seed per call) or continuous "
+            "(transformers' continuous batching); grouped and continuous are faster, but a "
+            "record's samples then depend on the other records generated with it",
+        )
+    }
+
+    @classmethod
+    def check_args(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """`given` converted, with `sample_batching` one of `SAMPLE_BATCHING`."""
+        out = super().check_args(given)
+        mode = out.get("sample_batching", "prompt")
+        if mode not in SAMPLE_BATCHING:
+            raise ConfigError(
+                f"`sample_batching` must be one of {', '.join(SAMPLE_BATCHING)}, got {mode!r}"
+            )
+        return out
 
     def __init__(self, options: EngineOptions) -> None:
         super().__init__(options)
@@ -87,8 +116,9 @@ class HFEngine(Engine):
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """Sampled conversations run one `generate` call each, seeded with their own seed, so a
-        conversation's samples do not depend on the others in the call; greedy ones (n is 1)
-        are batched. A prompt with no room left in the context gets error completions."""
+        conversation's samples do not depend on the others in the call (unless the engine arg
+        `sample_batching` says otherwise); greedy ones are batched. A prompt with no room left
+        in the context gets error completions."""
         ids = [self._encode(self.render(c)) for c in conversations]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(ids)
         results: list[list[Completion]] = [[] for _ in ids]
@@ -98,23 +128,32 @@ class HFEngine(Engine):
                 results[i] = [too_long(len(prompt), self.context_length)] * sampling.n
             else:
                 fitting.append(i)
+        mode = self.engine_args["sample_batching"]
         if sampling.greedy:
-            self._generate_greedy(ids, fitting, sampling, results)
+            self._generate_grouped(ids, fitting, sampling, results)
+            return results
+        if mode != "prompt" and fitting:
+            with _seeded(self._torch, self.device, seeds[fitting[0]]):
+                if mode == "grouped":
+                    self._generate_grouped(ids, fitting, sampling, results)
+                else:
+                    self._generate_continuous(ids, fitting, sampling, results)
             return results
         for i in fitting:
             with _seeded(self._torch, self.device, seeds[i]):
                 results[i] = self._generate_one(ids[i], sampling)
         return results
 
-    def _generate_greedy(
+    def _generate_grouped(
         self,
         ids: list[list[int]],
         fitting: list[int],
         sampling: SamplingOptions,
         results: list[list[Completion]],
     ) -> None:
-        """Greedy rows in length-sorted micro-batches; a row whose completion would overrun
-        the context runs alone with a capped length, so no row is capped by its neighbours."""
+        """Rows in length-sorted micro-batches of `batch_size` sequences; a row whose completion
+        would overrun the context runs alone with a capped length, so no row is capped by its
+        neighbours."""
         batched = []
         for i in fitting:
             if self._room(ids[i], sampling) < sampling.max_new_tokens:
@@ -130,6 +169,55 @@ class HFEngine(Engine):
             )
             for i, completions in zip(chunk, outputs, strict=True):
                 results[i] = completions
+
+    def _generate_continuous(
+        self,
+        ids: list[list[int]],
+        fitting: list[int],
+        sampling: SamplingOptions,
+        results: list[list[Completion]],
+    ) -> None:
+        """Every fitting row through transformers' continuous batching, with a KV cache sized
+        for `batch_size` sequences (left to itself it sizes the cache from free memory)."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        longest = max(len(ids[i]) + self._room(ids[i], sampling) for i in fitting)
+        pages = -(-longest // CB_PAGE_TOKENS)
+        cache = ContinuousBatchingConfig(
+            page_size=CB_PAGE_TOKENS,
+            num_blocks=pages * self.options.batch_size + 1,
+            max_batch_tokens=max(longest, CB_PAGE_TOKENS),
+            max_requests_per_batch=self.options.batch_size,
+            max_blocks_per_request=pages,
+        )
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=0,
+            num_return_sequences=sampling.n,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        # Rows are grouped by room so that one generate_batch call has one max_new_tokens.
+        by_room: dict[int, list[int]] = {}
+        for i in fitting:
+            by_room.setdefault(self._room(ids[i], sampling), []).append(i)
+        for room, rows in by_room.items():
+            out = self.model.generate_batch(
+                [ids[i] for i in rows],
+                generation_config=config,
+                continuous_batching_config=cache,
+                max_new_tokens=room,
+                warmup=False,
+            )
+            failed = [r.error for r in out.values() if r.error is not None]
+            if len(out) != len(rows) * sampling.n or failed:
+                raise EngineError(f"continuous batching failed: {failed[:1] or 'lost requests'}")
+            outputs = [self._completion(r.generated_tokens) for r in out.values()]
+            for k, i in enumerate(rows):
+                results[i] = outputs[k * sampling.n : (k + 1) * sampling.n]
 
     def _generate_one(self, prompt: list[int], sampling: SamplingOptions) -> list[Completion]:
         return self._generate_batch([prompt], sampling, self._room(prompt, sampling))[0]
@@ -255,6 +343,10 @@ class HFEngine(Engine):
         return Completion(text=text, finish_reason="stop", tokens=end + 1)
 
 
+SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
+"""Values of the `sample_batching` engine arg."""
+CB_PAGE_TOKENS = 128
+"""Tokens per KV-cache page under continuous batching."""
 LOGITS_BYTES = 128 * 2**20
 """Most bytes of logits one teacher-forced forward pass returns; longer targets, fewer rows."""
 LOGSOFTMAX_BYTES = 16 * 2**20
