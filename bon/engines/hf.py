@@ -184,13 +184,19 @@ class HFEngine(Engine):
 
         longest = max(len(ids[i]) + self._room(ids[i], sampling) for i in fitting)
         pages = -(-longest // CB_PAGE_TOKENS)
-        cache = ContinuousBatchingConfig(
-            page_size=CB_PAGE_TOKENS,
-            num_blocks=pages * self.options.batch_size + 1,
-            max_batch_tokens=max(longest, CB_PAGE_TOKENS),
-            max_requests_per_batch=self.options.batch_size,
-            max_blocks_per_request=pages,
-        )
+        try:
+            cache = ContinuousBatchingConfig(
+                page_size=CB_PAGE_TOKENS,
+                num_blocks=pages * self.options.batch_size + 1,
+                max_batch_tokens=max(longest, CB_PAGE_TOKENS),
+                max_requests_per_batch=self.options.batch_size,
+                max_blocks_per_request=pages,
+            )
+        except TypeError as exc:  # older transformers name the cache settings differently
+            raise EngineError(
+                f"sample_batching=continuous needs a newer transformers ({exc}); it was tested "
+                "with transformers 5.19: use sample_batching=grouped or upgrade"
+            ) from None
         config = GenerationConfig(
             do_sample=True,
             temperature=sampling.temperature,
