@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revisions import checkout  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from revisions import checkout, run_bon  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 _VOCABULARY = (
     "the model writes a short answer about rivers mountains cities history science music art "
@@ -83,22 +83,14 @@ def time_score(
 ) -> tuple[float, float, str]:
     """Wall and CPU seconds of one `python -m bon score` run (the output removed first)."""
     output.unlink(missing_ok=True)
-    command = [
-        sys.executable, "-m", "bon", "score", str(input), "-o", str(output),
-        "--scorer", scorer, "--cache-path", str(cache_path),
+    arguments = [
+        "score", str(input), "-o", str(output), "--scorer", scorer, "--cache-path", str(cache_path),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, cwd=code, stderr=subprocess.PIPE, text=True)
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bon score failed:\n{stderr[-2000:]}")
+    stderr, usage, seconds = run_bon(arguments, code)
     match = re.search(r"(\d+) scores from the cache, (\d+) computed", stderr)
     if not match or int(match.group(2)) != 0 or int(match.group(1)) != candidates:
         raise SystemExit(f"not every score came from the cache:\n{stderr[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, " ".join(command[1:])
+    return seconds, usage.ru_utime + usage.ru_stime, " ".join(["-m", "bon", *arguments])
 
 
 def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> dict[str, float]:

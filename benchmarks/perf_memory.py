@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revisions import checkout  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from revisions import checkout, run_bon  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
@@ -75,19 +75,11 @@ def peak_rss(code: Path, input: Path, args: argparse.Namespace) -> tuple[float, 
     """(peak RSS in MiB, wall seconds) of one `bon score` process running `code`'s bon."""
     out = input.with_suffix(".scored.jsonl")
     out.unlink(missing_ok=True)
-    command = [
-        sys.executable, "-m", "bon", "score", str(input), "-o", str(out), "--no-cache",
+    arguments = [
+        "score", str(input), "-o", str(out), "--no-cache",
         "--scorer", args.scorer, "--model", args.model, "--batch-size", str(args.batch_size),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, cwd=code, stderr=subprocess.PIPE, text=True)
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"bon score failed:\n{stderr[-2000:]}")
+    _, usage, seconds = run_bon(arguments, code)
     return usage.ru_maxrss / 1024, seconds
 
 

@@ -41,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perf_memory import tiny_model  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from perf_memory import tiny_model  # noqa: E402
+from revisions import run_bon  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 TARGET_OVERHEAD = 0.05
 TARGET_RSS_GROWTH = 0.10
@@ -165,20 +166,13 @@ def profile_run(args: argparse.Namespace, prompts: Path, out: Path, top: int = 2
 
 def peak_rss(prompts: Path, out: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one fresh `python -m bon run` process."""
-    command = [
-        sys.executable, "-m", "bon", "run", str(prompts), "-o", str(out), "--no-cache", "-q",
+    arguments = [
+        "run", str(prompts), "-o", str(out), "--no-cache", "-q",
         "--model", model, "--reranker-model", model, "-n", str(args.n),
         "--max-new-tokens", str(args.max_new_tokens),
         "--reranker-max-new-tokens", str(args.max_new_tokens),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bon run failed:\n{stderr[-2000:]}")
+    _, usage, seconds = run_bon(arguments)
     return usage.ru_maxrss / 1024, seconds
 
 

@@ -1,8 +1,13 @@
-"""Helpers shared by the before/after benchmarks: another revision's `bon/`, unpacked."""
+"""Helpers shared by the before/after benchmarks: another revision's `bon/`, unpacked, and one
+measured `python -m bon` process."""
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,3 +21,18 @@ def checkout(rev: str, folder: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
+
+
+def run_bon(arguments: list[str], code: Path = ROOT) -> tuple[str, resource.struct_rusage, float]:
+    """(stderr, resource usage, wall seconds) of one `python -m bon ARGUMENTS` process running
+    `code`'s bon; a failed run stops the benchmark with its stderr."""
+    command = [sys.executable, "-m", "bon", *arguments]
+    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, cwd=code, stderr=subprocess.PIPE, text=True)
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bon {arguments[0]} failed:\n{stderr[-2000:]}")
+    return stderr, usage, seconds
