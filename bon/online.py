@@ -111,6 +111,9 @@ class _Meter(Engine):
         )
         return rows
 
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return self.inner.token_pieces(texts)
+
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 

@@ -247,7 +247,7 @@ def test_a_refused_row_is_a_per_record_problem_and_the_job_goes_on(fake, tmp_pat
 def test_engine_args_are_checked_per_engine_before_anything_loads():
     with pytest.raises(ConfigError, match="unknown engine arg\\(s\\) nope for the openai engine; "):
         EngineOptions(engine="openai", engine_args={"nope": 1})
-    with pytest.raises(ConfigError, match="for the hf engine; it accepts: none"):
+    with pytest.raises(ConfigError, match="for the hf engine; it accepts: sample_batching"):
         bon.generate_records([{"prompt": "x"}], engine_args={"enforce_eager": True})
     with pytest.raises(ConfigError, match="`concurrency` must be a int"):
         EngineOptions(engine="openai", engine_args={"concurrency": "many"})
