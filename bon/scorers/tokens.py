@@ -43,6 +43,7 @@ from bon.scorers.flip import FlipLikelihoodScorer, _Item
 
 _EPS = 1e-6
 Spans = Sequence[Sequence[int]]
+READS_SENTENCES = ("sentences", "weakest")
 WEAKEST_WEIGHT = 0.5
 """How much `sentences` weighs the least-gained sentence against the mean (fitted on dev)."""
 
@@ -185,7 +186,7 @@ class FlipTokensScorer(FlipLikelihoodScorer):
 
     def spans(self, targets: list[str]) -> list[Spans | None]:
         """Each target's sentence spans when the reduction reads them, else None."""
-        if self.options.token_reduce not in ("weakest", "sentences"):
+        if self.options.token_reduce not in READS_SENTENCES:
             return [None] * len(targets)
         return [sentence_spans(pieces) for pieces in self.engine.token_pieces(targets)]
 
