@@ -122,6 +122,63 @@ def loop_likelihood(engine, options, queries: list) -> tuple[float, list[float]]
     return time.perf_counter() - start, values
 
 
+def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[dict]:
+    """What batching alone can buy on this machine: seconds for `batch` equal sequences one by
+    one and all at once, for a forward pass of `length` tokens (all of flip-likelihood's work)
+    and for greedy decoding of `new_tokens` after a 32-token prompt (most of flip's)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = engine.model.config.vocab_size
+
+    def tokens(rows: int, width: int):
+        return torch.randint(100, vocab, (rows, width), generator=generator).to(engine.device)
+
+    def forward(ids) -> None:
+        engine.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    def decode(ids) -> None:
+        engine.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=engine.tokenizer.pad_token_id,
+        )
+
+    out = []
+    for name, run, ids in (
+        (f"forward pass, {length} tokens", forward, tokens(batch, length)),
+        (f"greedy decoding, {new_tokens} new tokens", decode, tokens(batch, 32)),
+    ):
+        with torch.inference_mode():
+            run(ids[:1])  # warm-up
+            start = time.perf_counter()
+            for row in range(batch):
+                run(ids[row : row + 1])
+            alone = time.perf_counter() - start
+            start = time.perf_counter()
+            run(ids)
+            together = time.perf_counter() - start
+        out.append({"pass": name, "one_by_one_s": alone, "batched_s": together})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def median_length(engine, queries: list) -> int:
+    """The median token count of flip-likelihood's inputs (template, response, instruction)."""
+    from bon.scorers.flip import reconstruction_messages
+
+    lengths = sorted(
+        len(engine._encode(engine.render(reconstruction_messages(text, q.history, prompt="short"))))
+        + len(engine._encode(q.instruction))
+        for q in queries
+        for text in q.candidates
+    )
+    return lengths[len(lengths) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default="data/pref/vs_small.dev.jsonl")
@@ -166,11 +223,18 @@ def main() -> None:
             )
         print(json.dumps(row), flush=True)
         rows[name] = row
-    write_results(Path(args.out), rows, args, len(queries), candidates)
+    length = median_length(engine, queries)
+    headroom = batching_headroom(engine, args.batch_size, length, args.max_new_tokens)
+    write_results(Path(args.out), rows, headroom, args, len(queries), candidates)
 
 
 def write_results(
-    path: Path, rows: dict[str, dict], args: argparse.Namespace, records: int, candidates: int
+    path: Path,
+    rows: dict[str, dict],
+    headroom: list[dict],
+    args: argparse.Namespace,
+    records: int,
+    candidates: int,
 ) -> None:
     import importlib.metadata as md
 
@@ -211,6 +275,20 @@ def write_results(
             if name in rows:
                 ratio = rows["flip"]["bon_s"] / rows[name]["bon_s"]
                 lines.append(f"- flip / {name} seconds per candidate (bon): {ratio:.1f}x")
+    lines += [
+        "",
+        f"What batching alone can buy here: {args.batch_size} equal sequences of random tokens, "
+        "one by one and as one batch, on the same model (the forward pass at the median "
+        "length of flip-likelihood's inputs).",
+        "",
+        "| pass | one by one s | one batch s | one by one / batch |",
+        "|---|---|---|---|",
+    ]
+    for h in headroom:
+        ratio = h["one_by_one_s"] / h["batched_s"]
+        lines.append(
+            f"| {h['pass']} | {h['one_by_one_s']:.2f} | {h['batched_s']:.2f} | {ratio:.2f}x |"
+        )
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.errors import ConfigError
+from bon.jsonl import canonical, loads
 from bon.models import cache_dir
 from bon.scorers.base import Query, Scored, Scorer, refused
 
@@ -42,12 +43,7 @@ def default_path() -> Path:
     return cache_dir() / "scores.sqlite"
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-_string = json.encoder.encode_basestring  # what _CANONICAL writes for a str, without its frames
-
-
-def _canonical(value: Any) -> str:
-    return _CANONICAL.encode(value)
+_string = json.encoder.encode_basestring  # what `canonical` writes for a str, without its frames
 
 
 def _utf8(text: str) -> bytes:
@@ -60,7 +56,7 @@ def score_key(config: dict[str, Any], messages: Sequence[dict], candidate: Any) 
     scorer's version and the model's identity) and bon's version."""
     from bon import __version__
 
-    payload = _canonical([SCHEMA_VERSION, __version__, config, list(messages), candidate])
+    payload = canonical([SCHEMA_VERSION, __version__, config, list(messages), candidate])
     return hashlib.sha256(_utf8(payload)).hexdigest()
 
 
@@ -72,12 +68,12 @@ class KeyMaker:
     def __init__(self, config: dict[str, Any]) -> None:
         from bon import __version__
 
-        head = ",".join(_canonical(v) for v in (SCHEMA_VERSION, __version__, config))
+        head = ",".join(canonical(v) for v in (SCHEMA_VERSION, __version__, config))
         self._base = hashlib.sha256(_utf8(f"[{head},"))
 
     def _conversation(self, messages: Sequence[dict]) -> Any:
         digest = self._base.copy()
-        digest.update(_utf8(_canonical(list(messages)) + ","))
+        digest.update(_utf8(canonical(list(messages)) + ","))
         return digest
 
     def independent(self, messages: Sequence[dict], texts: Sequence[str]) -> list[str]:
@@ -86,7 +82,7 @@ class KeyMaker:
         out = []
         for text in texts:
             digest = base.copy()
-            tail = _string(text) if type(text) is str else _canonical(text)
+            tail = _string(text) if type(text) is str else canonical(text)
             digest.update(_utf8(tail + "]"))
             out.append(digest.hexdigest())
         return out
@@ -95,7 +91,7 @@ class KeyMaker:
         """Keys of candidates scored against each other:
         `score_key(config, messages, {"candidates": texts, "index": i})`."""
         base = self._conversation(messages)
-        base.update(_utf8('{"candidates":' + _canonical(list(texts)) + ',"index":'))
+        base.update(_utf8('{"candidates":' + canonical(list(texts)) + ',"index":'))
         out = []
         for i in range(len(texts)):
             digest = base.copy()
@@ -139,7 +135,7 @@ class ScoreCache:
                 f"SELECT key, value, evidence FROM scores WHERE key IN ({marks})", chunk
             )
             for key, value, evidence in rows:
-                found[key] = Scored(float(value), json.loads(evidence))
+                found[key] = Scored(float(value), loads(evidence))
         return found
 
     def put_many(self, items: dict[str, Scored]) -> None:
@@ -148,7 +144,7 @@ class ScoreCache:
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO scores (key, value, evidence, created) VALUES (?,?,?,?)",
-                [(k, s.value, _canonical(s.evidence), now) for k, s in items.items()],
+                [(k, s.value, canonical(s.evidence), now) for k, s in items.items()],
             )
 
     def __len__(self) -> int:

@@ -14,10 +14,10 @@ file and line.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from bon.chat import Message
+from bon.jsonl import canonical
 
 ROLES = ("system", "user", "assistant")
 
@@ -173,6 +173,6 @@ def content_id(record: dict) -> str:
 def fingerprint(record: dict) -> str:
     """The first 16 hex digits of the SHA-256 of the record's canonical JSON (keys sorted,
     compact, non-ASCII kept), so any change to any field changes it."""
-    canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = canonical(record)
     # surrogatepass: a lone surrogate (legal as a JSON escape) still hashes instead of failing.
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -63,3 +63,9 @@ def test_rows_normalised_in_steps_match_the_whole_batch():
     stepped = hf_engine._target_logprobs(torch, logits, targets)
     assert stepped.dtype == torch.float32
     assert torch.allclose(stepped, whole, atol=1e-5)
+
+
+def test_length_groups_cut_where_padding_passes_its_share():
+    # 100, 95, 90 and 50 fill 335 of 400 cells (84% real); adding 49 would fill 384 of 500.
+    assert hf_engine.length_groups([100, 95, 90, 50, 49, 0, 10], 16) == [[0, 1, 2, 3], [4], [6]]
+    assert hf_engine.length_groups([10] * 5, 2) == [[0, 1], [2, 3], [4]]

@@ -2,10 +2,11 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from bon.errors import ConfigError, InputError
-from bon.jsonl import dumps, locked, manifest_path, open_output, read_lines
+from bon.jsonl import canonical, dumps, loads, locked, manifest_path, open_output, read_lines
 from tests.conftest import write_jsonl
 
 
@@ -82,7 +83,28 @@ def test_json_nested_too_deeply_is_an_input_error(tmp_path):
 
 def test_dumps_writes_non_finite_numbers_as_null():
     text = dumps({"s": [math.nan, math.inf, -math.inf, 0.5], "t": {"u": math.nan}})
-    assert text == '{"s": [null, null, null, 0.5], "t": {"u": null}}'
+    assert text == '{"s":[null,null,null,0.5],"t":{"u":null}}'
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": [1, 0.5, None, True], "a": "é\x00\u2028😀", "c": {"z": 1, "y": -0.0}},
+        {"tiny": 1e-7, "huge": 1e22, "nan": math.nan, "big": 2**70, "np": np.float64(0.25)},
+        ["a\ud800z", 12345678901234567890, (1, 2)],
+    ],
+)
+def test_canonical_is_the_standard_librarys_text(value):
+    expected = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert canonical(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"id": 123456789012345678901234567890}', "[NaN, -Infinity, 1e400]", '"a\\ud800z"'],
+)
+def test_loads_reads_what_the_standard_library_reads(text):
+    assert repr(loads(text)) == repr(json.loads(text))
 
 
 def test_control_characters_nul_and_lone_surrogates_round_trip(tmp_path):

@@ -245,9 +245,10 @@ class HFEngine(Engine):
     ) -> list[list[float]]:
         """Teacher-forced log-probabilities of each continuation's tokens, in input order.
 
-        Pairs are length-sorted into micro-batches of `batch_size`, left-padded (so every
-        continuation ends at the last position and only the last logits are computed), with
-        position ids counted from each sequence's first real token.
+        Pairs are length-sorted into micro-batches of at most `batch_size`, cut where padding
+        would pass `PAD_SHARE` of a batch's cells, left-padded (so every continuation ends at
+        the last position and only the last logits are computed), with position ids counted
+        from each sequence's first real token.
         """
         if len(conversations) != len(continuations):
             raise EngineError("conversations and continuations differ in length")
@@ -255,12 +256,9 @@ class HFEngine(Engine):
         targets = [self._encode(t) for t in continuations]
         if self.context_length is not None:
             check_fits(prompts, targets, self.context_length)
-        order = sorted(
-            range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]), reverse=True
-        )
+        lengths = [len(p) + len(t) if t else 0 for p, t in zip(prompts, targets, strict=True)]
         results: list[list[float]] = [[] for _ in prompts]
-        for start in range(0, len(order), self.options.batch_size):
-            chunk = [i for i in order[start : start + self.options.batch_size] if targets[i]]
+        for chunk in length_groups(lengths, self.options.batch_size):
             for part in self._within_logits_budget(chunk, targets):
                 rows = self._logprob_batch([prompts[i] for i in part], [targets[i] for i in part])
                 for i, row in zip(part, rows, strict=True):
@@ -357,6 +355,28 @@ LOGITS_BYTES = 128 * 2**20
 """Most bytes of logits one teacher-forced forward pass returns; longer targets, fewer rows."""
 LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
+
+
+PAD_SHARE = 0.2
+"""Most share of a teacher-forced batch's cells that may be padding (length-aware batches)."""
+
+
+def length_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of the non-zero `lengths`, longest first, in runs of at most `batch_size` whose
+    padding to the run's longest stays within `PAD_SHARE` of the run's cells."""
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        group = groups[-1] if groups else []
+        cells = (len(group) + 1) * (lengths[group[0]] if group else lengths[i])
+        if group and len(group) < batch_size and real + lengths[i] >= (1 - PAD_SHARE) * cells:
+            group.append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
 
 
 def _target_logprobs(torch: Any, logits: Any, targets: Any) -> Any:
