@@ -112,10 +112,12 @@ class ScoreCache:
             self._db.execute("PRAGMA synchronous=NORMAL")
             # Reads through a memory map: a third fewer seconds per cached lookup.
             self._db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            # Rows stored in the key's own B-tree: one lookup per key instead of two. A cache
+            # made by an older bon keeps its rowid table, which the same queries read.
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS scores ("
                 "key TEXT PRIMARY KEY, value REAL NOT NULL, evidence TEXT NOT NULL, "
-                "created REAL NOT NULL)"
+                "created REAL NOT NULL) WITHOUT ROWID"
             )
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:

@@ -54,6 +54,25 @@ def test_hits_skip_the_scorer_and_only_misses_are_scored(tmp_path):
     assert (cached.hits, cached.misses) == (3, 3)
 
 
+def test_a_cache_made_with_a_rowid_table_still_reads_and_writes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the layout bon 0.2.0 and older created
+        db.execute(
+            "CREATE TABLE scores (key TEXT PRIMARY KEY, value REAL NOT NULL, "
+            "evidence TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO scores VALUES ('k1', 1.5, '{\"n\":1}', 0)")
+    cache = ScoreCache(path)
+    cache.put_many({"k2": Scored(2.5, {"n": 2})})
+    assert cache.get_many(["k1", "k2", "k3"]) == {
+        "k1": Scored(1.5, {"n": 1}),
+        "k2": Scored(2.5, {"n": 2}),
+    }
+    fresh = ScoreCache(tmp_path / "new.sqlite")
+    (table,) = fresh._db.execute("SELECT sql FROM sqlite_master WHERE name = 'scores'").fetchone()
+    assert table.endswith("WITHOUT ROWID")
+
+
 def test_keys_change_with_configuration_and_conversation(tmp_path):
     cache = ScoreCache(tmp_path / "s.sqlite")
     CachedScorer(Counting(tag="v1"), cache).score([Query(MESSAGES, ["red"])])
