@@ -79,6 +79,11 @@ def generate_stage(options: GenerateOptions) -> Stage:
     )
 
 
+SCORE_POOL = 4
+"""Engine batches of candidates per score-stage batch: the engine sorts the pool by length into
+its own batches of `batch_size`, and cached rescoring pays each batch's fixed costs less often."""
+
+
 def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
     """The score stage; `engine`, when given, is shared instead of loaded (and left open)."""
     reranker = Reranker(options, engine)
@@ -88,7 +93,7 @@ def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
         reranker.process,
         reranker.config(),
         cost=lambda record: len(records.candidates(record)),
-        budget=options.batch_size,
+        budget=SCORE_POOL * options.batch_size,
         close=reranker.close,
         summary=reranker.summary,
     )
