@@ -59,11 +59,8 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
     base = _base_type(hint)
     kwargs: dict[str, Any] = {"default": field.default, "help": help, "show_default": True}
     choices = choices_of(field)
-    if base is bool:
-        if field.default:
-            names[0] = f"{flag}/--no-{flag.removeprefix('--')}"
-        else:
-            kwargs["is_flag"] = True
+    if base is bool:  # both spellings, so a flag can undo a recipe's value
+        names[0] = f"{flag}/--no-{flag.removeprefix('--')}"
     elif base is Mapping:
         kwargs.update(multiple=True, callback=_engine_args, metavar="KEY=VALUE", show_default=False)
     else:

@@ -141,3 +141,11 @@ def test_the_ifeval_recipe_runs_under_eval_ifeval(tmp_path, tiny_model):
     assert len(selected) == 2 and selected[0]["generator"]["n"] == 2
     # The recipe's scorers (not the command's default) ran: both have a column in the table.
     assert "flip-tokens" in result.output and "shortest" in result.output
+
+
+def test_a_flag_turns_off_what_the_recipe_turned_on(tmp_path):
+    path = _recipe(tmp_path, "keep_all: true\n")
+    run = main.commands["run"]
+    given = ["--recipe", str(path), str(SAMPLE), "-o", str(tmp_path / "out")]
+    assert run.make_context("run", [*given]).params["keep_all"] is True
+    assert run.make_context("run", [*given, "--no-keep-all"]).params["keep_all"] is False
