@@ -47,6 +47,8 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.endswith("/tokenize"):  # vLLM's, beside /v1: one id per word
                     return self._send(200, {"tokens": fake.tokenize(body)})
+                if self.path.endswith("/detokenize"):
+                    return self._send(200, {"prompt": f"<{body['tokens'][0]}>"})
                 with fake._lock:
                     fake.requests.append(body)
                     fake.keys.append(self.headers.get("Authorization"))
@@ -358,6 +360,12 @@ def test_row_specific_refusals_stay_row_errors(fake):
     mixed = engine.generate([too_long[0], *CONVERSATIONS[:2]], sampling)
     assert [row[0].finish_reason for row in mixed] == ["error", "stop", "stop"]
     assert engine.describe()["dropped_params"] == []
+
+
+def test_token_pieces_come_back_per_text_in_order(fake):
+    # The fake's /tokenize gives id 7 per word and /detokenize writes an id as <id>.
+    pieces = _engine(fake).token_pieces(["a b c", "", "d e"])
+    assert pieces == [["<7>"] * 3, [], ["<7>"] * 2]
 
 
 def test_a_refused_continuation_is_a_record_error_naming_its_row(fake):

@@ -26,6 +26,7 @@ and `/v1/completions` with `echo`; other servers raise `EngineError`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -327,12 +328,20 @@ class OpenAIEngine(Engine):
         return [float(v) for v in values[len(head) : len(head) + len(tail)]]
 
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
-        """As `Engine.token_pieces`, through vLLM's /tokenize and /detokenize endpoints."""
-        pieces = []
-        for text in texts:
-            ids = self._tokenize({"prompt": text, "add_special_tokens": False})
-            pieces.append([self._server("detokenize", {"tokens": [t]}, "prompt") for t in ids])
-        return pieces
+        """As `Engine.token_pieces`, through vLLM's /tokenize and /detokenize endpoints (one
+        token per /detokenize call, `concurrency` calls in flight)."""
+        rows = self._run_all(
+            [partial(self._tokenize, {"prompt": t, "add_special_tokens": False}) for t in texts]
+        )
+        flat = self._run_all(
+            [
+                partial(self._server, "detokenize", {"tokens": [t]}, "prompt")
+                for r in rows
+                for t in r
+            ]
+        )
+        starts = itertools.accumulate((len(r) for r in rows), initial=0)
+        return [flat[start : start + len(r)] for start, r in zip(starts, rows, strict=False)]
 
     def _tokenize(self, body: dict[str, Any]) -> list[int]:
         """Token ids from vLLM's /tokenize endpoint (beside /v1)."""
