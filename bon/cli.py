@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import types
 import typing
@@ -133,19 +134,32 @@ def _recipe(command: str) -> Callable[[Callable], Callable]:
     )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C: engines close (a vLLM engine stops its worker processes
+    instead of leaving them orphaned) and the output's lock is released."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def _reported(fn: Callable[..., Report | list[Report] | None]) -> Callable[..., None]:
     """Set up logging, turn bon errors into a one-line message, and summarise on stderr."""
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
         _setup_logging(kwargs.get("quiet", False))
+        before = signal.signal(signal.SIGTERM, _terminate)
         try:
             result = fn(**kwargs)
         except BonError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            stopped = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            click.echo(f"{stopped}: rerun the same command to continue where it stopped", err=True)
+            sys.exit(143 if isinstance(exc, _Terminated) else 130)
+        finally:
+            signal.signal(signal.SIGTERM, before)
         if result is not None and not kwargs.get("quiet"):
             for report in result if isinstance(result, list) else [result]:
                 _summarise(report)

@@ -9,7 +9,11 @@ them in the second environment made by .ci/vllm-env: `pytest -m vllm`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -163,3 +167,36 @@ def test_openai_on_vllm_unknown_model_fails_clearly(vllm_server):
     engine = load_engine(options)
     with pytest.raises(EngineError, match="HTTP 404: .*check the model name 'no-such-model'"):
         engine.generate(CONVERSATIONS[:1], SamplingOptions(max_new_tokens=4))
+
+
+@pytest.mark.vllm
+def test_sigterm_mid_run_leaves_no_vllm_process_behind(tmp_path):
+    import psutil
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count to {i}."} for i in range(60)])
+    out = tmp_path / "c.jsonl"
+    command = [sys.executable, "-m", "bon", "generate", prompts, "-o", out, "--model",
+               "smollm2-135m", "--engine", "vllm", "--engine-arg", "enforce_eager=true",
+               "--n", 4, "--max-new-tokens", 64, "--batch-size", 4, "-q"]  # fmt: skip
+    proc = subprocess.Popen([str(c) for c in command], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not _written(out):
+        time.sleep(0.2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    try:
+        assert workers, "vLLM should run its engine in child processes"
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr[-2000:]
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"left behind: {[p.name() for p in alive]}"
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        proc.kill()
+    assert 1 <= len(read_jsonl(out)) < 60
+
+
+def _written(path) -> bool:
+    return path.exists() and b"\n" in path.read_bytes()

@@ -48,6 +48,24 @@ def test_kill_9_then_rerun_continues_without_loss_or_duplicates(tmp_path, tiny_m
     assert resumed == uninterrupted
 
 
+def test_sigterm_unwinds_says_so_and_the_rerun_finishes_the_job(tmp_path, tiny_model):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(40)])
+    out = tmp_path / "c.jsonl"
+    proc = subprocess.Popen(_generate(prompts, out, tiny_model), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "terminated: rerun the same command to continue where it stopped" in stderr
+    assert 5 <= len(read_jsonl(out)) < 40, "the signal should land mid-run"
+    subprocess.run(_generate(prompts, out, tiny_model), check=True)
+    fresh = tmp_path / "fresh.jsonl"
+    subprocess.run(_generate(prompts, fresh, tiny_model), check=True)
+    assert read_jsonl(out) == read_jsonl(fresh)
+
+
 # Resume that notices changed input, with the model-free `longest` scorer and the selector.
 
 
