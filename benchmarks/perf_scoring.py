@@ -122,6 +122,25 @@ def loop_likelihood(engine, options, queries: list) -> tuple[float, list[float]]
     return time.perf_counter() - start, values
 
 
+def flip_prefill(engine, options, queries: list) -> float:
+    """Seconds of the forward passes over flip's prompts alone, one candidate at a time (a
+    forward pass gains nothing from batching here: see `batching_headroom`)."""
+    import torch
+
+    from bon.scorers.base import clip_words
+    from bon.scorers.flip import reconstruction_messages
+
+    start = time.perf_counter()
+    for query in queries:
+        for text in query.candidates:
+            response = clip_words(text, options.max_response_words)
+            messages = reconstruction_messages(response, query.history, prompt=options.prompt)
+            ids = torch.tensor([engine._encode(engine.render(messages))], device=engine.device)
+            with torch.inference_mode():
+                engine.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    return time.perf_counter() - start
+
+
 def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[dict]:
     """What batching alone can buy on this machine: seconds for `batch` equal sequences one by
     one and all at once, for a forward pass of `length` tokens (all of flip-likelihood's work)
@@ -225,6 +244,10 @@ def main() -> None:
         rows[name] = row
     length = median_length(engine, queries)
     headroom = batching_headroom(engine, args.batch_size, length, args.max_new_tokens)
+    if "flip" in rows:
+        rows["flip"]["prefill_s_per_candidate"] = (
+            flip_prefill(engine, options, queries) / candidates
+        )
     write_results(Path(args.out), rows, headroom, args, len(queries), candidates)
 
 
@@ -253,7 +276,7 @@ def write_results(
         f"{args.records} --model {args.model} --batch-size {args.batch_size} "
         f"--max-new-tokens {args.max_new_tokens} --scorers {args.scorers}`",
         f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"shared with other jobs; load average at the end "
+        "load average at the end "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- Versions: python {platform.python_version()}, torch {md.version('torch')}, "
         f"transformers {md.version('transformers')}",
@@ -289,6 +312,18 @@ def write_results(
         lines.append(
             f"| {h['pass']} | {h['one_by_one_s']:.2f} | {h['batched_s']:.2f} | {ratio:.2f}x |"
         )
+    if "prefill_s_per_candidate" in rows.get("flip", {}):
+        flip = rows["flip"]
+        prefill = flip["prefill_s_per_candidate"]
+        decode = headroom[-1]["one_by_one_s"] / headroom[-1]["batched_s"]
+        best = prefill + (flip["loop_s_per_candidate"] - prefill) / decode
+        bound = flip["loop_s_per_candidate"] / best
+        lines += [
+            "",
+            f"- flip's forward pass over its prompts alone: {prefill:.2f} s/candidate. If "
+            f"batching bought nothing there and the decoding ratio above on the rest, flip "
+            f"would take {best:.2f} s/candidate: at most {bound:.2f}x the loop.",
+        ]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
