@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bon import distributed, pipeline, turns
+from bon.engines import Engine, EngineOptions, SharedEngine, engines
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
 from bon.export import export_records as _export_records
@@ -329,7 +330,8 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     """Generate, score and select: writes candidates.jsonl, scored.jsonl and selected.jsonl.
 
     The stages run one after another, each streaming its input and freeing its model before the
-    next loads; each resumes on its own, and with `overwrite` only the stages whose input or
+    next loads (one model serves both when they name the same one with the same engine
+    settings); each resumes on its own, and with `overwrite` only the stages whose input or
     configuration changed are redone. Reranker options whose names the generator also has take
     the prefix `reranker_` (`reranker_model`, ...); `device` and `dtype` apply to both models.
     Records with `turns` (MT-Bench's question files) are answered turn by turn, each turn
@@ -353,7 +355,9 @@ def _run_three(
 ) -> list[Report]:
     """Generate, score and select `prompts` into the three files of `out_dir`."""
     paths = [out_dir / name for name in RUN_FILES]
-    builds = _run_builders(*stage_options)
+    # Ray actors and a child process build their own stages: only a local run shares a model.
+    engine = None if files.ray or files.concurrent else _shared_engine(*stage_options[:2])
+    builds = _run_builders(*stage_options, engine)
     # Only the first stage sees user input (and takes the shard); later stages read what bon
     # wrote, which is valid and already sharded. Selection needs no model: it runs here.
     later = dataclasses.replace(files, on_error="fail", shard=None)
@@ -364,7 +368,11 @@ def _run_three(
     ]
     if files.concurrent:
         return [*_concurrently(steps[0], steps[1], paths[0]), steps[2]()]
-    return [step() for step in steps]
+    try:
+        return [step() for step in steps]
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def _run_turns(
@@ -433,8 +441,13 @@ def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     stage_options = split_options("run", options, files=False)
     if items and isinstance(items[0], dict) and "turns" in items[0]:
         return _run_turns_records(items, stage_options)
-    for stage in _run_stages(*stage_options):
-        items = pipeline.run_records(stage, items)
+    engine = _shared_engine(*stage_options[:2])
+    try:
+        for stage in _run_stages(*stage_options, engine):
+            items = pipeline.run_records(stage, items)
+    finally:
+        if engine is not None:
+            engine.close()
     return items
 
 
@@ -480,17 +493,40 @@ def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) ->
 
 
 def _run_builders(
-    generate_options: GenerateOptions, score_options: ScoreOptions, select_options: SelectOptions
+    generate_options: GenerateOptions,
+    score_options: ScoreOptions,
+    select_options: SelectOptions,
+    engine: Engine | None = None,
 ) -> list[Callable[[], Stage]]:
-    """Functions that build `run`'s three stages (picklable, for Ray actors and child processes)."""
+    """Functions that build `run`'s three stages (picklable without `engine`, for Ray actors and
+    child processes); `engine`, when given, serves generation and scoring."""
     return [
-        partial(pipeline.generate_stage, generate_options),
-        partial(pipeline.score_stage, score_options),
+        partial(pipeline.generate_stage, generate_options, engine),
+        partial(pipeline.score_stage, score_options, engine),
         partial(pipeline.select_stage, _first_scorer(select_options, score_options)),
     ]
 
 
 def _run_stages(
-    generate_options: GenerateOptions, score_options: ScoreOptions, select_options: SelectOptions
+    generate_options: GenerateOptions,
+    score_options: ScoreOptions,
+    select_options: SelectOptions,
+    engine: Engine | None = None,
 ) -> list[Stage]:
-    return [build() for build in _run_builders(generate_options, score_options, select_options)]
+    builds = _run_builders(generate_options, score_options, select_options, engine)
+    return [build() for build in builds]
+
+
+def _shared_engine(
+    generate_options: GenerateOptions, score_options: ScoreOptions
+) -> SharedEngine | None:
+    """One engine for generation and scoring when both name the same model with the same engine
+    settings (one model load, and one vLLM start-up, instead of two); else None. The batch
+    sizes must agree only for an engine that reads them."""
+    ignored = set() if engines.get(generate_options.engine).reads_batch_size else {"batch_size"}
+    same = all(
+        getattr(generate_options, f.name) == getattr(score_options, f.name)
+        for f in dataclasses.fields(EngineOptions)
+        if f.name not in ignored
+    )
+    return SharedEngine(generate_options) if same else None

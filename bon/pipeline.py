@@ -66,8 +66,9 @@ class Stage:
     summary: Callable[[], dict[str, Any]] = dict
 
 
-def generate_stage(options: GenerateOptions) -> Stage:
-    generator = Generator(options)
+def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
+    """The generate stage; `engine`, when given, is shared instead of loaded (and left open)."""
+    generator = Generator(options, engine)
     return Stage(
         "generate",
         records.check_prompt,

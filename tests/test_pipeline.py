@@ -255,3 +255,40 @@ def test_a_changed_list_default_breaks_the_mirror(monkeypatch):
     """The mirror test compares list defaults by value: a tuple default that differs is caught."""
     cli = _defaults([("scorers", ["flip"])])
     assert cli != _defaults([("scorers", ("flip", "random"))])
+
+
+@pytest.mark.parametrize("reranker_batch_size, loads", [(32, 1), (None, 2)])
+def test_run_loads_one_model_when_both_stages_name_the_same(
+    tmp_path, fast, monkeypatch, reranker_batch_size, loads
+):
+    import bon.engines
+    import bon.generator
+    import bon.reranker
+
+    loaded = []
+
+    def counting(options):
+        loaded.append(options.model)
+        return real(options)
+
+    real = bon.engines.load_engine
+    for module in (bon.engines, bon.generator, bon.reranker):
+        monkeypatch.setattr(module, "load_engine", counting)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    options = {"n": 2, "reranker_model": fast["model"], "scorers": ("flip-likelihood",), **fast}
+    if reranker_batch_size:  # the generator's (32): one engine serves both stages
+        options["reranker_batch_size"] = reranker_batch_size
+    bon.run(prompts, tmp_path / "out", no_cache=True, quiet=True, **options)
+    assert loaded == [fast["model"]] * loads
+    assert len(read_jsonl(tmp_path / "out" / "selected.jsonl")) == len(PROMPTS)
+    records = bon.run_records(PROMPTS, no_cache=True, **options)
+    assert loaded == [fast["model"]] * loads * 2
+    assert len(records) == len(PROMPTS)
+
+
+def test_engines_that_batch_on_their_own_are_shared_across_batch_sizes():
+    generate = bon.GenerateOptions(model="m", engine="vllm", batch_size=32)
+    assert api._shared_engine(generate, bon.ScoreOptions(model="m", engine="vllm", batch_size=16))
+    assert not api._shared_engine(generate, bon.ScoreOptions(model="other", engine="vllm"))
+    hf = bon.GenerateOptions(model="m", batch_size=32)
+    assert not api._shared_engine(hf, bon.ScoreOptions(model="m", batch_size=16))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from bon.chat import Message
 from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
 from bon.registry import Registry
 
@@ -12,6 +16,52 @@ register = engines.register
 def load_engine(options: EngineOptions) -> Engine:
     """Instantiate the engine `options.engine` for `options.model`."""
     return engines.get(options.engine)(options)
+
+
+class SharedEngine(Engine):
+    """One engine for several stages, loaded when one of them first calls it. Stages given an
+    engine leave it open; its owner closes it once they are done."""
+
+    name = "shared"
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        self._inner: Engine | None = None
+
+    @property
+    def inner(self) -> Engine:
+        if self._inner is None:
+            self._inner = load_engine(self.options)
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:  # what one engine alone has (tokenizer, render)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        return self.inner.generate(conversations, sampling, seeds)
+
+    def continuation_logprobs(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        return self.inner.continuation_logprobs(conversations, continuations)
+
+    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return self.inner.token_pieces(texts)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
 
 
 def _register_builtins() -> None:
@@ -33,6 +83,7 @@ __all__ = [
     "EngineArg",
     "EngineOptions",
     "SamplingOptions",
+    "SharedEngine",
     "engines",
     "load_engine",
 ]

@@ -242,6 +242,9 @@ class Engine(ABC):
     name: ClassVar[str]
     args: ClassVar[Mapping[str, EngineArg]] = {}
     """The engine-specific options this engine accepts in `EngineOptions.engine_args`."""
+    reads_batch_size: ClassVar[bool] = True
+    """False for an engine that schedules its own batches (then stages with other batch sizes
+    can share one)."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options

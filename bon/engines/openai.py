@@ -82,6 +82,7 @@ class OpenAIEngine(Engine):
     """Chat completions over HTTP with the `openai` client (`pip install bon[openai]`)."""
 
     name = "openai"
+    reads_batch_size = False
     args: ClassVar[dict[str, EngineArg]] = {
         "base_url": EngineArg(
             str,

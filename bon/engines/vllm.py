@@ -45,6 +45,7 @@ class VLLMEngine(Engine):
     """`vllm.LLM` over a causal LM with a chat template."""
 
     name = "vllm"
+    reads_batch_size = False
     args: ClassVar[dict[str, EngineArg]] = {
         "tensor_parallel_size": EngineArg(int, 1, "GPUs to shard the model over"),
         "gpu_memory_utilization": EngineArg(
