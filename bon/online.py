@@ -21,7 +21,7 @@ from typing import Any
 
 from bon import records
 from bon.chat import Message
-from bon.engines import Completion, Engine, SamplingOptions, load_engine
+from bon.engines import Completion, Engine, EngineProxy, SamplingOptions, load_engine
 from bon.errors import BonError, ConfigError, RecordError
 from bon.generator import GenerateOptions, Generator
 from bon.records import RecordProblem
@@ -74,7 +74,7 @@ def prompt_tokens(engine: Any, conversation: list[Message]) -> int:
     return len(tokenizer(render(conversation), add_special_tokens=False)["input_ids"])
 
 
-class _Meter(Engine):
+class _Meter(EngineProxy):
     """The reranker's engine, counting the tokens its scorers send through it."""
 
     name = "metered"
@@ -84,9 +84,6 @@ class _Meter(Engine):
         self.inner = engine
         self.read = 0
         self.written = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def generate(
         self,
@@ -111,20 +108,11 @@ class _Meter(Engine):
         )
         return rows
 
-    def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
-        return self.inner.token_pieces(texts)
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
     def take(self) -> tuple[int, int]:
         """Tokens read and written since the last call."""
         counts = (self.read, self.written)
         self.read = self.written = 0
         return counts
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass(frozen=True)

@@ -18,24 +18,13 @@ def load_engine(options: EngineOptions) -> Engine:
     return engines.get(options.engine)(options)
 
 
-class SharedEngine(Engine):
-    """One engine for several stages, loaded when one of them first calls it. Stages given an
-    engine leave it open; its owner closes it once they are done."""
+class EngineProxy(Engine):
+    """An engine that hands every call to `inner`; subclasses say where `inner` comes from."""
 
-    name = "shared"
-
-    def __init__(self, options: EngineOptions) -> None:
-        super().__init__(options)
-        self._inner: Engine | None = None
-
-    @property
-    def inner(self) -> Engine:
-        if self._inner is None:
-            self._inner = load_engine(self.options)
-        return self._inner
+    inner: Engine
 
     def __getattr__(self, name: str) -> Any:  # what one engine alone has (tokenizer, render)
-        if name.startswith("_"):
+        if name.startswith("_") or name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -57,6 +46,26 @@ class SharedEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SharedEngine(EngineProxy):
+    """One engine for several stages, loaded when one of them first calls it. Stages given an
+    engine leave it open; its owner closes it once they are done."""
+
+    name = "shared"
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        self._inner: Engine | None = None
+
+    @property
+    def inner(self) -> Engine:
+        if self._inner is None:
+            self._inner = load_engine(self.options)
+        return self._inner
 
     def close(self) -> None:
         if self._inner is not None:
@@ -82,6 +91,7 @@ __all__ = [
     "Engine",
     "EngineArg",
     "EngineOptions",
+    "EngineProxy",
     "SamplingOptions",
     "SharedEngine",
     "engines",
