@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revisions import checkout, run_bon  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from revisions import checkout, load_average, machine, revision, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+import bon  # noqa: E402
 
 _VOCABULARY = (
     "the model writes a short answer about rivers mountains cities history science music art "
     "food travel code python data tables lists steps reasons examples colours numbers people"
 )
 WORDS = _VOCABULARY.split()
+PACKAGES = ("orjson", "click", "tqdm")
 
 
 def make_records(count: int, n: int, seed: int = 0) -> list[dict]:
@@ -137,37 +139,6 @@ def pipeline_budget() -> int:
     return SCORE_POOL * ScoreOptions().batch_size
 
 
-def head() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def versions() -> str:
-    import importlib.metadata as md
-    import sqlite3
-
-    import bon
-
-    parts = [f"python {platform.python_version()}", f"bon {bon.__version__}"]
-    parts.append(f"sqlite {sqlite3.sqlite_version}")
-    for dist in ("click", "tqdm"):
-        parts.append(f"{dist} {md.version(dist)}")
-    return ", ".join(parts)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10240,100000", help="candidates per run")
@@ -236,11 +207,10 @@ def write_results(
         f"- Benchmark: `python benchmarks/perf_cache.py --sizes {args.sizes} --n {args.n} "
         f"--scorers {args.scorers} --repeats {args.repeats}"
         f"{' --before ' + args.before if args.before else ''}`; 'before' is that revision's "
-        f"`bon/` (`git archive`), 'after' the working tree at {head()}",
+        f"`bon/` (`git archive`), 'after' the working tree at {revision()}",
         f"- Each run: `python {re.sub(r'/tmp/[^ ]*/', 'TMP/', command)}`",
-        f"- Machine: {machine()}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- Versions: {versions()}",
+        f"- Machine: {machine()}; load average at the end {load_average()}",
+        f"- Versions: {versions(PACKAGES)}, bon {bon.__version__}, sqlite {sqlite3.sqlite_version}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| code | candidates | records | scorer | best wall s | all runs wall s | best CPU s "

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revisions import checkout, run_bon  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from revisions import checkout, load_average, machine, revision, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
@@ -121,11 +118,6 @@ def main() -> None:
 def write_results(
     path: Path, rows: list[dict], args: argparse.Namespace, records: int, candidates: int
 ) -> None:
-    import importlib.metadata as md
-
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     model = "a random tiny Llama (2 layers, hidden 64, SmolLM2's vocabulary)"
     model = model if args.tiny else f"`{args.model}`"
     lines = [
@@ -133,17 +125,15 @@ def write_results(
         "",
         "Written by `benchmarks/perf_memory.py`: peak RSS (kernel `ru_maxrss`) of a whole "
         f"`bon score --no-cache --scorer {args.scorer} --batch-size {args.batch_size}` process "
-        f"on {model}, before ({args.before}) and after (the working tree at {head}), "
+        f"on {model}, before ({args.before}) and after (the working tree at {revision()}), "
         f"one after the other. Input: the first {records} records ({candidates} candidates) "
         f"of `{args.input}`; 'one record' is its first record alone.",
         "",
         f"- Command: `python benchmarks/perf_memory.py --before {args.before} --input "
         f"{args.input} --candidates {args.candidates} --scorer {args.scorer} "
         f"{'--tiny' if args.tiny else '--model ' + args.model} --batch-size {args.batch_size}`",
-        f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores; load "
-        f"average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- Versions: python {platform.python_version()}, torch {md.version('torch')}, "
-        f"transformers {md.version('transformers')}",
+        f"- Machine: {machine()}; load average at the end {load_average()}",
+        f"- Versions: {versions(('torch', 'transformers'))}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| code | input | peak RSS MiB | wall s |",

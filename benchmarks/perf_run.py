@@ -29,7 +29,6 @@ import io
 import json
 import os
 import pstats
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf_memory import tiny_model  # noqa: E402
-from revisions import command_line, load_average, machine, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from revisions import command_line, load_average, machine, revision, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 TARGET_OVERHEAD = 0.05
 TARGET_RSS_GROWTH = 0.10
@@ -189,13 +188,10 @@ def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def header(args: argparse.Namespace, title: str) -> list[str]:
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     return [
         f"# {title}",
         "",
-        f"- Command: `{command_line()}` (code: the working tree at {head})",
+        f"- Command: `{command_line()}` (code: the working tree at {revision()})",
         f"- Machine: {machine()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average at the "
         f"end {load_average()}",

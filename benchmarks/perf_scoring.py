@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from revisions import load_average, machine, versions  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def load_items(path: Path, count: int) -> list[dict]:
@@ -65,33 +65,38 @@ def time_scorer(name: str, engine, options, queries: list) -> tuple[float, list[
     return time.perf_counter() - start, values
 
 
+def prompt_ids(engine, options, query, text: str, prompt: str) -> list[int]:
+    """The token ids of the reconstruction prompt that FLIP builds for one candidate."""
+    from bon.scorers.base import clip_words
+    from bon.scorers.flip import reconstruction_messages
+
+    response = clip_words(text, options.max_response_words)
+    messages = reconstruction_messages(response, query.history, prompt=prompt)
+    return engine._encode(engine.render(messages))
+
+
 def loop_flip(engine, options, queries: list) -> tuple[float, list[float]]:
     """One greedy `generate` per candidate on the same model, prompt, parsing and F1."""
     import torch
 
-    from bon.scorers.base import clip_words
-    from bon.scorers.flip import parse_reconstruction, reconstruction_messages
+    from bon.scorers.flip import parse_reconstruction
     from bon.similarity import token_f1
 
     start = time.perf_counter()
     values = []
     for query in queries:
         for text in query.candidates:
-            response = clip_words(text, options.max_response_words)
-            messages = reconstruction_messages(response, query.history, prompt=options.prompt)
-            ids = engine.tokenizer(
-                engine.render(messages), add_special_tokens=False, return_tensors="pt"
-            ).to(engine.device)
+            ids = torch.tensor([prompt_ids(engine, options, query, text, options.prompt)])
+            ids = ids.to(engine.device)
             with torch.inference_mode():
                 out = engine.model.generate(
-                    **ids,
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
                     max_new_tokens=options.max_new_tokens,
                     do_sample=False,
                     pad_token_id=engine.tokenizer.pad_token_id,
                 )
-            output = engine.tokenizer.decode(
-                out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            output = engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             inferred, _ = parse_reconstruction(output, options.prompt)
             values.append(token_f1(inferred, query.instruction))
     return time.perf_counter() - start, values
@@ -101,22 +106,17 @@ def loop_likelihood(engine, options, queries: list) -> tuple[float, list[float]]
     """One full forward pass per candidate: every position's logits, then a log-softmax."""
     import torch
 
-    from bon.scorers.base import clip_words
-    from bon.scorers.flip import reconstruction_messages
-
     start = time.perf_counter()
     values = []
     for query in queries:
-        target = engine.tokenizer(query.instruction, add_special_tokens=False)["input_ids"]
+        target = engine._encode(query.instruction)
         for text in query.candidates:
-            response = clip_words(text, options.max_response_words)
-            messages = reconstruction_messages(response, query.history, prompt="short")
-            prompt = engine.tokenizer(engine.render(messages), add_special_tokens=False)
-            ids = torch.tensor([prompt["input_ids"] + target], device=engine.device)
+            prompt = prompt_ids(engine, options, query, text, "short")
+            ids = torch.tensor([prompt + target], device=engine.device)
             with torch.inference_mode():
                 logits = engine.model(input_ids=ids).logits[0].float()
             logprobs = torch.log_softmax(logits, dim=-1)
-            first = len(prompt["input_ids"]) - 1
+            first = len(prompt) - 1
             picked = [logprobs[first + i, t].item() for i, t in enumerate(target)]
             values.append(sum(picked) / len(picked))
     return time.perf_counter() - start, values
@@ -127,15 +127,11 @@ def flip_prefill(engine, options, queries: list) -> float:
     forward pass gains nothing from batching here: see `batching_headroom`)."""
     import torch
 
-    from bon.scorers.base import clip_words
-    from bon.scorers.flip import reconstruction_messages
-
     start = time.perf_counter()
     for query in queries:
         for text in query.candidates:
-            response = clip_words(text, options.max_response_words)
-            messages = reconstruction_messages(response, query.history, prompt=options.prompt)
-            ids = torch.tensor([engine._encode(engine.render(messages))], device=engine.device)
+            ids = [prompt_ids(engine, options, query, text, options.prompt)]
+            ids = torch.tensor(ids, device=engine.device)
             with torch.inference_mode():
                 engine.model(input_ids=ids, use_cache=False, logits_to_keep=1)
     return time.perf_counter() - start
@@ -185,13 +181,10 @@ def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[
     return out
 
 
-def median_length(engine, queries: list) -> int:
+def median_length(engine, options, queries: list) -> int:
     """The median token count of flip-likelihood's inputs (template, response, instruction)."""
-    from bon.scorers.flip import reconstruction_messages
-
     lengths = sorted(
-        len(engine._encode(engine.render(reconstruction_messages(text, q.history, prompt="short"))))
-        + len(engine._encode(q.instruction))
+        len(prompt_ids(engine, options, q, text, "short")) + len(engine._encode(q.instruction))
         for q in queries
         for text in q.candidates
     )
@@ -242,7 +235,7 @@ def main() -> None:
             )
         print(json.dumps(row), flush=True)
         rows[name] = row
-    length = median_length(engine, queries)
+    length = median_length(engine, options, queries)
     headroom = batching_headroom(engine, args.batch_size, length, args.max_new_tokens)
     if "flip" in rows:
         rows["flip"]["prefill_s_per_candidate"] = (
@@ -259,8 +252,6 @@ def write_results(
     records: int,
     candidates: int,
 ) -> None:
-    import importlib.metadata as md
-
     lines = [
         "# FLIP scoring cost: batched vs a per-candidate loop, flip vs flip-likelihood "
         "(issue 11, items 1 and 2)",
@@ -275,11 +266,8 @@ def write_results(
         f"- Command: `python benchmarks/perf_scoring.py --input {args.input} --records "
         f"{args.records} --model {args.model} --batch-size {args.batch_size} "
         f"--max-new-tokens {args.max_new_tokens} --scorers {args.scorers}`",
-        f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
-        "load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        f"- Versions: python {platform.python_version()}, torch {md.version('torch')}, "
-        f"transformers {md.version('transformers')}",
+        f"- Machine: {machine()}; load average at the end {load_average()}",
+        f"- Versions: {versions(('torch', 'transformers'))}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| scorer | bon s/candidate | loop s/candidate | loop / bon | max score diff |",

@@ -41,6 +41,13 @@ def run_bon(arguments: list[str], code: Path = ROOT) -> tuple[str, resource.stru
     return stderr, usage, seconds
 
 
+def revision() -> str:
+    """The short hash of the checkout's HEAD (the working tree a results file measured)."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def command_line() -> str:
     """This script's command line, as a results file quotes it."""
     return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])

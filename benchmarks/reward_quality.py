@@ -33,7 +33,7 @@ from typing import Any
 import bon
 from bon import pipeline
 from bon.api import split_options
-from bon.engines import Engine, load_engine
+from bon.engines import Engine, SharedEngine
 from bon.evals.pref import accuracy
 from bon.scorers import ScoreOptions
 
@@ -91,25 +91,6 @@ def score_row(
     return scored
 
 
-class SharedEngine:
-    """One reranker engine for every slow row and file, loaded when first needed (a vLLM
-    start-up costs minutes on a CPU)."""
-
-    def __init__(self, common: dict[str, Any]) -> None:
-        self.common = common
-        self.engine: Engine | None = None
-
-    def get(self) -> Engine:
-        if self.engine is None:
-            (options,) = split_options("score", dict(self.common), files=False)
-            self.engine = load_engine(options)
-        return self.engine
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-
-
 def files(pref_dir: Path) -> list[tuple[str, str, Path]]:
     """(subset, half, path) of every non-empty preference file present."""
     out = []
@@ -130,7 +111,8 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
     if args.no_cache:
         common["no_cache"] = True
     slow_common = {**common, "engine": args.slow_engine}
-    shared = SharedEngine(slow_common)
+    # One reranker engine for every slow row and file (a vLLM start-up costs minutes on a CPU).
+    shared = SharedEngine(split_options("score", dict(slow_common), files=False)[0])
     results: dict[str, dict[str, dict[str, Any]]] = {row.label: {} for row in rows}
     seconds: dict[str, float] = {row.label: 0.0 for row in rows}
     try:
@@ -140,7 +122,7 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
                 records = read_jsonl(path, limit)
                 started = time.perf_counter()
                 if row.slow:
-                    scored = score_row(row, records, slow_common, shared.get())
+                    scored = score_row(row, records, slow_common, shared)
                 else:
                     scored = score_row(row, records, common)
                 seconds[row.label] += time.perf_counter() - started
