@@ -40,7 +40,7 @@ def plain_logprobs(engine, conversation, continuation):
 @pytest.mark.parametrize("budget", [None, 1])
 def test_batched_logprobs_equal_each_pair_alone(engine, monkeypatch, budget):
     if budget is not None:  # one row per forward pass, one row per log-softmax
-        monkeypatch.setattr(hf_engine, "LOGITS_BYTES", budget)
+        monkeypatch.setattr(hf_engine, "LOGITS_BYTES", {"cpu": budget})
         monkeypatch.setattr(hf_engine, "LOGSOFTMAX_BYTES", budget)
     batched = engine.continuation_logprobs(CONVERSATIONS, CONTINUATIONS)
     for conversation, continuation, row in zip(CONVERSATIONS, CONTINUATIONS, batched, strict=True):
@@ -49,7 +49,7 @@ def test_batched_logprobs_equal_each_pair_alone(engine, monkeypatch, budget):
 
 def test_forward_passes_are_cut_to_the_logits_budget(engine, monkeypatch):
     row_bytes = engine._vocab_size * 4  # float32 logits per position
-    monkeypatch.setattr(hf_engine, "LOGITS_BYTES", 3 * 5 * row_bytes)
+    monkeypatch.setattr(hf_engine, "LOGITS_BYTES", {"cpu": 3 * 5 * row_bytes})
     targets = [[0] * 4, [0] * 4, [0] * 4, [0] * 4, [0] * 9, [0]]
     # 3 rows of 5 positions fit; a 10-position row fits alone; then a new part begins.
     assert engine._within_logits_budget(list(range(6)), targets) == [[0, 1, 2], [3], [4], [5]]

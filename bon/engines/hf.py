@@ -267,14 +267,15 @@ class HFEngine(Engine):
 
     def _within_logits_budget(self, chunk: list[int], targets: list[list[int]]) -> list[list[int]]:
         """`chunk` cut into consecutive parts whose vocabulary-wide logits (rows x the longest
-        target x vocabulary) fit `LOGITS_BYTES`: one long instruction must not multiply a whole
-        batch's logits."""
+        target x vocabulary) fit the device's `LOGITS_BYTES`: one long instruction must not
+        multiply a whole batch's logits."""
+        budget = LOGITS_BYTES.get(self.device.type, LOGITS_BYTES["cpu"])
         per_position = self._vocab_size * self.model.dtype.itemsize
         parts: list[list[int]] = []
         longest = 0
         for i in chunk:
             wider = max(longest, len(targets[i]) + 1)
-            if parts and (len(parts[-1]) + 1) * wider * per_position <= LOGITS_BYTES:
+            if parts and (len(parts[-1]) + 1) * wider * per_position <= budget:
                 parts[-1].append(i)
                 longest = wider
             else:
@@ -351,8 +352,10 @@ SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
 """Values of the `sample_batching` engine arg."""
 CB_PAGE_TOKENS = 128
 """Tokens per KV-cache page under continuous batching."""
-LOGITS_BYTES = 128 * 2**20
-"""Most bytes of logits one teacher-forced forward pass returns; longer targets, fewer rows."""
+LOGITS_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
+"""Most bytes of logits one teacher-forced forward pass returns, by device type (others: the
+CPU's); longer targets, fewer rows. On a CPU a smaller batch costs no speed
+(`benchmarks/results/perf_memory.md`), while on a GPU it leaves the card idle."""
 LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
 
