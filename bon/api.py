@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bon import distributed, pipeline, turns
-from bon.engines import Engine, EngineOptions, SharedEngine, engines
+from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
 from bon.export import export_records as _export_records
@@ -109,6 +109,7 @@ FILE_SKIPS: dict[str, tuple[str, ...]] = {
     "select": ("concurrent", *RAY_FIELDS),
     "rerank": ("concurrent",),
     "run": ("follow",),
+    "eval ifeval": ("follow", "shard"),  # reads its packaged prompts whole, reports on all
 }
 
 
@@ -520,13 +521,6 @@ def _run_stages(
 def _shared_engine(
     generate_options: GenerateOptions, score_options: ScoreOptions
 ) -> SharedEngine | None:
-    """One engine for generation and scoring when both name the same model with the same engine
-    settings (one model load, and one vLLM start-up, instead of two); else None. The batch
-    sizes must agree only for an engine that reads them."""
-    ignored = set() if engines.get(generate_options.engine).reads_batch_size else {"batch_size"}
-    same = all(
-        getattr(generate_options, f.name) == getattr(score_options, f.name)
-        for f in dataclasses.fields(EngineOptions)
-        if f.name not in ignored
-    )
-    return SharedEngine(generate_options) if same else None
+    """One engine for generation and scoring when `same_engine` allows it (one model load, and
+    one vLLM start-up, instead of two); else None."""
+    return SharedEngine(generate_options) if same_engine(generate_options, score_options) else None

@@ -21,7 +21,14 @@ from typing import Any
 
 from bon import records
 from bon.chat import Message
-from bon.engines import Completion, Engine, EngineProxy, SamplingOptions, load_engine
+from bon.engines import (
+    Completion,
+    Engine,
+    EngineProxy,
+    SamplingOptions,
+    load_engine,
+    same_engine,
+)
 from bon.errors import BonError, ConfigError, RecordError
 from bon.generator import GenerateOptions, Generator
 from bon.records import RecordProblem
@@ -157,7 +164,8 @@ class BestOfN:
     """Generator and reranker held in memory; `answer` runs generate, score and select.
 
     `generate`, `score` and `select` are the stages' option objects (as `bon run` takes
-    them); a job may override the sampling options and the scorers (`job`).
+    them); a job may override the sampling options and the scorers (`job`). One engine serves
+    both stages when they name the same model and engine settings (`same_engine`).
     """
 
     def __init__(
@@ -176,6 +184,7 @@ class BestOfN:
             )
         self._generator_engine: Engine | None = None
         self._scoring_engine: _Meter | None = None
+        self._one_engine = same_engine(self.generate, self.score)
         self._rerankers: dict[tuple[str, ...], Reranker] = {}
 
     def load(self) -> None:
@@ -240,9 +249,10 @@ class BestOfN:
         for reranker in self._rerankers.values():
             reranker.close()
         self._rerankers.clear()
-        for engine in (self._generator_engine, self._scoring_engine):
-            if engine is not None:
-                engine.close()
+        if self._scoring_engine is not None and not self._one_engine:
+            self._scoring_engine.close()
+        if self._generator_engine is not None:
+            self._generator_engine.close()
         self._generator_engine = self._scoring_engine = None
 
     def _generator(self) -> Engine:
@@ -252,7 +262,8 @@ class BestOfN:
 
     def _meter(self) -> _Meter:
         if self._scoring_engine is None:
-            self._scoring_engine = _Meter(load_engine(self.score))
+            engine = self._generator() if self._one_engine else load_engine(self.score)
+            self._scoring_engine = _Meter(engine)
         return self._scoring_engine
 
     def _reranker(self, names: tuple[str, ...]) -> Reranker:

@@ -229,3 +229,38 @@ def test_bad_server_options_fail_before_loading(tmp_path: Path) -> None:
         start(port=70000, model=str(tmp_path / "no-model"))
     with pytest.raises(ConfigError, match="unknown option"):
         start(colour="red")
+
+
+@pytest.mark.parametrize("reranker_batch_size, loads", [(32, 1), (None, 2)])
+def test_one_model_serves_both_stages_when_their_settings_agree(
+    tiny_model: str, monkeypatch: pytest.MonkeyPatch, reranker_batch_size, loads
+) -> None:
+    import bon.online
+
+    loaded: list[str] = []
+    closed: list[str] = []
+
+    def counting(options):
+        engine = real(options)
+        close = engine.close
+
+        def counted_close() -> None:
+            closed.append(options.model)
+            close()
+
+        engine.close = counted_close
+        loaded.append(options.model)
+        return engine
+
+    real = bon.online.load_engine
+    monkeypatch.setattr(bon.online, "load_engine", counting)
+    options = {"model": tiny_model, "reranker_model": tiny_model, "n": 2, "max_new_tokens": 4}
+    if reranker_batch_size:  # the generator's (32): one engine serves both stages
+        options["reranker_batch_size"] = reranker_batch_size
+    with start(**options, device="cpu", port=0, served_model_name=NAME) as running:
+        assert loaded == [tiny_model] * loads  # before the server listens
+        client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
+        usage = _chat(client).model_extra["bon"]["usage"]
+    assert usage["reranker"]["prompt_tokens"] > usage["generator"]["prompt_tokens"] > 0
+    assert loaded == [tiny_model] * loads
+    assert closed == [tiny_model] * loads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,17 @@ register = engines.register
 def load_engine(options: EngineOptions) -> Engine:
     """Instantiate the engine `options.engine` for `options.model`."""
     return engines.get(options.engine)(options)
+
+
+def same_engine(first: EngineOptions, second: EngineOptions) -> bool:
+    """Whether one engine can serve both `first` and `second`: the same model and engine
+    settings; the batch sizes must agree only for an engine that reads them."""
+    reads = engines.get(first.engine).reads_batch_size
+    return all(
+        getattr(first, f.name) == getattr(second, f.name)
+        for f in dataclasses.fields(EngineOptions)
+        if reads or f.name != "batch_size"
+    )
 
 
 class EngineProxy(Engine):
