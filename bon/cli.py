@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -45,6 +46,63 @@ def _engine_args(
 
 
 BARE_VALUES = {"ray": distributed.LOCAL}
+"""Options whose flag alone stands for a value (`--ray` is `--ray=local`)."""
+
+
+class _BareOption(click.Option):
+    """An option whose flag alone means `bare`; a value must be attached (`--ray=ADDRESS`), so
+    the flag never takes the next argument, such as a command's input file, as its value."""
+
+    def __init__(self, *args: Any, bare: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bare = bare
+
+
+class _Command(click.Command):
+    """A command that gives each `_BareOption` flag written alone its value before parsing."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        bare = {
+            flag: param.bare
+            for param in self.params
+            if isinstance(param, _BareOption)
+            for flag in param.opts
+        }
+        try:
+            return super().parse_args(ctx, _attach_bare(args, bare))
+        except click.UsageError as exc:
+            hint = _bare_hint(args, bare)
+            if hint:
+                exc.message = f"{exc.message} ({hint})"
+            raise
+
+
+class _Group(click.Group):
+    """A group whose commands, and those of its subgroups, are `_Command`s."""
+
+    command_class = _Command
+    group_class = type
+
+
+def _attach_bare(args: list[str], bare: Mapping[str, str]) -> list[str]:
+    """`args` with each bare flag given its value (`--ray` -> `--ray=local`), up to `--`."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg in bare:
+            out[i] = f"{arg}={bare[arg]}"
+    return out
+
+
+def _bare_hint(args: list[str], bare: Mapping[str, str]) -> str | None:
+    """How to write a value meant for a bare flag (`--ray auto`), when one seems to be."""
+    for flag, following in itertools.pairwise(args):
+        if flag == "--":
+            return None
+        if flag in bare and not following.startswith("-"):
+            return f"{flag} alone takes no value: to give one, write {flag}={following}"
+    return None
 
 
 def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: bool) -> Callable:
@@ -70,8 +128,8 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
         kwargs.update(multiple=multiple, type=click.Choice(choices) if choices else element)
     if field.default is None:
         kwargs["show_default"] = False
-    if field.name in BARE_VALUES:  # the flag alone stands for a value: `--ray` is `--ray local`
-        kwargs.update(is_flag=False, flag_value=BARE_VALUES[field.name])
+    if field.name in BARE_VALUES:
+        kwargs.update(cls=_BareOption, bare=BARE_VALUES[field.name])
     return click.option(*names, keyword, **kwargs)
 
 
@@ -199,7 +257,7 @@ def _summarise(report: Report) -> None:
         click.echo(f"{scorer} parse status over {total} outputs: {rates}", err=True)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="bon")
 def main() -> None:
     """bon: best-of-N sampling with a small reward model that reads responses backwards (FLIP)."""
@@ -411,7 +469,7 @@ def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_js
 )
 @click.option("--prompt-seed", default=0, show_default=True, help="Seed of the --limit subset.")
 @_recipe("eval ifeval")
-@_declared("run")
+@_declared(groups=[*api.COMMANDS["run"], api.file_group("eval ifeval")])
 @_reported
 def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: Any) -> None:
     """Best-of-N on IFEval: the packaged prompts through generate, score and select, each

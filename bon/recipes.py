@@ -52,6 +52,7 @@ def load_recipe(path: str | Path, command: str | None = None) -> dict[str, Any]:
         )
     values = _unaliased(path, values)
     known = {*OWN_KEYS[own], *(p.name for p in api.keywords("run", files=True))}
+    known -= set(api.FILE_SKIPS.get(own, ()))
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -121,3 +122,47 @@ def test_the_openai_base_url_from_the_environment_is_part_of_the_identity(monkey
     one = ScoreOptions(engine="openai").identity()
     monkeypatch.setitem(os.environ, "OPENAI_BASE_URL", "http://127.0.0.1:8/v1")
     assert ScoreOptions(engine="openai").identity() != one
+
+
+def _parsed(command: str, *args: str) -> dict:
+    return main.commands[command].make_context(command, list(args)).params
+
+
+@pytest.mark.parametrize(
+    ("args", "ray"),
+    [
+        (["--ray", "in.jsonl", "-o", "out.jsonl"], "local"),
+        (["in.jsonl", "-o", "out.jsonl", "--ray"], "local"),
+        (["--ray=auto", "in.jsonl", "-o", "out.jsonl"], "auto"),
+        (["in.jsonl", "--ray=ray://head:10001", "-o", "out.jsonl"], "ray://head:10001"),
+        (["in.jsonl", "-o", "out.jsonl"], None),
+    ],
+)
+def test_ray_alone_never_takes_the_next_argument(args, ray):
+    params = _parsed("score", *args)
+    assert (params["candidates"], params["output"], params["ray"]) == ("in.jsonl", "out.jsonl", ray)
+
+
+def test_a_ray_address_after_a_space_is_refused_with_the_spelling_to_use():
+    with pytest.raises(click.UsageError, match="write --ray=auto") as refused:
+        _parsed("score", "--ray", "auto", "in.jsonl", "-o", "out.jsonl")
+    assert "unexpected extra argument (in.jsonl)" in refused.value.message
+
+
+def test_ray_alone_overrides_a_recipe_address(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("ray: auto\n", encoding="utf-8")
+    given = ["--recipe", str(recipe), "in.jsonl", "-o", str(tmp_path / "out")]
+    assert _parsed("run", *given)["ray"] == "auto"
+    assert _parsed("run", "--ray", *given)["ray"] == "local"
+
+
+def test_eval_ifeval_offers_no_shard_or_follow_option():
+    result = CliRunner().invoke(main, ["eval", "ifeval", "--help"])
+    assert result.exit_code == 0 and "--overwrite" in result.output
+    assert "--ray" in result.output and "--concurrent" in result.output
+    for flag in ("--shard", "--follow"):
+        assert flag not in result.output
+        refused = CliRunner().invoke(main, ["eval", "ifeval", "-o", "out", flag])
+        assert refused.exit_code == 2 and f"No such option '{flag}'" in refused.output
+    assert "shard" in {p.name for p in main.commands["run"].params}

@@ -87,6 +87,7 @@ def test_the_default_recipes_use_the_default_models():
         ("n: [4\n", "not valid YAML"),
         ("output: a\nout_dir: b\n", "give `out_dir` or `output`, not both"),
         ("command: eval ifeval\nprompts: p.jsonl\n", "unknown key `prompts`"),
+        ("command: eval ifeval\nshard: 0/2\n", "unknown key `shard`"),
         ("command: serve\n", "`command` must be one of run, eval ifeval"),
         ("command: eval ifeval\nlimit: 0\n", "`limit` must be an integer >= 1"),
     ],
