@@ -137,10 +137,13 @@ def flip_prefill(engine, options, queries: list) -> float:
     return time.perf_counter() - start
 
 
-def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[dict]:
+def batching_headroom(
+    engine, batch: int, length: int, prompt_length: int, new_tokens: int
+) -> list[dict]:
     """What batching alone can buy on this machine: seconds for `batch` equal sequences one by
     one and all at once, for a forward pass of `length` tokens (all of flip-likelihood's work)
-    and for greedy decoding of `new_tokens` after a 32-token prompt (most of flip's)."""
+    and for greedy decoding of `new_tokens` after a `prompt_length`-token prompt (most of
+    flip's)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -165,7 +168,11 @@ def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[
     out = []
     for name, run, ids in (
         (f"forward pass, {length} tokens", forward, tokens(batch, length)),
-        (f"greedy decoding, {new_tokens} new tokens", decode, tokens(batch, 32)),
+        (
+            f"greedy decoding, {new_tokens} new tokens after {prompt_length}",
+            decode,
+            tokens(batch, prompt_length),
+        ),
     ):
         with torch.inference_mode():
             run(ids[:1])  # warm-up
@@ -181,14 +188,26 @@ def batching_headroom(engine, batch: int, length: int, new_tokens: int) -> list[
     return out
 
 
-def median_length(engine, options, queries: list) -> int:
-    """The median token count of flip-likelihood's inputs (template, response, instruction)."""
+def median_length(engine, options, queries: list, prompt: str, instruction: bool) -> int:
+    """The median token count of the reconstruction prompts (template and response) built with
+    `prompt`, each followed by its instruction when `instruction` (flip-likelihood's inputs)."""
     lengths = sorted(
-        len(prompt_ids(engine, options, q, text, "short")) + len(engine._encode(q.instruction))
+        len(prompt_ids(engine, options, q, text, prompt))
+        + (len(engine._encode(q.instruction)) if instruction else 0)
         for q in queries
         for text in q.candidates
     )
     return lengths[len(lengths) // 2]
+
+
+def shared_head(engine, options, queries: list) -> int:
+    """How many leading tokens every flip-likelihood input shares (the reconstruction prompt's
+    fixed head): the most that reusing one key-value cache across candidates could skip."""
+    inputs = [
+        prompt_ids(engine, options, q, text, "short") for q in queries for text in q.candidates
+    ]
+    shortest = min(len(ids) for ids in inputs)
+    return next((k for k in range(shortest) if len({ids[k] for ids in inputs}) > 1), shortest)
 
 
 def main() -> None:
@@ -235,8 +254,11 @@ def main() -> None:
             )
         print(json.dumps(row), flush=True)
         rows[name] = row
-    length = median_length(engine, options, queries)
-    headroom = batching_headroom(engine, args.batch_size, length, args.max_new_tokens)
+    length = median_length(engine, options, queries, "short", instruction=True)
+    flip_length = median_length(engine, options, queries, options.prompt, instruction=False)
+    headroom = batching_headroom(engine, args.batch_size, length, flip_length, args.max_new_tokens)
+    headroom[0]["shared_head"] = shared_head(engine, options, queries)
+    headroom[0]["length"] = length
     if "flip" in rows:
         rows["flip"]["prefill_s_per_candidate"] = (
             flip_prefill(engine, options, queries) / candidates
@@ -290,7 +312,8 @@ def write_results(
         "",
         f"What batching alone can buy here: {args.batch_size} equal sequences of random tokens, "
         "one by one and as one batch, on the same model (the forward pass at the median "
-        "length of flip-likelihood's inputs).",
+        "length of flip-likelihood's inputs, decoding after the median length of flip's "
+        "prompts).",
         "",
         "| pass | one by one s | one batch s | one by one / batch |",
         "|---|---|---|---|",
@@ -300,6 +323,17 @@ def write_results(
         lines.append(
             f"| {h['pass']} | {h['one_by_one_s']:.2f} | {h['batched_s']:.2f} | {ratio:.2f}x |"
         )
+    share = headroom[0]["shared_head"] / headroom[0]["length"]
+    reuse_bound = headroom[0]["one_by_one_s"] / headroom[0]["batched_s"] / (1 - share)
+    lines += [
+        "",
+        f"- The head of the reconstruction prompt that every candidate shares: "
+        f"{headroom[0]['shared_head']} tokens, {100 * share:.0f}% of the median input "
+        f"({headroom[0]['length']} tokens). Computing its key-value cache once would skip at "
+        f"most that share of each forward pass: with the batching ratio above, flip-likelihood "
+        f"could be at most {reuse_bound:.2f}x "
+        "the loop.",
+    ]
     if "prefill_s_per_candidate" in rows.get("flip", {}):
         flip = rows["flip"]
         prefill = flip["prefill_s_per_candidate"]
@@ -310,7 +344,8 @@ def write_results(
             "",
             f"- flip's forward pass over its prompts alone: {prefill:.2f} s/candidate. If "
             f"batching bought nothing there and the decoding ratio above on the rest, flip "
-            f"would take {best:.2f} s/candidate: at most {bound:.2f}x the loop.",
+            f"would take about {best:.2f} s/candidate, {bound:.2f}x the loop (bon's flip path: "
+            f"{flip['batching_ratio']:.2f}x, in the first table).",
         ]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
