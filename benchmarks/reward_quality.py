@@ -118,7 +118,8 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
     try:
         for row in rows:
             for subset, half, path in files(args.pref_dir):
-                limit = min(filter(None, (args.limit, args.slow_limit))) if row.slow else args.limit
+                limits = (args.limit, args.slow_limit) if row.slow else (args.limit,)
+                limit = min(filter(None, limits), default=None)
                 records = read_jsonl(path, limit)
                 started = time.perf_counter()
                 if row.slow:
@@ -178,6 +179,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                 "Generative FLIP and the judges were left out (--skip-slow)."
                 if args.skip_slow
                 else f"Rows marked slow decode text and read the first {args.slow_limit} items."
+                if args.slow_limit
+                else "Every row reads every item."
             ),
             "",
             *lines,
@@ -203,7 +206,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pref-dir", type=Path, default=Path("data/pref"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reward_quality.md"))
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
-    parser.add_argument("--slow-limit", type=int, default=10, help="records per file, slow rows")
+    parser.add_argument(
+        "--slow-limit", type=int, default=10, help="records per file, slow rows (0: all)"
+    )
     parser.add_argument("--skip-slow", action="store_true", help="leave out the slow rows")
     parser.add_argument("--only-slow", action="store_true", help="run the slow rows alone")
     parser.add_argument(
