@@ -49,23 +49,15 @@ BARE_VALUES = {"ray": distributed.LOCAL}
 """Options whose flag alone stands for a value (`--ray` is `--ray=local`)."""
 
 
-class _BareOption(click.Option):
-    """An option whose flag alone means `bare`; a value must be attached (`--ray=ADDRESS`), so
-    the flag never takes the next argument, such as a command's input file, as its value."""
-
-    def __init__(self, *args: Any, bare: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bare = bare
-
-
 class _Command(click.Command):
-    """A command that gives each `_BareOption` flag written alone its value before parsing."""
+    """A command that gives each `BARE_VALUES` flag written alone its value before parsing, so
+    the flag never takes the next argument, such as the command's input file, as its value."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         bare = {
-            flag: param.bare
+            flag: BARE_VALUES[param.name]
             for param in self.params
-            if isinstance(param, _BareOption)
+            if param.name in BARE_VALUES
             for flag in param.opts
         }
         try:
@@ -128,8 +120,6 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
         kwargs.update(multiple=multiple, type=click.Choice(choices) if choices else element)
     if field.default is None:
         kwargs["show_default"] = False
-    if field.name in BARE_VALUES:
-        kwargs.update(cls=_BareOption, bare=BARE_VALUES[field.name])
     return click.option(*names, keyword, **kwargs)
 
 
