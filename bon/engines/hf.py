@@ -354,8 +354,9 @@ CB_PAGE_TOKENS = 128
 """Tokens per KV-cache page under continuous batching."""
 LOGITS_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
 """Most bytes of logits one teacher-forced forward pass returns, by device type (others: the
-CPU's); longer targets, fewer rows. On a CPU a smaller batch costs no speed
-(`benchmarks/results/perf_memory.md`), while on a GPU it leaves the card idle."""
+CPU's); longer targets, fewer rows. On a CPU a forward pass is compute-bound even at batch 1,
+so smaller batches cost little speed (`benchmarks/results/perf_scoring.md`); on a GPU they
+leave the card idle."""
 LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
 
