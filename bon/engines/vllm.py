@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -39,6 +38,18 @@ from bon.errors import EngineError
 from bon.models import resolve_model
 
 log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_GIB = 4.0
+"""KV cache of a CPU build when `kv_cache_space` is 0. vLLM's own sizing there reserves
+`gpu_memory_utilization` of the machine's RAM, which its pages then fill as a long run goes on
+(a 2-core, 24 GiB machine ran out of memory)."""
+
+
+def kv_cache_bytes(space_gib: float, cpu: bool) -> int | None:
+    """vLLM's `kv_cache_memory_bytes` for the `kv_cache_space` engine arg: the GiB given, else
+    `CPU_KV_CACHE_GIB` on a CPU build; None leaves the sizing to vLLM."""
+    space = space_gib or (CPU_KV_CACHE_GIB if cpu else 0.0)
+    return int(space * 2**30) if space else None
 
 
 class VLLMEngine(Engine):
@@ -68,7 +79,10 @@ class VLLMEngine(Engine):
         ),
         "max_num_seqs": EngineArg(int, 0, "most sequences scheduled at once; 0 is vLLM's default"),
         "kv_cache_space": EngineArg(
-            float, 0.0, "GiB of KV cache on CPU builds (VLLM_CPU_KVCACHE_SPACE); 0 keeps the env"
+            float,
+            0.0,
+            f"GiB of KV cache; 0: {CPU_KV_CACHE_GIB:g} on CPU builds (VLLM_CPU_KVCACHE_SPACE, when "
+            "set, wins there), vLLM's own sizing on GPUs",
         ),
         "trust_remote_code": EngineArg(bool, False, "let the model's repository run its code"),
     }
@@ -86,8 +100,9 @@ class VLLMEngine(Engine):
             log.warning("vllm picks its device itself; --device %s is ignored", options.device)
         args = self.engine_args
         path = resolve_model(options.model)
-        if args["kv_cache_space"] > 0:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space"])
+        from vllm.platforms import current_platform
+
+        cpu = current_platform.is_cpu()
         kwargs: dict[str, Any] = {
             "dtype": options.dtype,  # "auto" is the checkpoint's dtype (bf16 for bf16 models)
             "tensor_parallel_size": args["tensor_parallel_size"],
@@ -98,11 +113,12 @@ class VLLMEngine(Engine):
         }
         if args["max_model_len"]:
             kwargs["max_model_len"] = args["max_model_len"]
+        kv_bytes = kv_cache_bytes(args["kv_cache_space"], cpu)
+        if kv_bytes:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
         chunked = args["enable_chunked_prefill"]
         if chunked is None:
-            from vllm.platforms import current_platform
-
-            chunked = not current_platform.is_cpu()
+            chunked = not cpu
         if not chunked:
             # Without chunking a whole prompt must fit one step's token budget.
             kwargs["enable_chunked_prefill"] = False
