@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
     try:
         for row in rows:
             for subset, half, path in files(args.pref_dir):
-                limits = (args.limit, args.slow_limit) if row.slow else (args.limit,)
+                limits = (args.limit, slow_limit(row, args)) if row.slow else (args.limit,)
                 limit = min(filter(None, limits), default=None)
                 records = read_jsonl(path, limit)
                 started = time.perf_counter()
@@ -141,6 +141,24 @@ def run(args: argparse.Namespace, rows: list[Row] | None = None) -> dict[str, An
     finally:
         shared.close()
     return {"rows": [r.__dict__ for r in rows], "results": results, "seconds": seconds}
+
+
+def slow_limit(row: Row, args: argparse.Namespace) -> int:
+    """Records per file for a slow row: `--judge-limit` for the judges when given."""
+    judge = row.scorer.startswith("judge-") and args.judge_limit is not None
+    return args.judge_limit if judge else args.slow_limit
+
+
+def slow_text(args: argparse.Namespace) -> str:
+    """Which items the slow rows read, for the table's header."""
+
+    def items(limit: int) -> str:
+        return f"the first {limit} items" if limit else "every item"
+
+    text = f"Rows marked slow decode text and read {items(args.slow_limit)}"
+    if args.judge_limit is not None and args.judge_limit != args.slow_limit:
+        text += f"; the judges read {items(args.judge_limit)}"
+    return text + "."
 
 
 def cell_text(cell: dict[str, Any] | None) -> str:
@@ -178,9 +196,7 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             + (
                 "Generative FLIP and the judges were left out (--skip-slow)."
                 if args.skip_slow
-                else f"Rows marked slow decode text and read the first {args.slow_limit} items."
-                if args.slow_limit
-                else "Every row reads every item."
+                else slow_text(args)
             ),
             "",
             *lines,
@@ -208,6 +224,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
     parser.add_argument(
         "--slow-limit", type=int, default=10, help="records per file, slow rows (0: all)"
+    )
+    parser.add_argument(
+        "--judge-limit", type=int, default=None, help="records per file, judges (0: all)"
     )
     parser.add_argument("--skip-slow", action="store_true", help="leave out the slow rows")
     parser.add_argument("--only-slow", action="store_true", help="run the slow rows alone")
