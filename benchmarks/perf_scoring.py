@@ -257,19 +257,19 @@ def main() -> None:
     length = median_length(engine, options, queries, "short", instruction=True)
     flip_length = median_length(engine, options, queries, options.prompt, instruction=False)
     headroom = batching_headroom(engine, args.batch_size, length, flip_length, args.max_new_tokens)
-    headroom[0]["shared_head"] = shared_head(engine, options, queries)
-    headroom[0]["length"] = length
+    shared = {"head": shared_head(engine, options, queries), "length": length}
     if "flip" in rows:
         rows["flip"]["prefill_s_per_candidate"] = (
             flip_prefill(engine, options, queries) / candidates
         )
-    write_results(Path(args.out), rows, headroom, args, len(queries), candidates)
+    write_results(Path(args.out), rows, headroom, shared, args, len(queries), candidates)
 
 
 def write_results(
     path: Path,
     rows: dict[str, dict],
     headroom: list[dict],
+    shared: dict[str, int],
     args: argparse.Namespace,
     records: int,
     candidates: int,
@@ -323,13 +323,13 @@ def write_results(
         lines.append(
             f"| {h['pass']} | {h['one_by_one_s']:.2f} | {h['batched_s']:.2f} | {ratio:.2f}x |"
         )
-    share = headroom[0]["shared_head"] / headroom[0]["length"]
+    share = shared["head"] / shared["length"]
     reuse_bound = headroom[0]["one_by_one_s"] / headroom[0]["batched_s"] / (1 - share)
     lines += [
         "",
         f"- The head of the reconstruction prompt that every candidate shares: "
-        f"{headroom[0]['shared_head']} tokens, {100 * share:.0f}% of the median input "
-        f"({headroom[0]['length']} tokens). Computing its key-value cache once would skip at "
+        f"{shared['head']} tokens, {100 * share:.0f}% of the median input "
+        f"({shared['length']} tokens). Computing its key-value cache once would skip at "
         f"most that share of each forward pass: with the batching ratio above, flip-likelihood "
         f"could be at most {reuse_bound:.2f}x "
         "the loop.",
