@@ -501,9 +501,10 @@ def _run_builders(
 ) -> list[Callable[[], Stage]]:
     """Functions that build `run`'s three stages (picklable without `engine`, for Ray actors and
     child processes); `engine`, when given, serves generation and scoring."""
+    scoring_engine = None if engine is None else engine.with_batch_size(score_options.batch_size)
     return [
         partial(pipeline.generate_stage, generate_options, engine),
-        partial(pipeline.score_stage, score_options, engine),
+        partial(pipeline.score_stage, score_options, scoring_engine),
         partial(pipeline.select_stage, _first_scorer(select_options, score_options)),
     ]
 

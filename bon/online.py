@@ -262,7 +262,10 @@ class BestOfN:
 
     def _meter(self) -> _Meter:
         if self._scoring_engine is None:
-            engine = self._generator() if self._one_engine else load_engine(self.score)
+            if self._one_engine:
+                engine = self._generator().with_batch_size(self.score.batch_size)
+            else:
+                engine = load_engine(self.score)
             self._scoring_engine = _Meter(engine)
         return self._scoring_engine
 

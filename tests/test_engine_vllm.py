@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bon.engines import EngineOptions, SamplingOptions, load_engine
+from bon.engines.vllm import CPU_STEP_TIMEOUT_S
 from tests import vllm_probe
 from tests.vllm_probe import OVERFLOW_LENGTHS, SHORT_CONTEXT
 
@@ -54,6 +55,10 @@ def test_n_completions_per_conversation_with_per_request_seeds(probe):
 
 def test_many_seeded_requests_in_one_call(probe):
     assert probe["many"] == 150
+
+
+def test_cpu_builds_allow_a_long_model_step(probe):
+    assert probe["step_timeout"] == str(CPU_STEP_TIMEOUT_S)  # vLLM's own is 300 s
 
 
 def test_describe_and_system_turn(probe):

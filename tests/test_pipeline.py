@@ -257,38 +257,59 @@ def test_a_changed_list_default_breaks_the_mirror(monkeypatch):
     assert cli != _defaults([("scorers", ("flip", "random"))])
 
 
-@pytest.mark.parametrize("reranker_batch_size, loads", [(32, 1), (None, 2)])
+@pytest.mark.parametrize(
+    "reranker, loads",
+    [
+        ({"reranker_batch_size": 8}, 1),
+        ({}, 1),
+        ({"reranker_engine_args": {"sample_batching": "grouped"}}, 2),
+    ],
+)
 def test_run_loads_one_model_when_both_stages_name_the_same(
-    tmp_path, fast, monkeypatch, reranker_batch_size, loads
+    tmp_path, fast, monkeypatch, reranker, loads
 ):
+    """Batch sizes aside, the same settings share one model, and each stage keeps its own
+    batch size (the generator's 32; the reranker's 8, or its default 16)."""
     import bon.engines
     import bon.generator
     import bon.reranker
+    from bon.engines.hf import HFEngine
 
     loaded = []
+    batch_sizes = {"generate": set(), "score": set()}
 
     def counting(options):
         loaded.append(options.model)
         return real(options)
 
+    def sizes(method, stage):
+        def recorded(self, *args, **kwargs):
+            batch_sizes[stage].add(self.options.batch_size)
+            return method(self, *args, **kwargs)
+
+        return recorded
+
     real = bon.engines.load_engine
     for module in (bon.engines, bon.generator, bon.reranker):
         monkeypatch.setattr(module, "load_engine", counting)
+    monkeypatch.setattr(HFEngine, "generate", sizes(HFEngine.generate, "generate"))
+    logprobs = sizes(HFEngine.continuation_logprobs, "score")
+    monkeypatch.setattr(HFEngine, "continuation_logprobs", logprobs)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     options = {"n": 2, "reranker_model": fast["model"], "scorers": ("flip-likelihood",), **fast}
-    if reranker_batch_size:  # the generator's (32): one engine serves both stages
-        options["reranker_batch_size"] = reranker_batch_size
+    options.update(reranker)
     bon.run(prompts, tmp_path / "out", no_cache=True, quiet=True, **options)
     assert loaded == [fast["model"]] * loads
+    assert batch_sizes == {"generate": {32}, "score": {reranker.get("reranker_batch_size", 16)}}
     assert len(read_jsonl(tmp_path / "out" / "selected.jsonl")) == len(PROMPTS)
     records = bon.run_records(PROMPTS, no_cache=True, **options)
     assert loaded == [fast["model"]] * loads * 2
     assert len(records) == len(PROMPTS)
 
 
-def test_engines_that_batch_on_their_own_are_shared_across_batch_sizes():
-    generate = bon.GenerateOptions(model="m", engine="vllm", batch_size=32)
-    assert api._shared_engine(generate, bon.ScoreOptions(model="m", engine="vllm", batch_size=16))
-    assert not api._shared_engine(generate, bon.ScoreOptions(model="other", engine="vllm"))
-    hf = bon.GenerateOptions(model="m", batch_size=32)
-    assert not api._shared_engine(hf, bon.ScoreOptions(model="m", batch_size=16))
+def test_stages_share_an_engine_across_batch_sizes_but_not_across_models():
+    for engine in ("hf", "vllm"):
+        generate = bon.GenerateOptions(model="m", engine=engine, batch_size=32)
+        score = bon.ScoreOptions(model="m", engine=engine, batch_size=16)
+        assert api._shared_engine(generate, score)
+        assert not api._shared_engine(generate, bon.ScoreOptions(model="other", engine=engine))

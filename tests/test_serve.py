@@ -231,9 +231,11 @@ def test_bad_server_options_fail_before_loading(tmp_path: Path) -> None:
         start(colour="red")
 
 
-@pytest.mark.parametrize("reranker_batch_size, loads", [(32, 1), (None, 2)])
+@pytest.mark.parametrize(
+    "reranker, loads", [({}, 1), ({"reranker_engine_args": {"sample_batching": "grouped"}}, 2)]
+)
 def test_one_model_serves_both_stages_when_their_settings_agree(
-    tiny_model: str, monkeypatch: pytest.MonkeyPatch, reranker_batch_size, loads
+    tiny_model: str, monkeypatch: pytest.MonkeyPatch, reranker, loads
 ) -> None:
     import bon.online
 
@@ -255,8 +257,7 @@ def test_one_model_serves_both_stages_when_their_settings_agree(
     real = bon.online.load_engine
     monkeypatch.setattr(bon.online, "load_engine", counting)
     options = {"model": tiny_model, "reranker_model": tiny_model, "n": 2, "max_new_tokens": 4}
-    if reranker_batch_size:  # the generator's (32): one engine serves both stages
-        options["reranker_batch_size"] = reranker_batch_size
+    options.update(reranker)  # batch sizes differ (32 and 16) either way
     with start(**options, device="cpu", port=0, served_model_name=NAME) as running:
         assert loaded == [tiny_model] * loads  # before the server listens
         client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)

@@ -9,6 +9,7 @@ first, to show that `close()` frees it for the next stage; the second has a shor
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from bon.engines import EngineOptions, SamplingOptions, load_engine
@@ -42,6 +43,7 @@ def prompt_of(engine, tokens: int) -> list[dict]:
 
 def main(out: str) -> None:
     options = EngineOptions(engine="vllm", engine_args={"enforce_eager": True})
+    os.environ.pop("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", None)  # the engine's own default
     engine = load_engine(options)
     sampled = SamplingOptions(n=3, temperature=1.0, max_new_tokens=12)
     greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=GREEDY_TOKENS)
@@ -49,6 +51,7 @@ def main(out: str) -> None:
     structured = SamplingOptions(n=1, temperature=0, max_new_tokens=96, json_schema=JSON_SCHEMA)
     report = {
         "describe": engine.describe(),
+        "step_timeout": os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"),
         "sampled": dump(engine.generate(CONVERSATIONS, sampled, seeds=[1, 2, 3])),
         "sampled_again": dump(engine.generate(CONVERSATIONS, sampled, seeds=[1, 2, 3])),
         "sampled_other_seeds": dump(engine.generate(CONVERSATIONS, sampled, seeds=[4, 5, 6])),

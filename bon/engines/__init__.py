@@ -21,12 +21,11 @@ def load_engine(options: EngineOptions) -> Engine:
 
 def same_engine(first: EngineOptions, second: EngineOptions) -> bool:
     """Whether one engine can serve both `first` and `second`: the same model and engine
-    settings; the batch sizes must agree only for an engine that reads them."""
-    reads = engines.get(first.engine).reads_batch_size
+    settings (batch sizes aside: see `Engine.with_batch_size`)."""
     return all(
         getattr(first, f.name) == getattr(second, f.name)
         for f in dataclasses.fields(EngineOptions)
-        if reads or f.name != "batch_size"
+        if f.name != "batch_size"
     )
 
 
@@ -79,10 +78,32 @@ class SharedEngine(EngineProxy):
             self._inner = load_engine(self.options)
         return self._inner
 
+    def with_batch_size(self, batch_size: int) -> Engine:
+        """A view that loads nothing until called, then calls this engine's model in batches
+        of `batch_size`; closing it leaves the model to this engine's owner."""
+        if batch_size == self.options.batch_size:
+            return self
+        return _SharedView(self, batch_size)
+
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
             self._inner = None
+
+
+class _SharedView(EngineProxy):
+    name = "shared"
+
+    def __init__(self, shared: SharedEngine, batch_size: int) -> None:
+        super().__init__(dataclasses.replace(shared.options, batch_size=batch_size))
+        self._shared = shared
+
+    @property
+    def inner(self) -> Engine:
+        return self._shared.inner.with_batch_size(self.options.batch_size)
+
+    def close(self) -> None:
+        pass
 
 
 def _register_builtins() -> None:

@@ -6,6 +6,7 @@ generator and the reranker can each pick any engine.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -242,9 +243,6 @@ class Engine(ABC):
     name: ClassVar[str]
     args: ClassVar[Mapping[str, EngineArg]] = {}
     """The engine-specific options this engine accepts in `EngineOptions.engine_args`."""
-    reads_batch_size: ClassVar[bool] = True
-    """False for an engine that schedules its own batches (then stages with other batch sizes
-    can share one)."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
@@ -302,6 +300,15 @@ class Engine(ABC):
         """Each text's tokens as a continuation (the rows of `continuation_logprobs`), each
         decoded on its own; engines without a local tokenizer raise `EngineError`."""
         raise EngineError(f"the {self.name} engine cannot split text into its tokens")
+
+    def with_batch_size(self, batch_size: int) -> Engine:
+        """This engine, its loaded model shared, calling in batches of `batch_size` (so stages
+        with different batch sizes share one model); closing either closes both."""
+        if batch_size == self.options.batch_size:
+            return self
+        view = copy.copy(self)
+        view.options = dataclasses.replace(self.options, batch_size=batch_size)
+        return view
 
     def describe(self) -> dict[str, Any]:
         """What identifies this engine's outputs, for records and manifests."""

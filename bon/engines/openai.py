@@ -82,7 +82,6 @@ class OpenAIEngine(Engine):
     """Chat completions over HTTP with the `openai` client (`pip install bon[openai]`)."""
 
     name = "openai"
-    reads_batch_size = False
     args: ClassVar[dict[str, EngineArg]] = {
         "base_url": EngineArg(
             str,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -45,6 +46,12 @@ CPU_KV_CACHE_GIB = 4.0
 (a 2-core, 24 GiB machine ran out of memory)."""
 
 
+CPU_STEP_TIMEOUT_S = 3600
+"""vLLM's limit on one model step (`VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS`) on CPU builds, unless
+that variable is set: its default (300 s) kills the engine when a CPU step over a large batch of
+long prompts takes longer."""
+
+
 def kv_cache_bytes(space_gib: float, cpu: bool) -> int | None:
     """vLLM's `kv_cache_memory_bytes` for the `kv_cache_space` engine arg: the GiB given, else
     `CPU_KV_CACHE_GIB` on a CPU build; None leaves the sizing to vLLM."""
@@ -56,7 +63,6 @@ class VLLMEngine(Engine):
     """`vllm.LLM` over a causal LM with a chat template."""
 
     name = "vllm"
-    reads_batch_size = False
     args: ClassVar[dict[str, EngineArg]] = {
         "tensor_parallel_size": EngineArg(int, 1, "GPUs to shard the model over"),
         "gpu_memory_utilization": EngineArg(
@@ -125,6 +131,8 @@ class VLLMEngine(Engine):
             kwargs["max_num_batched_tokens"] = args["max_model_len"] or _context_length(path)
         if args["max_num_seqs"]:
             kwargs["max_num_seqs"] = args["max_num_seqs"]
+        if cpu:
+            os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(CPU_STEP_TIMEOUT_S))
         try:
             self.llm = LLM(model=path, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
