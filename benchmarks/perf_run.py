@@ -17,6 +17,9 @@ random Llama (`--tiny`, cheap) or `--model`:
     python benchmarks/perf_run.py --memory --tiny --k 8
     python benchmarks/perf_run.py --memory --k 4
 
+With `--before REV` the memory runs are made twice in one run, first on the `bon/` of git
+revision REV (unpacked in a temporary folder), then on the working tree.
+
 Writes benchmarks/results/perf_run.md (time) or perf_run_memory[_tiny].md (memory).
 """
 
@@ -39,7 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf_memory import tiny_model  # noqa: E402
-from revisions import command_line, load_average, machine, revision, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from revisions import (  # noqa: E402  (benchmarks/ is on sys.path as a script)
+    checkout,
+    command_line,
+    load_average,
+    machine,
+    revision,
+    run_bon,
+    versions,
+)
 
 TARGET_OVERHEAD = 0.05
 TARGET_RSS_GROWTH = 0.10
@@ -161,29 +172,36 @@ def profile_run(args: argparse.Namespace, prompts: Path, out: Path, top: int = 2
     return text[text.find("ncalls") :].replace(str(ROOT) + "/", "")
 
 
-def peak_rss(prompts: Path, out: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:
-    """(peak RSS MiB, wall s) of one fresh `python -m bon run` process."""
+def peak_rss(
+    prompts: Path, out: Path, args: argparse.Namespace, model: str, code: Path = ROOT
+) -> tuple[float, float]:
+    """(peak RSS MiB, wall s) of one fresh `python -m bon run` process running `code`'s bon."""
     arguments = [
         "run", str(prompts), "-o", str(out), "--no-cache", "-q",
         "--model", model, "--reranker-model", model, "-n", str(args.n),
         "--max-new-tokens", str(args.max_new_tokens),
         "--reranker-max-new-tokens", str(args.max_new_tokens),
     ]  # fmt: skip
-    _, usage, seconds = run_bon(arguments)
+    _, usage, seconds = run_bon(arguments, code)
     return usage.ru_maxrss / 1024, seconds
 
 
 def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """One row per code (before, when `--before` is given, then after) and prompt count."""
     model = tiny_model(tmp / "tiny") if args.tiny else args.model
+    codes = [("after", ROOT)]
+    if args.before:
+        codes.insert(0, (f"before ({args.before})", checkout(args.before, tmp / "before")))
     rows = []
-    for scale in (1, 10):
-        prompts = tmp / f"prompts-{scale}.jsonl"
-        count = prompt_file(ROOT / args.prompts, args.k, scale, prompts)
-        if count != args.k * scale:
-            raise SystemExit(f"--k {args.k} is more than the {args.prompts} holds")
-        mib, seconds = peak_rss(prompts, tmp / f"run-{scale}", args, model)
-        rows.append({"prompts": count, "peak_rss_mib": mib, "s": seconds})
-        print(json.dumps(rows[-1]), flush=True)
+    for label, code in codes:
+        for scale in (1, 10):
+            prompts = tmp / f"prompts-{scale}.jsonl"
+            count = prompt_file(ROOT / args.prompts, args.k, scale, prompts)
+            if count != args.k * scale:
+                raise SystemExit(f"--k {args.k} is more than the {args.prompts} holds")
+            mib, seconds = peak_rss(prompts, tmp / f"run-{label}-{scale}", args, model, code)
+            rows.append({"code": label, "prompts": count, "peak_rss_mib": mib, "s": seconds})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -243,22 +261,25 @@ def write_time(path: Path, args: argparse.Namespace, prompts: int, r: dict, prof
 def write_memory(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
     model = "a random tiny Llama (2 layers, hidden 64, SmolLM2's vocabulary)"
     model = model if args.tiny else f"`{args.model}`"
-    growth = rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
+    after = [r for r in rows if r["code"] == "after"]
+    growth = after[1]["peak_rss_mib"] / after[0]["peak_rss_mib"] - 1
     lines = header(args, "Peak RSS of `bon run` as prompts grow 10x (issue 11, item 5)")
     lines += [
         "Written by `benchmarks/perf_run.py --memory`: peak RSS (kernel `ru_maxrss`) of fresh "
         f"`python -m bon run --no-cache` processes on {model} (generator and reranker), "
         f"n={args.n}, max_new_tokens {args.max_new_tokens}, default scorer; prompts: the first "
-        f"{args.k} of `{args.prompts}`, and the same repeated 10 times with distinct ids.",
+        f"{args.k} of `{args.prompts}`, and the same repeated 10 times with distinct ids. "
+        "Code: the working tree (after) and, with `--before`, the `bon/` of that revision, "
+        "one after the other in this run.",
         "",
-        "| prompts | peak RSS MiB | wall s |",
-        "|---|---|---|",
+        "| code | prompts | peak RSS MiB | wall s |",
+        "|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['prompts']} | {r['peak_rss_mib']:,.0f} | {r['s']:.0f} |")
+        lines.append(f"| {r['code']} | {r['prompts']} | {r['peak_rss_mib']:,.0f} | {r['s']:.0f} |")
     lines += [
         "",
-        f"Growth at 10x the prompts: **{100 * growth:+.1f}%** "
+        f"Growth of the working tree at 10x the prompts: **{100 * growth:+.1f}%** "
         f"({'met' if growth <= TARGET_RSS_GROWTH else 'not met'}: target within 10%).",
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -276,6 +297,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS at K and 10K prompts")
     parser.add_argument("--k", type=int, default=8, help="prompts in the smaller memory run")
     parser.add_argument("--tiny", action="store_true", help="memory runs on a tiny random Llama")
+    parser.add_argument("--before", default=None, help="memory runs on this git revision too")
     parser.add_argument("--out", default=None, help="default: results/perf_run[_memory[_tiny]].md")
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results"
