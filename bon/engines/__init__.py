@@ -58,6 +58,13 @@ class EngineProxy(Engine):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    def with_batch_size(self, batch_size: int) -> Engine:
+        """A view that reaches `inner` only when called (a shared engine loads no sooner),
+        then calls its model in batches of `batch_size`; closing it leaves the model open."""
+        if batch_size == self.options.batch_size:
+            return self
+        return _Resized(self, batch_size)
+
     def close(self) -> None:
         self.inner.close()
 
@@ -78,29 +85,22 @@ class SharedEngine(EngineProxy):
             self._inner = load_engine(self.options)
         return self._inner
 
-    def with_batch_size(self, batch_size: int) -> Engine:
-        """A view that loads nothing until called, then calls this engine's model in batches
-        of `batch_size`; closing it leaves the model to this engine's owner."""
-        if batch_size == self.options.batch_size:
-            return self
-        return _SharedView(self, batch_size)
-
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
             self._inner = None
 
 
-class _SharedView(EngineProxy):
-    name = "shared"
+class _Resized(EngineProxy):
+    name = "resized"
 
-    def __init__(self, shared: SharedEngine, batch_size: int) -> None:
-        super().__init__(dataclasses.replace(shared.options, batch_size=batch_size))
-        self._shared = shared
+    def __init__(self, source: EngineProxy, batch_size: int) -> None:
+        super().__init__(dataclasses.replace(source.options, batch_size=batch_size))
+        self._source = source
 
     @property
     def inner(self) -> Engine:
-        return self._shared.inner.with_batch_size(self.options.batch_size)
+        return self._source.inner.with_batch_size(self.options.batch_size)
 
     def close(self) -> None:
         pass
