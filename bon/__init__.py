@@ -7,6 +7,7 @@ them, `select` keeps the best; `rerank` is score + select; `run` is all three.
 from bon.api import (
     export,
     export_records,
+    fit,
     generate,
     generate_records,
     rerank,
@@ -43,6 +44,7 @@ __all__ = [
     "eval_pref",
     "export",
     "export_records",
+    "fit",
     "generate",
     "generate_records",
     "load_recipe",

@@ -21,16 +21,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bon import distributed, pipeline, turns
+from bon import distributed, pipeline, records, turns
 from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
 from bon.export import export_records as _export_records
+from bon.fitting import FitOptions, FitReport, check_scorers, fit_files
 from bon.follow import writer_alive
 from bon.generator import GenerateOptions
 from bon.jsonl import STDIO, mark_complete
 from bon.options import fields, non_negative, option, positive, types_of, validate
 from bon.pipeline import ON_ERROR, Report, Stage
+from bon.records import RecordProblem
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
@@ -160,7 +162,10 @@ COMMANDS: dict[str, list[Group]] = {
 """The option groups of each command, in the order the CLI lists them."""
 
 
-TOOLS: dict[str, list[Group]] = {"export": [Group(ExportOptions)]}
+TOOLS: dict[str, list[Group]] = {
+    "export": [Group(ExportOptions)],
+    "fit": [Group(FitOptions), Group(ScoreOptions, skip=("mix",))],
+}
 """Commands outside the pipeline's stages (no records function, no file options)."""
 
 
@@ -339,6 +344,7 @@ def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report
     sampled after the selected answer to the one before (see `bon.turns`).
     """
     *stage_options, files = split_options("run", options, files=True)
+    _check_run_by(*stage_options[1:])
     if str(out_dir) == STDIO:
         raise ConfigError(
             "`run` writes three files into a folder, not to stdout; to stream, pipe the stages: "
@@ -440,6 +446,7 @@ def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     """`run` over in-memory prompt records; returns the selected records."""
     items = list(prompts)
     stage_options = split_options("run", options, files=False)
+    _check_run_by(*stage_options[1:])
     if items and isinstance(items[0], dict) and "turns" in items[0]:
         return _run_turns_records(items, stage_options)
     engine = _shared_engine(*stage_options[:2])
@@ -479,6 +486,28 @@ def export_records(format: str, records: Iterable[dict], **options: Any) -> list
     return _export_records(format, records, export_options)
 
 
+@_mirrors("fit", files=False)
+def fit(files: str | Path | list[str | Path], output: str | Path, **options: Any) -> FitReport:
+    """Fit a selector on labelled best-of-N records and write it to `output` (YAML) for the
+    `mix` scorer: score the records of `files` (candidates with `label` 1/0, or `chosen` and
+    `rejected`) with every one of `scorers`, standardise each score and the length within its
+    record, and fit their weights by Bradley-Terry on the record's (preferred, other) pairs.
+    Returns a `FitReport`: the weights, cross-validated and training accuracy, and each
+    feature's accuracy alone (see `bon.fitting`)."""
+    check_scorers(options.get("scorers", ()))
+    fit_options, score_options = split_options("fit", options, files=False)
+    return fit_files(files, output, fit_options, score_options)
+
+
+def _check_run_by(score_options: ScoreOptions, select_options: SelectOptions) -> None:
+    """In `run`, the candidates carry only the scores run now: `by` must name one of them."""
+    if select_options.by is not None and select_options.by not in score_options.scorers:
+        raise ConfigError(
+            f"`by` must be one of the scorers run ({', '.join(score_options.scorers)}), got "
+            f"{select_options.by!r}: add --scorer {select_options.by} or choose another --by"
+        )
+
+
 def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) -> SelectOptions:
     """Selection by the first scorer run, unless `by` names a score."""
     if select_options.by is not None:
@@ -487,10 +516,27 @@ def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) ->
 
 
 def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) -> Stage:
-    return pipeline.chain(
+    stage = pipeline.chain(
         pipeline.score_stage(score_options),
         pipeline.select_stage(_first_scorer(select_options, score_options)),
     )
+    by = select_options.by
+    if by is None or by in score_options.scorers:
+        return stage
+    score_check = stage.check
+
+    def check(record: dict) -> None:
+        """The scores run now, and the score to select by already in the input."""
+        score_check(record)
+        if "candidates" not in record:
+            raise RecordProblem(
+                f"`by` names {by!r}, which is not among the scorers run "
+                f"({', '.join(score_options.scorers)}) and not in this record: add "
+                f"--scorer {by} or select by one of the scorers run"
+            )
+        records.check_scored(record, by)
+
+    return dataclasses.replace(stage, check=check)
 
 
 def _run_builders(

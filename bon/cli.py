@@ -358,7 +358,7 @@ def export(format: str, selected: str, output: str, **options: Any) -> Report:
     """Write the selections of SELECTED in another tool's format (FORMAT):
 
     \b
-    alpacaeval  AlpacaEval model_outputs: a JSON list of {instruction, output, generator[, dataset]}
+    alpacaeval  AlpacaEval model_outputs: a JSON list of {instruction, output, generator[, ...]}
     ifeval      IFEval input_response_data: JSONL {prompt, response}
     mtbench     MT-Bench model_answer: JSONL {question_id, answer_id, model_id, choices, tstamp}
     pairs       DPO pairs: JSONL {id, prompt, chosen, rejected, score_chosen, score_rejected},
@@ -416,6 +416,7 @@ def eval_pref(files: tuple[str, ...], as_json: bool, quiet: bool, **options: Any
     """Accuracy of scorers on labelled candidates: a preferred candidate must score strictly
     above every other (ties are wrong). Candidates carry `label` 1/0, or records have `chosen`
     and `rejected` lists; the table has one column per subset and a 95% bootstrap interval.
+    --mix SELECTOR.yaml (written by `bon fit`) adds the fitted selector's row.
 
     Example: bon eval pref data/pref/focus.dev.jsonl --scorer flip-likelihood --scorer longest
     """
@@ -444,6 +445,28 @@ def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_js
 
     result = curve_file(scored, metric, by=list(by) or None, plot=plot)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())
+
+
+@main.command("fit")
+@click.argument("files", nargs=-1, required=True, type=INPUT)
+@click.option("--output", "-o", required=True, help="Selector YAML to write (replaced if present).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@_declared(groups=api.TOOLS["fit"])
+@_reported
+def fit(files: tuple[str, ...], output: str, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Fit a selector on labelled candidates (FILES as `bon eval pref` reads them): score them
+    with every --scorer, standardise each score and the length within its record, fit their
+    weights on the records' preferences, and write SELECTOR.yaml for the mix scorer. Prints
+    held-out (cross-validated) and training accuracy beside each feature's own.
+
+    Example: bon fit data/pref/vs_small.dev.jsonl -o sel.yaml --scorer longest --scorer mbr,
+    then bon eval pref data/pref/vs_small.test.jsonl --scorer longest --mix sel.yaml
+    """
+    report = api.fit(list(files), output, **options)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_markdown())
 
 
 @eval_group.command("ifeval")
@@ -482,7 +505,9 @@ def serve(**options: Any) -> None:
     """Serve best-of-N behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
     /v1/models): every request samples N candidates, scores them and answers with the selected
     one. Requests may override N (`best_of`), `scorer`, `temperature`, `top_p`, `max_tokens`,
-    `seed` and `stop` in their body. Listens on 127.0.0.1 unless --host says otherwise.
+    `seed` and `stop` in their body; one without `seed` gets a fresh one (returned in `bon.seed`).
+    Listens on 127.0.0.1 unless --host says otherwise; Ctrl-C stops it. Needs the serve extra:
+    pip install "bon[serve]".
 
     Example: bon serve --n 4 --port 8000, then
     curl 127.0.0.1:8000/v1/chat/completions -d '{"model": "bon", "messages": [{"role": "user",
@@ -490,7 +515,10 @@ def serve(**options: Any) -> None:
     """
     from bon.serve import serve as run_server
 
-    run_server(**options)
+    try:
+        run_server(**options)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal end of a server
+        click.echo("bon serve: stopped", err=True)
 
 
 @main.command(
@@ -508,10 +536,12 @@ def lm_eval(args: tuple[str, ...]) -> None:
     `--model_args` takes `bon run`'s options, e.g. n=4,scorer=flip-tokens,temperature=0.8.
 
     Example: bon lm-eval --model bon --model_args n=4 --tasks ifeval --apply_chat_template
-    """
-    from bon.lmeval import cli_evaluate
 
+    Needs the lmeval extra: pip install "bon[lmeval]".
+    """
     try:
+        from bon.lmeval import cli_evaluate  # without lm-eval: a ConfigError naming the extra
+
         cli_evaluate(list(args))
     except BonError as exc:
         raise click.ClickException(str(exc)) from None

@@ -7,6 +7,11 @@ line, or under `on_error="skip"` leaves it out, counts it and lists it in
 `<output>.errors.jsonl`. Outputs are written atomically and depend only on the input (and the
 options), so exporting the same file twice gives the same bytes: MT-Bench's `answer_id` is a
 hash of the answer and its `tstamp` the input file's modification time unless given.
+
+AlpacaEval and IFEval take one instruction per row. A chat record (`messages`) gives its last
+user turn, and its row says so (`"instruction_from": "last_user_turn"`, a key both tools'
+readers pass over); the report counts these records and those whose earlier turns (a system
+prompt, a previous exchange) the row leaves out, and a log line warns about the latter.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 FORMATS = ("alpacaeval", "ifeval", "mtbench", "pairs")
 PAIRS = ("best-worst", "margin")
 GENERATOR_SUFFIX = "-bon"
+INSTRUCTION_FROM = "instruction_from"
+LAST_USER_TURN = "last_user_turn"
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,10 @@ def export_file(
         try:
             if isinstance(record, InputError):
                 raise RecordProblem(record.problem)
-            rows.extend(exporter(_checked(record), options, tstamp))
+            new = exporter(_checked(record), options, tstamp)
+            rows.extend(new)
             exported += 1
+            _count_chat(report.extra, record, new)
         except RecordProblem as problem:
             error = InputError(selected, line, str(problem))
             if options.on_error == "fail":
@@ -137,6 +146,7 @@ def export_file(
             skipped.append(error)
     _write(output, rows, as_list=format == "alpacaeval")
     _write_errors(output, skipped, report)
+    _log_chat(report.extra, format)
     report.written = len(rows)
     report.extra["records"] = exported
     return report
@@ -160,6 +170,35 @@ def _tstamp(path: str, options: ExportOptions) -> float:
         return Path(path).stat().st_mtime
     except OSError as exc:
         raise InputError(path, None, f"cannot read the file: {exc.strerror}") from None
+
+
+def _count_chat(extra: dict[str, Any], record: dict, rows: list[Row]) -> None:
+    """Count a record whose rows took its last user turn (`chat_records`), and whether they
+    left earlier turns out (`chat_turns_left_out`)."""
+    if not any(row.get(INSTRUCTION_FROM) == LAST_USER_TURN for row in rows):
+        return
+    extra["chat_records"] = extra.get("chat_records", 0) + 1
+    if len(record["messages"]) > 1:
+        extra["chat_turns_left_out"] = extra.get("chat_turns_left_out", 0) + 1
+
+
+def _log_chat(extra: dict[str, Any], format: str) -> None:
+    chat, left_out = extra.get("chat_records", 0), extra.get("chat_turns_left_out", 0)
+    if chat:
+        log.info(
+            '%d chat records: their last user turn is the %s instruction (rows marked "%s": "%s")',
+            chat,
+            format,
+            INSTRUCTION_FROM,
+            LAST_USER_TURN,
+        )
+    if left_out:
+        log.warning(
+            "%d chat records had turns before their last user turn (a system prompt or a "
+            "previous exchange), which %s rows leave out: their instruction may lack context",
+            left_out,
+            format,
+        )
 
 
 def _write(output: str, rows: list[Row], *, as_list: bool) -> None:
@@ -194,7 +233,8 @@ def _write_errors(output: str, skipped: list[InputError], report: Report) -> Non
 
 
 def alpacaeval(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
-    """AlpacaEval `model_outputs`: the instruction exactly as given, the selected output."""
+    """AlpacaEval `model_outputs`: the instruction exactly as given (a chat record's last user
+    turn, flagged), the selected output."""
     prompt = _single_prompt(record, "alpacaeval")
     row = {
         "instruction": prompt,
@@ -203,13 +243,15 @@ def alpacaeval(record: dict, options: ExportOptions, tstamp: float) -> list[Row]
     }
     if "dataset" in record:
         row["dataset"] = record["dataset"]
-    return [row]
+    return [_flagged(row, record)]
 
 
 def ifeval(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
-    """IFEval `input_response_data`: the prompt exactly as given and the selected response."""
+    """IFEval `input_response_data`: the prompt exactly as given (a chat record's last user
+    turn, flagged) and the selected response."""
     prompt = _single_prompt(record, "ifeval")
-    return [{"prompt": prompt, "response": _selected_text(record.get("selected"))}]
+    row = {"prompt": prompt, "response": _selected_text(record.get("selected"))}
+    return [_flagged(row, record)]
 
 
 def mtbench(record: dict, options: ExportOptions, tstamp: float) -> list[Row]:
@@ -316,17 +358,22 @@ def _multiturn(record: dict) -> bool:
 
 
 def _single_prompt(record: dict, format: str) -> str:
+    """The record's instruction: its `prompt`, or the last user turn of its `messages`."""
     if _multiturn(record):
         raise RecordProblem(
             f"a multi-turn record (`turns`) has no single {format} prompt: export it as mtbench"
         )
     records.check_prompt(record)
-    if "prompt" not in record:
-        raise RecordProblem(
-            f"{format} needs a `prompt` string, the instruction exactly as the benchmark gives "
-            "it; this record has chat `messages`"
-        )
-    return record["prompt"]
+    if "prompt" in record:
+        return record["prompt"]
+    return record["messages"][-1]["content"]  # check_prompt: the last turn is the user's
+
+
+def _flagged(row: Row, record: dict) -> Row:
+    """The row, marked when its instruction is a chat record's last user turn."""
+    if "messages" in record:
+        row[INSTRUCTION_FROM] = LAST_USER_TURN
+    return row
 
 
 def _selected_text(selected: Any, where: str = "") -> str:

@@ -41,14 +41,29 @@ class GenerateOptions(EngineOptions):
     )
     seed: int = option(
         0,
-        "Base seed; each record's seed derives from it and the record's id.",
+        "Base seed; each record's seed derives from it and the record's id (bon serve: "
+        "requests without a seed draw theirs from a generator seeded with it).",
         check=lambda v: non_negative(v) and isinstance(v, int),
         constraint="an integer >= 0",
+    )
+    record_logprobs: bool = option(
+        False,
+        "Record each candidate's mean token log-probability under the generator "
+        "(`logprob_mean`) and, with the hf engine, its self-certainty (`self_certainty`), "
+        "which the confidence scorer reads.",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.sampling()
+
+    def samples_alone(self) -> bool:
+        """Whether the engine samples each prompt in a call of its own: batching records would
+        then only delay writing them and showing progress."""
+        from bon.engines import engines
+
+        alone = engines.get(self.engine).samples_alone(self.engine_args or {})
+        return alone and self.temperature > 0
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(
@@ -57,6 +72,7 @@ class GenerateOptions(EngineOptions):
             top_p=self.top_p,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
+            record_logprobs=self.record_logprobs,
         )
 
 

@@ -391,19 +391,21 @@ def open_output(
 
     `keep(id, record)` says whether a record written before is still wanted (default: all
     are); the others, and repeated ids, are dropped from the file. Raises `ConfigError` when
-    the file was written under a different configuration (or by something else, or its
-    manifest is unreadable) and `overwrite` is false; with `overwrite`, such a file is
-    replaced, while one with the same configuration is still resumed.
+    the file holds records written under a different configuration (or by something else, or
+    its manifest is unreadable) and `overwrite` is false; with `overwrite`, such a file is
+    replaced, while one with the same configuration is still resumed. A file that holds no
+    complete record (a run that failed before its first record, say at model load) is replaced
+    whatever its configuration: there is nothing to lose.
     """
     path = Path(path)
     keep = keep or (lambda key, record: True)
     if path.exists():
         try:
-            _check_manifest(path, manifest_path(path), config_hash(config))
+            _check_manifest(path, manifest_path(path), config)
             mark_complete(path, False)
             return _resume(path, keep)
         except ConfigError:
-            if not overwrite:
+            if not overwrite and _holds_records(path):
                 raise
     _start_over(path, config)
     return ResumableOutput(path, [], [])
@@ -445,7 +447,36 @@ def mark_complete(path: str | Path, complete: bool = True) -> None:
         write_manifest(path, {**manifest, "complete": complete})
 
 
-def _check_manifest(path: Path, manifest: Path, expected_hash: str) -> None:
+def _holds_records(path: Path) -> bool:
+    """Whether `path` has at least one complete non-blank line."""
+    try:
+        return any(raw.endswith(b"\n") and raw.strip() for raw in _lines(path))
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def config_changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """The settings that differ between two configurations, as `path: old -> new` lines
+    (dotted paths into nested mappings)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            inner = f"{where}.{key}" if where else str(key)
+            out.extend(config_changes(old.get(key, _UNSET), new.get(key, _UNSET), inner))
+        return out
+    if old == new:
+        return []
+    return [f"{where or 'configuration'}: {_shown(old)} -> {_shown(new)}"]
+
+
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else json.dumps(value, sort_keys=True)
+
+
+def _check_manifest(path: Path, manifest: Path, config: dict) -> None:
     if not manifest.exists():
         raise ConfigError(
             f"{path} exists but was not written by this command (no {manifest.name}); "
@@ -463,11 +494,19 @@ def _check_manifest(path: Path, manifest: Path, expected_hash: str) -> None:
         raise ConfigError(
             f"{manifest} is not valid JSON; pass --overwrite to start over or restore it"
         )
-    if found["config_hash"] != expected_hash:
+    if found["config_hash"] != config_hash(config):
+        changes = config_changes(found.get("config"), config)
+        shown = "; ".join(changes[:MAX_CHANGES_SHOWN])
+        if len(changes) > MAX_CHANGES_SHOWN:
+            shown += f"; and {len(changes) - MAX_CHANGES_SHOWN} more"
         raise ConfigError(
-            f"{path} was written with a different configuration (see {manifest.name}); "
-            "rerun with the same options to resume, or pass --overwrite to start over"
+            f"{path} was written with a different configuration (see {manifest.name}): "
+            f"{shown or 'unknown changes'}. Rerun with the earlier options to resume, or pass "
+            "--overwrite to start over"
         )
+
+
+MAX_CHANGES_SHOWN = 8
 
 
 def _resume(path: Path, keep: Callable[[str, dict], bool]) -> ResumableOutput:

@@ -7,8 +7,10 @@ lm-eval looks its name up: importing this module registers `bon`. Use it from Py
     lm_eval.simple_evaluate(model="bon", model_args="n=4,scorer=flip-tokens", tasks=[...])
 
 or from the command line with `bon lm-eval --model bon --model_args n=4 --tasks ...`, which
-registers it and hands every argument to lm-eval's own CLI. `model_args` are `bon run`'s
-options (`n`, `temperature`, `model`, `reranker_model`, ...; `scorer` names one scorer).
+registers it and hands every argument to lm-eval's own CLI. Without lm-eval (the `lmeval`
+extra), importing this module raises `ConfigError` saying what to install. `model_args` are
+`bon run`'s options (`n`, `temperature`, `model`, `reranker_model`, ...; `scorer` names one
+scorer).
 lm-eval's `batch_size` is the number of prompts handed to best-of-N at once ("auto": all);
 its `device` applies to both models unless `device` is in `model_args` (its CLI default,
 cuda:0, is left to bon's `auto`).
@@ -36,15 +38,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import lm_eval.models  # noqa: F401  (lm-eval's own models register first)
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
-from lm_eval.models.api_models import JsonChatStr
 from tqdm import tqdm
 
 from bon import api
 from bon.errors import ConfigError, RecordError
 from bon.online import Answer, BestOfN, Job
+
+try:
+    import lm_eval.models  # noqa: F401  (lm-eval's own models register first)
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.api_models import JsonChatStr
+except ModuleNotFoundError as exc:  # only lm-eval itself missing is the extra's to name
+    if exc.name is None or exc.name.partition(".")[0] != "lm_eval":
+        raise
+    raise ConfigError(
+        f"bon lm-eval needs the lmeval extra ({exc.name} is not installed): "
+        'pip install "bon[lmeval]"'
+    ) from None
 
 log = logging.getLogger(__name__)
 

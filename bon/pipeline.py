@@ -75,7 +75,7 @@ def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> St
         generator.process,
         generator.config(),
         cost=lambda record: options.n,
-        budget=options.batch_size,
+        budget=options.n if options.samples_alone() else options.batch_size,
         close=generator.close,
     )
 

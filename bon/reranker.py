@@ -61,11 +61,10 @@ class Reranker:
 
     def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
         """Each record with its scores, or a `RecordProblem` when the engine refused one of its
-        candidates."""
-        queries = [_query(r) for r in batch]
+        candidates. Each scorer sees the scores of those before it (`Query.scores`)."""
         out = [{**r, "candidates": [dict(c) for c in records.candidates(r)]} for r in batch]
         for scorer in self._scoring:
-            results = scorer.score(queries)
+            results = scorer.score([_query(r) for r in out])
             description = scorer.describe()
             for record, scored in zip(out, results, strict=True):
                 record["scoring"] = {**record.get("scoring", {}), scorer.name: description}
@@ -106,7 +105,13 @@ class Reranker:
 
 
 def _query(record: dict) -> Query:
-    return Query(records.conversation(record), [c["text"] for c in records.candidates(record)])
+    candidates = records.candidates(record)
+    return Query(
+        records.conversation(record),
+        [c["text"] for c in candidates],
+        tuple(dict(c["scores"]) if isinstance(c.get("scores"), dict) else {} for c in candidates),
+        tuple({k: v for k, v in c.items() if k not in ("text", "scores")} for c in candidates),
+    )
 
 
 def _refused(record: dict) -> RecordProblem | None:

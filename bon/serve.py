@@ -9,19 +9,28 @@ accepting requests while the models work).
 
 Per request, extra body fields override the server's options: `best_of` (or `bon_n`) is N,
 `scorer` a scorer name or list; `temperature`, `top_p`, `max_tokens`, `seed` and `stop` are
-OpenAI's. OpenAI's `n` is the number of choices returned: only 1 is served. `usage` counts the
-generator's prompt and all N completions plus the reranker's tokens; the body's `bon` field
-holds the breakdown, the selected index, the scores and the batch size. Errors come in
-OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+OpenAI's. A request without `seed` takes the next seed of a generator seeded with the server's
+`seed` option, so repeated requests sample afresh; the seed used is returned, and sending it
+back reproduces the answer. Fields nested under `extra_body` (a client that sent the OpenAI
+SDK's argument as it is) count as given at the top level.
+
+OpenAI's other fields are accepted where they cannot change a best-of-N answer: `NO_OPS` lists
+each with the values that leave the answer as it is (`n` 1, `stream` false, penalties 0, ...);
+any other value is refused, never silently ignored. `usage` counts the generator's prompt and
+all N completions plus the reranker's tokens; the body's `bon` field holds the breakdown, the
+selected index, the scores, the seed and the batch size. Errors come in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -125,12 +134,6 @@ def _integer(body: dict, name: str, minimum: int) -> int | None:
     return value
 
 
-def _only(body: dict, name: str, allowed: tuple[Any, ...], why: str) -> None:
-    """Refuse a field set to a value other than those the server honours."""
-    if name in body and body[name] not in allowed:
-        raise ApiError(400, f"`{name}` is not supported: {why}", param=name)
-
-
 def _stops(body: dict) -> tuple[str, ...]:
     value = body.get("stop")
     if value is None:
@@ -164,17 +167,92 @@ def _best_of(body: dict) -> int | None:
     return best_of if best_of is not None else bon_n
 
 
-COMMON = {
-    "model", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "user",
-    "best_of", "bon_n", "scorer", "presence_penalty", "frequency_penalty", "logprobs",
-    "logit_bias",
+ANY = None
+"""A `NO_OPS` entry that takes any value: the field cannot change the answer."""
+
+# OpenAI fields bon does not honour: (the values, besides null, at which the answer is the same
+# as without the field, or ANY; why other values are refused).
+NO_OPS: dict[str, tuple[tuple[Any, ...] | None, str]] = {
+    "n": (
+        (1,),
+        "the server returns the one selected candidate; set the number of candidates with "
+        "`best_of` (or `bon_n`)",
+    ),
+    "stream": ((False,), "responses are not streamed"),
+    "stream_options": (ANY, ""),
+    "presence_penalty": ((0,), "penalties are not applied"),
+    "frequency_penalty": ((0,), "penalties are not applied"),
+    "logit_bias": (({},), "logit biases are not applied"),
+    "logprobs": ((False,), "log-probabilities are not returned"),
+    "top_logprobs": ((0,), "log-probabilities are not returned"),
+    "response_format": (({"type": "text"},), "answers are free text, not held to a format"),
+    "tools": (([],), "tools are not called"),
+    "functions": (([],), "functions are not called"),
+    "tool_choice": (("none", "auto"), "tools are not called"),
+    "function_call": (("none", "auto"), "functions are not called"),
+    "parallel_tool_calls": (ANY, ""),
+    "modalities": ((["text"],), "answers are text only"),
+    "store": ((False,), "completions are not stored"),
+    "metadata": (ANY, ""),
+    "user": (ANY, ""),
+    "service_tier": (ANY, ""),
+    "prompt_cache_key": (ANY, ""),
+    "safety_identifier": (ANY, ""),
+    "echo": ((False,), "the prompt is not echoed"),
+    "suffix": (("",), "suffixes are not supported"),
+}
+HONOURED = {
+    "model", "max_tokens", "temperature", "top_p", "seed", "stop", "best_of", "bon_n", "scorer",
 }  # fmt: skip
-CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
-COMPLETIONS = COMMON | {"prompt", "echo", "suffix"}
+CHAT = HONOURED | set(NO_OPS) | {"messages", "max_completion_tokens", "extra_body"}
+COMPLETIONS = HONOURED | set(NO_OPS) | {"prompt", "extra_body"}
 
 
-def _common(body: dict, known: set[str], served: str) -> None:
-    """Checks shared by both endpoints: the fields, the model name, unsupported features."""
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)[:200]
+
+
+def _no_ops(body: dict) -> None:
+    """Refuse an OpenAI field set to a value that would change the answer (see `NO_OPS`)."""
+    for name, (allowed, why) in NO_OPS.items():
+        value = body.get(name)
+        if value is None or allowed is ANY or value in allowed:
+            continue
+        constraint = " or ".join(_json(v) for v in allowed)
+        raise ApiError(400, f"`{name}` must be {constraint}, got {_json(value)}: {why}", param=name)
+
+
+def _merged(body: dict, known: set[str]) -> dict:
+    """The body with the fields of `extra_body` at its top level, as the OpenAI SDK sends them."""
+    extra = body.get("extra_body")
+    if extra is None:
+        return body
+    if not isinstance(extra, dict):
+        raise _bad("extra_body", "an object of request fields", extra)
+    allowed = known - {"extra_body"}
+    unknown = sorted(set(extra) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            f"unknown field(s) in `extra_body`: {', '.join(unknown)}; it may hold: "
+            f"{', '.join(sorted(allowed))}",
+            param="extra_body",
+        )
+    rest = {k: v for k, v in body.items() if k != "extra_body"}
+    clash = sorted(k for k in extra if k in rest and rest[k] != extra[k])
+    if clash:
+        raise ApiError(
+            400,
+            f"`{clash[0]}` differs between the body and its `extra_body`; send it once",
+            param=clash[0],
+        )
+    return {**rest, **extra}
+
+
+def _checked(body: dict, known: set[str], served: str) -> dict:
+    """The body (with `extra_body` merged) after the checks shared by both endpoints: the
+    fields, the model name, the OpenAI fields bon does not honour."""
+    body = _merged(body, known)
     unknown = sorted(set(body) - known)
     if unknown:
         raise ApiError(
@@ -193,23 +271,15 @@ def _common(body: dict, known: set[str], served: str) -> None:
             param="model",
             code="model_not_found",
         )
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise ApiError(
-            400,
-            f"`n` must be 1, got {n!r}: the server returns the one selected candidate; "
-            "set the number of candidates with `best_of` (or `bon_n`)",
-            param="n",
-        )
-    _only(body, "stream", (False, None), "responses are not streamed; send stream=false")
-    for name in ("presence_penalty", "frequency_penalty"):
-        _only(body, name, (0, 0.0, None), "only 0 is served")
-    _only(body, "logprobs", (False, None), "log-probabilities are not returned")
-    _only(body, "logit_bias", (None, {}), "logit biases are not applied")
+    _no_ops(body)
+    return body
 
 
-def _job(bon: BestOfN, body: dict, messages: list[dict], max_tokens: str) -> Job:
-    """The job of a checked body: its messages and the fields that override the options."""
+def _job(
+    bon: BestOfN, body: dict, messages: list[dict], max_tokens: str, seeds: random.Random
+) -> Job:
+    """The job of a checked body: its messages and the fields that override the options; an
+    unseeded body takes the next seed of `seeds`."""
     temperature = _number(body, "temperature", lambda v: v >= 0, "a number >= 0")
     top_p = _number(body, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
     n = _best_of(body)
@@ -228,12 +298,17 @@ def _job(bon: BestOfN, body: dict, messages: list[dict], max_tokens: str) -> Job
             temperature=temperature,
             top_p=top_p,
             max_new_tokens=_integer(body, max_tokens, 1),
-            seed=_integer(body, "seed", 0),
+            seed=_seed(body, seeds),
             scorers=_scorers(body),
             stop=_stops(body),
         )
     except BonError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def _seed(body: dict, seeds: random.Random) -> int:
+    seed = _integer(body, "seed", 0)
+    return seeds.randrange(2**31) if seed is None else seed
 
 
 def _text_part(part: Any, where: str) -> str:
@@ -273,24 +348,22 @@ def _prompt(body: dict) -> str:
     return prompt
 
 
-def chat_job(bon: BestOfN, body: dict, options: ServeOptions) -> Job:
-    """The job of a `/v1/chat/completions` body; raises `ApiError` for a bad one."""
-    _common(body, CHAT, options.served_model_name)
-    _only(body, "top_logprobs", (None,), "log-probabilities are not returned")
+def chat_job(bon: BestOfN, body: dict, options: ServeOptions, seeds: random.Random) -> Job:
+    """The job of a `/v1/chat/completions` body; raises `ApiError` for a bad one. An unseeded
+    body takes the next seed of `seeds`."""
+    body = _checked(body, CHAT, options.served_model_name)
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise ApiError(400, "send `max_tokens` or `max_completion_tokens`, not both")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _job(bon, body, _chat_messages(body), key)
+    return _job(bon, body, _chat_messages(body), key, seeds)
 
 
-def completion_job(bon: BestOfN, body: dict, options: ServeOptions) -> Job:
+def completion_job(bon: BestOfN, body: dict, options: ServeOptions, seeds: random.Random) -> Job:
     """The job of a `/v1/completions` body; the prompt is sent as one user turn (bon's engines
-    apply the model's chat template)."""
-    _common(body, COMPLETIONS, options.served_model_name)
-    _only(body, "echo", (False, None), "the prompt is not echoed")
-    _only(body, "suffix", (None, ""), "suffixes are not supported")
+    apply the model's chat template). An unseeded body takes the next seed of `seeds`."""
+    body = _checked(body, COMPLETIONS, options.served_model_name)
     messages = [{"role": "user", "content": _prompt(body)}]
-    return _job(bon, body, messages, "max_tokens")
+    return _job(bon, body, messages, "max_tokens", seeds)
 
 
 # --- Responses ------------------------------------------------------------------------------
@@ -491,6 +564,7 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
 
     batcher = Batcher(bon, budget=bon.generate.batch_size, wait=options.batch_wait_ms / 1000)
     started = int(time.time())
+    seeds = random.Random(bon.generate.seed)  # unseeded requests: a fresh seed each
     name = options.served_model_name
     keep_all = bon.select.keep_all
 
@@ -511,7 +585,7 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
         return JSONResponse(error.body(), status_code=exc.status_code)
 
     async def run(request: Any, parse: Callable, respond: Callable) -> JSONResponse:
-        job = parse(bon, await _read_json(request, options.max_request_bytes), options)
+        job = parse(bon, await _read_json(request, options.max_request_bytes), options, seeds)
         try:
             answer, batch = await batcher.submit(job)
         except Exception as exc:
@@ -540,6 +614,24 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
     return app
 
 
+SERVE_EXTRA = ("fastapi", "starlette", "uvicorn")
+
+
+def _require_extra() -> None:
+    """Raise `ConfigError` naming the serve extra when one of its modules is missing (before
+    any model loads); another missing module keeps its traceback."""
+    for module in SERVE_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            raise ConfigError(
+                f"bon serve needs the serve extra ({module} is not installed): "
+                'pip install "bon[serve]"'
+            ) from None
+
+
 def _build(options: dict[str, Any]) -> tuple[BestOfN, ServeOptions]:
     """Split keyword options into the stages' objects and the server's."""
     names = {f.name for f in fields(ServeOptions)}
@@ -562,6 +654,7 @@ def serve(**options: Any) -> None:
     """Load the models, then serve until interrupted. Takes `bon run`'s options (sampling,
     scorers, selection) and `ServeOptions`' (host, port, served_model_name, batch_wait_ms,
     max_request_bytes)."""
+    _require_extra()
     import uvicorn
 
     bon, server = _build(options)
@@ -592,6 +685,7 @@ class Running:
 def start(**options: Any) -> Running:
     """Load the models and serve them from a background thread of this process; returns once
     the server listens. Same options as `serve`; `url` is the base URL (…/v1)."""
+    _require_extra()
     import uvicorn
 
     bon, server = _build(options)

@@ -165,6 +165,7 @@ def _refuse(options):
     raise AssertionError("the engine was loaded")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["flip", "flip-likelihood", "judge-listwise"])
 def test_rescoring_makes_no_model_call(scorer, tiny_model, tmp_path, monkeypatch):
     options = {"model": tiny_model, "max_new_tokens": 4, "cache_path": str(tmp_path / "c.sqlite")}

@@ -8,6 +8,7 @@ engine in one subprocess and these tests check what it wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def test_greedy_text_agrees_with_hf(probe, smollm2_path):
     -1.96. So hf answers "The capital of France is Paris." and vllm "L'Étoile, ...", while the
     other two prompts agree in text, finish reason and token count over 16 tokens.
     """
-    engine = load_engine(EngineOptions(model=smollm2_path, device="cpu"))
+    # bf16 as vllm runs it (auto is float32 on a CPU without bf16 instructions)
+    engine = load_engine(EngineOptions(model=smollm2_path, device="cpu", dtype="bfloat16"))
     greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=vllm_probe.GREEDY_TOKENS)
     hf = [row[0].to_record() for row in engine.generate(vllm_probe.CONVERSATIONS, greedy)]
     vllm = [row[0] for row in probe["greedy"]]
@@ -143,3 +145,186 @@ def test_a_continuation_past_the_context_is_a_record_error_naming_its_row(probe)
         f"row 1: the prompt ({OVERFLOW_LENGTHS[2]} tokens) and the continuation (7 tokens) "
         f"have {OVERFLOW_LENGTHS[2] + 7} tokens; the model takes at most {SHORT_CONTEXT - 1}"
     )
+
+
+# Reward models and recorded log-probabilities on vLLM. `_reward_probe` runs in a subprocess
+# (`python -m tests.test_engine_vllm OUT SMOLLM2 FOLDER`), as vLLM cannot start inside pytest:
+# it builds a tiny random reward model (one output) and process reward model (two labels, a
+# `<step>` token) whose heads are 64 wide (vLLM's CPU attention wants such a head size), scores
+# them with the vllm engine's pooling runner and with the hf engine (both float32), and samples
+# SmolLM2 with `record_logprobs` beside a teacher-forced pass over the same texts.
+
+REWARD_CONVERSATIONS = [
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+    [
+        {"role": "user", "content": "Add 17 and 25."},
+        {"role": "assistant", "content": "Add the units.<step>\n\nCarry.<step>\n\n42.<step>"},
+    ],
+]
+
+
+def _tiny_reward_model(path: str, smollm2: str, labels: int) -> str:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<step>"]})
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        num_labels=labels,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(labels)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _reward_probe(out: str, smollm2: str, folder: str) -> None:
+    import dataclasses
+
+    import bon
+
+    rm = _tiny_reward_model(f"{folder}/rm", smollm2, labels=1)
+    prm = _tiny_reward_model(f"{folder}/prm", smollm2, labels=2)
+    vllm_args = {"enforce_eager": True, "max_model_len": 1024}
+    report: dict = {}
+    hf = load_engine(EngineOptions(model=rm, dtype="float32"))
+    report["hf_rm"] = hf.sequence_scores(REWARD_CONVERSATIONS)
+    hf.close()
+    hf = load_engine(EngineOptions(model=prm, dtype="float32"))
+    report["hf_prm"] = hf.tag_logits(REWARD_CONVERSATIONS, "<step>")
+    hf.close()
+    records = [
+        {"prompt": c[0]["content"], "responses": [c[1]["content"]]} for c in REWARD_CONVERSATIONS
+    ]
+    scored = bon.score_records(
+        records, scorers=["rm"], model=rm, engine="vllm", dtype="float32",
+        engine_args=vllm_args, no_cache=True,
+    )  # fmt: skip
+    report["vllm_rm"] = [r["candidates"][0]["scores"]["rm"] for r in scored]
+    engine = load_engine(
+        EngineOptions(model=prm, engine="vllm", dtype="float32", engine_args=vllm_args)
+    )
+    report["vllm_prm"] = engine.tag_logits(REWARD_CONVERSATIONS, "<step>")
+    try:
+        engine.generate(REWARD_CONVERSATIONS[:1], SamplingOptions())
+    except Exception as exc:  # the engine's refusal, recorded for the test
+        report["generate_error"] = f"{type(exc).__name__}: {exc}"
+    engine.close()
+    engine = load_engine(
+        EngineOptions(model=smollm2, engine="vllm", dtype="float32", engine_args=vllm_args)
+    )
+    prompts = [[{"role": "user", "content": "Write a haiku about the sea."}]]
+    sampling = SamplingOptions(n=3, temperature=0.8, max_new_tokens=16, seed=1)
+    recorded = engine.generate(prompts, dataclasses.replace(sampling, record_logprobs=True))
+    report["recorded"] = [c.to_record() for c in recorded[0]]
+    report["plain"] = [c.to_record() for c in engine.generate(prompts, sampling)[0]]
+    texts = [c.text for c in recorded[0]]
+    report["teacher_forced"] = engine.continuation_logprobs(prompts * len(texts), texts)
+    engine.close()
+    report["folder"] = folder
+    with open(out, "w") as handle:
+        json.dump(report, handle)
+
+
+@pytest.fixture(scope="module")
+def reward_probe(tmp_path_factory, smollm2_path):
+    folder = tmp_path_factory.mktemp("vllm-reward")
+    out = folder / "probe.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.test_engine_vllm", str(out), smollm2_path, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_vllm_reward_model_scores_match_hf(reward_probe):
+    hf = [row[0] for row in reward_probe["hf_rm"]]
+    assert reward_probe["vllm_rm"] == pytest.approx(hf, abs=1e-3)
+
+
+def test_vllm_process_reward_model_reads_the_step_tags_as_hf(reward_probe):
+    assert [len(rows) for rows in reward_probe["hf_prm"]] == [0, 3]
+    assert [len(rows) for rows in reward_probe["vllm_prm"]] == [0, 3]
+    for got, want in zip(reward_probe["vllm_prm"][1], reward_probe["hf_prm"][1], strict=True):
+        assert got == pytest.approx(want, abs=1e-3)
+    assert "cannot generate" in reward_probe["generate_error"]
+
+
+def test_vllm_records_the_sampled_tokens_mean_log_probability(reward_probe, smollm2_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    recorded, plain = reward_probe["recorded"], reward_probe["plain"]
+    assert [c["text"] for c in recorded] == [c["text"] for c in plain]  # the same samples
+    assert all("logprob_mean" not in c for c in plain)
+    checked = 0
+    for candidate, row in zip(recorded, reward_probe["teacher_forced"], strict=True):
+        assert "self_certainty" not in candidate  # vLLM gives no whole distribution
+        text_tokens = candidate["tokens"] - (candidate["finish_reason"] == "stop")
+        if text_tokens == len(tokenizer.encode(candidate["text"], add_special_tokens=False)):
+            # The same tokens: the recorded mean is the teacher-forced one.
+            assert candidate["logprob_mean"] == pytest.approx(sum(row) / len(row), abs=1e-2)
+            checked += 1
+    assert checked >= 1
+
+
+@contextlib.contextmanager
+def _reward_server(model: str, log_path: Path, *extra: str):
+    """A real vLLM server on 127.0.0.1 serving `model` (a reward model: vLLM picks its
+    pooling runner) as "tiny"; yields its base URL (…/v1) and stops it afterwards."""
+    from tests.conftest import _free_port, _stop, _wait_until_ready
+
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+        "--no-enable-chunked-prefill", "--max-num-batched-tokens", "1024", *extra,
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_until_ready(server, f"http://127.0.0.1:{port}/health", log_path, timeout=400)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(server)
+
+
+def test_openai_engine_scores_through_a_vllm_reward_model_server(reward_probe, tmp_path):
+    folder = reward_probe["folder"]
+    with _reward_server(f"{folder}/rm", tmp_path / "rm.log") as url:
+        engine = load_engine(
+            EngineOptions(model="tiny", engine="openai", engine_args={"base_url": url})
+        )
+        got = engine.sequence_scores(REWARD_CONVERSATIONS)
+    for row, want in zip(got, reward_probe["hf_rm"], strict=True):
+        assert row == pytest.approx(want, abs=1e-3)
+    token_task = ("--pooler-config", '{"task": "token_classify"}')
+    with _reward_server(f"{folder}/prm", tmp_path / "prm.log", *token_task) as url:
+        engine = load_engine(
+            EngineOptions(model="tiny", engine="openai", engine_args={"base_url": url})
+        )
+        got = engine.tag_logits(REWARD_CONVERSATIONS, "<step>")
+    assert [len(rows) for rows in got] == [0, 3]
+    for row, want in zip(got[1], reward_probe["hf_prm"][1], strict=True):
+        assert row == pytest.approx(want, abs=1e-3)
+
+
+if __name__ == "__main__":
+    _reward_probe(*sys.argv[1:])

@@ -53,6 +53,7 @@ def engine_args(request):
     ],
     indirect=True,
 )
+@pytest.mark.slow
 def test_contract(tmp_path, engine_args, smollm2_path):
     """generate -> score -> select: the same record shapes whichever engine runs both stages."""
     engine = engine_args[1]

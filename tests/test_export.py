@@ -74,6 +74,55 @@ def test_ifeval_rows_are_prompt_and_response(tmp_path):
     assert rows == [{"prompt": p, "response": "r"} for p in TRICKY]
 
 
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "I am planning a trip to Japan."},
+    {"role": "assistant", "content": "Lovely."},
+    {"role": "user", "content": "Which two cities first?"},
+]
+
+
+@pytest.mark.parametrize(("format", "key"), [("alpacaeval", "instruction"), ("ifeval", "prompt")])
+def test_chat_records_export_their_last_user_turn_flagged(tmp_path, caplog, format, key):
+    one_turn = {**_selected("unused", "Blue."), "messages": [{"role": "user", "content": "Hi?"}]}
+    del one_turn["prompt"]
+    many = {**one_turn, "messages": CHAT, "selected": {"index": 0, "text": "Kyoto, Tokyo."}}
+    source = write_jsonl(tmp_path / "s.jsonl", [_selected("Plain?", "Yes."), one_turn, many])
+    with caplog.at_level("INFO", logger="bon.export"):
+        report = bon.export(format, source, tmp_path / "out")
+    out = tmp_path / "out"
+    rows = json.loads(out.read_text()) if format == "alpacaeval" else read_jsonl(out)
+    assert [r[key] for r in rows] == ["Plain?", "Hi?", "Which two cities first?"]
+    assert [r.get("instruction_from") for r in rows] == [None, "last_user_turn", "last_user_turn"]
+    assert report.written == 3 and report.errors == 0
+    assert report.extra["chat_records"] == 2 and report.extra["chat_turns_left_out"] == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("1 chat records had turns before their last user turn")
+    # In memory, the same rows.
+    assert bon.export_records(format, [many])[0]["instruction_from"] == "last_user_turn"
+
+
+def test_the_sample_prompts_export_to_alpacaeval_and_ifeval(tmp_path):
+    """data/sample_prompts.jsonl (the README's quick start), selected: its chat record too."""
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample_prompts.jsonl"
+    prompts = read_jsonl(sample)
+    chosen = [
+        {**p, "generator": {"model": "smollm2-135m"}, "selected": {"index": 0, "text": f"a{i}"}}
+        for i, p in enumerate(prompts)
+    ]
+    source = write_jsonl(tmp_path / "selected.jsonl", chosen)
+    bon.export("alpacaeval", source, tmp_path / "outputs.json")
+    report = bon.export("ifeval", source, tmp_path / "input_response_data.jsonl")
+    alpaca = json.loads((tmp_path / "outputs.json").read_text())
+    ifeval = read_jsonl(tmp_path / "input_response_data.jsonl")
+    expected = [p.get("prompt") or p["messages"][-1]["content"] for p in prompts]
+    assert [r["instruction"] for r in alpaca] == [r["prompt"] for r in ifeval] == expected
+    chat = [i for i, p in enumerate(prompts) if "messages" in p]
+    assert chat and all(alpaca[i]["instruction_from"] == "last_user_turn" for i in chat)
+    assert [i for i, r in enumerate(ifeval) if "instruction_from" in r] == chat
+    assert report.written == len(prompts) and report.extra["chat_records"] == len(chat)
+
+
 def _multiturn(question_id: int, answers: list[str | None]) -> dict:
     return {
         "id": f"q{question_id}",
@@ -189,8 +238,8 @@ def test_pairs_of_chat_records_are_conversational():
         ("alpacaeval", {**_selected("p", "t"), "generator": None}, "pass --generator"),
         (
             "alpacaeval",
-            {"messages": [{"role": "user", "content": "x"}], "selected": {"index": 0, "text": "t"}},
-            "needs a `prompt` string",
+            {"messages": [{"role": "assistant", "content": "x"}], "selected": {"index": 0}},
+            "the last of `messages` must be a user turn",
         ),
         ("ifeval", _multiturn(1, ["a", "b"]), "export it as mtbench"),
         ("mtbench", _multiturn(1, ["a"]), "has 2 turns but answers for 1 only"),

@@ -23,6 +23,8 @@ from bon.pipeline import Stage, chain, run_file, run_records
 from bon.records import RecordProblem, check_prompt
 from tests.conftest import read_jsonl, write_jsonl
 
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
+
 # --- per-record failures, with a fake stage ------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from bon.follow import follow_lines
 from bon.jsonl import locked, manifest_path, mark_complete, open_output, read_manifest
 from tests.conftest import read_jsonl, write_jsonl
 
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
+
 PROMPTS = [{"id": f"p{i}", "prompt": f"Tell me about {i}."} for i in range(8)]
 
 

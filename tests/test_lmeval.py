@@ -79,6 +79,7 @@ def test_bad_model_args_are_config_errors(tiny_model: str) -> None:
         BonLM(model=tiny_model, batch_size="many")
 
 
+@pytest.mark.slow
 def test_local_chat_completions_against_bon_serve(
     tiny_model: str, task_dir: Path, tmp_path: Path
 ) -> None:

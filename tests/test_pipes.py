@@ -5,12 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 import bon
 from bon import api
 from bon.cli import main
 from tests.conftest import read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
 
 PROMPTS = [
     {"id": "a", "prompt": "Name a colour."},

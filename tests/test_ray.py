@@ -14,6 +14,8 @@ from bon.distributed import RayRunner
 from bon.generator import GenerateOptions
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
+
 PROMPTS = [{"id": f"p{i}", "prompt": f"Describe {i}."} for i in range(5)] + [{"prompt": "Hi."}]
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,6 +16,8 @@ from bon.errors import ConfigError
 from bon.records import fingerprint
 from tests.conftest import read_jsonl, write_jsonl
 
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
+
 
 def _generate(prompts, out, model):
     cmd = [sys.executable, "-m", "bon", "generate", str(prompts), "-o", str(out), "--model", model]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 import bon
+
+pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
 
 # Written by this team: each instruction, a true answer, and an answer to something else.
 CASES = [

@@ -91,6 +91,16 @@ def test_a_seeded_request_is_reproducible_and_seeds_differ(client: openai.OpenAI
     assert texts != [c["text"] for c in other.model_extra["bon"]["candidates"]]
 
 
+def test_unseeded_requests_draw_fresh_seeds_and_report_them(client: openai.OpenAI) -> None:
+    replies = [_chat(client, "Same words.", temperature=1.0, max_tokens=12) for _ in range(2)]
+    seeds = [r.model_extra["bon"]["seed"] for r in replies]
+    assert seeds[0] != seeds[1] and all(isinstance(s, int) and s >= 0 for s in seeds)
+    # The seed returned reproduces the answer.
+    again = _chat(client, "Same words.", temperature=1.0, max_tokens=12, seed=seeds[0])
+    assert again.model_extra["bon"]["seed"] == seeds[0]
+    assert again.choices[0].message.content == replies[0].choices[0].message.content
+
+
 def test_request_fields_override_the_server_options(client: openai.OpenAI) -> None:
     reply = _chat(client, max_tokens=3, extra_body={"best_of": 3, "scorer": "longest"})
     extra = reply.model_extra["bon"]
@@ -138,6 +148,17 @@ BAD = [
     ({"stop": [""]}, 400, "`stop` must be"),
     ({"colour": "red"}, 400, "unknown field.*colour"),
     ({"logprobs": True}, 400, "log-probabilities"),
+    ({"top_logprobs": 2}, 400, "`top_logprobs` must be 0, got 2"),
+    ({"presence_penalty": 0.5}, 400, "`presence_penalty` must be 0, got 0.5: penalties"),
+    ({"logit_bias": {"1": 5}}, 400, "`logit_bias` must be {}"),
+    ({"response_format": {"type": "json_object"}}, 400, '`response_format` must be {"type": "t'),
+    ({"tools": [{"type": "function"}]}, 400, "`tools` must be \\[\\]"),
+    ({"tool_choice": "required"}, 400, '`tool_choice` must be "none" or "auto"'),
+    ({"store": True}, 400, "not stored"),
+    ({"extra_body": {"colour": "red"}}, 400, "unknown field.* in `extra_body`: colour"),
+    ({"extra_body": {"stream": True}}, 400, "`stream` must be false"),
+    ({"extra_body": {"best_of": 3}, "best_of": 2}, 400, "`best_of` differs"),
+    ({"extra_body": "best_of=3"}, 400, "`extra_body` must be an object"),
     ({"messages": []}, 400, "`messages` must be a non-empty list"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last of `messages`"),
     ({"messages": [{"role": "tool", "content": "x"}]}, 400, r"`messages\[0\]` must be"),
@@ -183,6 +204,45 @@ def test_bad_chat_requests_get_openai_errors(server, change, status, message) ->
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert re.search(message, error["message"])
+
+
+NO_OPS = {
+    "extra_body": {},
+    "n": 1,
+    "stream": False,
+    "stream_options": {"include_usage": True},
+    "logprobs": False,
+    "top_logprobs": 0,
+    "presence_penalty": 0,
+    "frequency_penalty": 0.0,
+    "logit_bias": {},
+    "user": "someone",
+    "metadata": {"run": "7"},
+    "store": False,
+    "parallel_tool_calls": True,
+    "service_tier": "auto",
+    "response_format": {"type": "text"},
+    "tools": [],
+    "tool_choice": "none",
+}
+
+
+def test_openai_fields_at_their_no_op_values_are_accepted(server, client) -> None:
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], **NO_OPS}
+    reply = _post(server, "/chat/completions", body)
+    assert reply.status_code == 200, reply.body
+    assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+    prompt = {"model": NAME, "prompt": "Once", "echo": False, "suffix": "", "extra_body": {}}
+    assert _post(server, "/completions", prompt).status_code == 200
+    # As the OpenAI client sends them (its_hub passes `extra_body={}`).
+    assert len(_chat(client, extra_body={}, user="u", presence_penalty=0).choices) == 1
+
+
+def test_fields_nested_in_extra_body_count_as_given(server) -> None:
+    nested = {"best_of": 3, "scorer": "longest", "max_tokens": 3}
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "extra_body": nested}
+    extra = _post(server, "/chat/completions", body).json()["bon"]
+    assert extra["n"] == 3 and extra["by"] == "longest"
 
 
 def test_the_openai_client_sees_a_bad_request(client: openai.OpenAI) -> None:

@@ -72,6 +72,7 @@ def test_cosine_embeds_each_distinct_text_once_in_one_batch(counting_embedder):
     assert len(counting_embedder.calls) == 1  # nothing to embed: no call
 
 
+@pytest.mark.slow
 def test_flip_embeds_each_original_instruction_once_per_prompt(counting_embedder, smollm2_path):
     # The real SmolLM2: the tiny random model's reconstructions parse to nothing to embed.
     import bon

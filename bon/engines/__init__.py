@@ -55,6 +55,14 @@ class EngineProxy(Engine):
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return self.inner.token_pieces(texts)
 
+    def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
+        return self.inner.sequence_scores(conversations)
+
+    def tag_logits(
+        self, conversations: Sequence[list[Message]], tag: str
+    ) -> list[list[list[float]]]:
+        return self.inner.tag_logits(conversations, tag)
+
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 

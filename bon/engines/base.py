@@ -20,6 +20,12 @@ from bon.options import option, positive, validate
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CAUSAL_LM = "causal-lm"
+SEQUENCE_CLASSIFIER = "sequence-classification"
+TOKEN_CLASSIFIER = "token-classification"
+HEADS = (CAUSAL_LM, SEQUENCE_CLASSIFIER, TOKEN_CLASSIFIER)
+"""What a checkpoint's head gives: next-token logits (generation, log-probabilities) or a
+classification head's logits (reward models: one row per conversation, or one per token)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,9 @@ class SamplingOptions:
         seed: base random seed; engines derive per-request seeds from it.
         json_schema: when set, a JSON schema the output must follow. Engines with structured
             outputs (vllm, openai) enforce it; hf ignores it (the prompt still asks for JSON).
+        record_logprobs: give each completion the model's own mean token log-probability
+            (`Completion.logprob_mean`) and, where the engine sees the whole distribution
+            (hf), its self-certainty (`Completion.self_certainty`).
     """
 
     n: int = 1
@@ -42,6 +51,7 @@ class SamplingOptions:
     max_new_tokens: int = 256
     seed: int = 0
     json_schema: Mapping[str, Any] | None = None
+    record_logprobs: bool = False
 
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", "an integer >= 1", self.n)
@@ -66,10 +76,13 @@ class SamplingOptions:
         return self.temperature == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as recorded beside the outputs (`json_schema` only when set)."""
+        """The options as recorded beside the outputs (`json_schema` and `record_logprobs` only
+        when set, so that runs without them record what they always did)."""
         out = dataclasses.asdict(self)
         if self.json_schema is None:
             del out["json_schema"]
+        if not self.record_logprobs:
+            del out["record_logprobs"]
         return out
 
 
@@ -112,7 +125,8 @@ class EngineOptions:
     )
     dtype: str = option(
         "auto",
-        "Model precision; auto is bfloat16 (about twice as fast as float32 on CPUs with bf16).",
+        "Model precision; auto is bfloat16 on GPUs and on CPUs with native bf16 "
+        "(avx512_bf16 or AMX), float32 on other CPUs (where bf16 runs at half the speed).",
         choices=DTYPES,
     )
     batch_size: int = option(
@@ -194,19 +208,34 @@ class Completion:
     conversation (a prompt longer than the model's context, a request the server refused for
     this row); then `text` is empty, `tokens` is 0 and `error` says why. Other rows of the same
     call are unaffected.
+
+    Under `SamplingOptions.record_logprobs`, `logprob_mean` is the mean log-probability (nats)
+    of the text's tokens under the model's own distribution (before temperature and top-p; the
+    stop token left out, so that a teacher-forced pass over the text gives the same value), and
+    `self_certainty` the mean over the same steps of KL(uniform || p), the divergence of the
+    model's next-token distribution from uniform (Kang et al. 2025; engines that see only the
+    sampled token's log-probability leave it None). Both are None for an empty text.
     """
 
     text: str
     finish_reason: str
     tokens: int
     error: str | None = None
+    logprob_mean: float | None = None
+    self_certainty: float | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """The candidate as stored in records (`error` only when there is one)."""
+        """The candidate as stored in records (`error`, `logprob_mean` and `self_certainty`
+        only when there are some)."""
         record = dataclasses.asdict(self)
-        if self.error is None:
-            del record["error"]
+        for name in OPTIONAL_FIELDS:
+            if record[name] is None:
+                del record[name]
         return record
+
+
+OPTIONAL_FIELDS = ("error", "logprob_mean", "self_certainty")
+"""`Completion` fields written into records only when set."""
 
 
 def too_long(prompt_tokens: int, context: int) -> Completion:
@@ -229,6 +258,16 @@ def check_fits(
                 f"row {row}: the prompt ({len(prompt)} tokens) and the continuation "
                 f"({len(target)} tokens) have {len(prompt) + len(target)} tokens; the model "
                 f"takes at most {room}; shorten the prompt or the text to score"
+            )
+
+
+def check_lengths(sequences: Sequence[Sequence[int]], room: int) -> None:
+    """Raise `RecordError` naming the first token sequence longer than `room`."""
+    for row, sequence in enumerate(sequences):
+        if len(sequence) > room:
+            raise RecordError(
+                f"row {row}: the conversation has {len(sequence)} tokens; the model takes at "
+                f"most {room}; shorten the response or the prompt"
             )
 
 
@@ -262,6 +301,12 @@ class Engine(ABC):
                 f"it accepts: {allowed}"
             )
         return {key: cls.args[key].convert(cls.name, key, value) for key, value in given.items()}
+
+    @classmethod
+    def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
+        """Whether this engine samples each conversation in a call of its own, so that a batch
+        of several records is no faster than one record at a time."""
+        return False
 
     @classmethod
     def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,6 +345,46 @@ class Engine(ABC):
         """Each text's tokens as a continuation (the rows of `continuation_logprobs`), each
         decoded on its own; engines without a local tokenizer raise `EngineError`."""
         raise EngineError(f"the {self.name} engine cannot split text into its tokens")
+
+    @classmethod
+    def model_head(cls, model: str) -> str | None:
+        """Which head (one of `HEADS`) the checkpoint `model` carries, read from its
+        configuration before any weights load; None when this engine cannot tell before it
+        asks a server."""
+        return None
+
+    @classmethod
+    def token_count(cls, model: str, text: str) -> int | None:
+        """How many tokens `text` makes on its own in `model`'s tokenizer, known before any
+        weights load; None when this engine cannot tell (a server's tokenizer)."""
+        return None
+
+    def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
+        """The classification head's logits at the last token of each conversation: a reward
+        model's raw scores (one per label), in input order. Each conversation ends with the
+        assistant turn to score and is rendered whole with the model's own chat template.
+
+        A conversation longer than the model's context raises `RecordError` naming its row; a
+        model without a classification head, or an engine that cannot run one, raises
+        `EngineError`.
+        """
+        raise EngineError(
+            f"the {self.name} engine cannot run a classification head (reward models): use the "
+            "hf or vllm engine"
+        )
+
+    def tag_logits(
+        self, conversations: Sequence[list[Message]], tag: str
+    ) -> list[list[list[float]]]:
+        """The classification head's logits at each position of the token `tag` in each
+        conversation (rendered as by `sequence_scores`), in position order: a process reward
+        model's per-step scores. `tag` must be one token of the model's tokenizer, else
+        `ConfigError`; errors otherwise as `sequence_scores`.
+        """
+        raise EngineError(
+            f"the {self.name} engine cannot give per-token classification logits (process "
+            "reward models): use the hf or vllm engine"
+        )
 
     def with_batch_size(self, batch_size: int) -> Engine:
         """This engine, its loaded model shared, calling in batches of `batch_size` (so stages

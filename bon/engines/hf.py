@@ -16,23 +16,45 @@ other records of the call.
 
 A prompt with no room in the model's context gets `finish_reason="error"` completions, and
 `max_new_tokens` is capped so that every prompt and its completion fit.
+
+Which head loads is the checkpoint's to say: a config whose `architectures` name a
+`...ForSequenceClassification` (reward models) or `...ForTokenClassification` model loads with
+that Auto class, anything else as a causal LM. A classifier serves `sequence_scores` and
+`tag_logits` (the rm and prm scorers) and refuses to generate; a causal LM the reverse. The
+classification logits are read from the head applied at every position (`score`, as
+transformers' decoder classifiers name it) at the positions bon picks, whichever side the
+batch is padded on (`tokenizer.padding_side`), never through the model's own pooling, which
+finds the last token by `pad_token_id` and misreads a conversation that ends with its pad token.
+
+`record_logprobs` asks `generate` for each step's raw logits (`output_logits`): every step's
+vocabulary-wide float32 logits are held until the call ends (sequences x new tokens x
+vocabulary x 4 bytes: 400 MB for 8 samples of 256 tokens over a 49k vocabulary).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import os
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
+    CAUSAL_LM,
+    SEQUENCE_CLASSIFIER,
+    TOKEN_CLASSIFIER,
     Completion,
     Engine,
     EngineArg,
     EngineOptions,
     SamplingOptions,
     check_fits,
+    check_lengths,
     decode_each,
     too_long,
 )
@@ -69,18 +91,34 @@ class HFEngine(Engine):
             )
         return out
 
+    @classmethod
+    def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
+        return engine_args.get("sample_batching", "prompt") == "prompt"
+
+    @classmethod
+    def model_head(cls, model: str) -> str:
+        return model_head(resolve_model(model))
+
+    @classmethod
+    def token_count(cls, model: str, text: str) -> int:
+        return len(local_tokenizer(resolve_model(model)).encode(text, add_special_tokens=False))
+
     def __init__(self, options: EngineOptions) -> None:
         super().__init__(options)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self._torch = torch
         self.device = _pick_device(torch, options.device)
-        dtype = _pick_dtype(torch, options.dtype)
+        dtype = _pick_dtype(torch, options.dtype, self.device)
+        if self.device.type == "cpu":
+            _pick_threads(torch)
         path = resolve_model(options.model)
+        self.head = model_head(path)
+        """Which head the checkpoint carries (`bon.engines.base.HEADS`), from its config."""
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            self.model = _auto_class(self.head).from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise EngineError(
                 f"cannot load model {options.model!r} with transformers: {exc}. "
@@ -90,16 +128,26 @@ class HFEngine(Engine):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._stop_ids = _stop_token_ids(self.model, self.tokenizer)
         self._system_role = _accepts_system_role(self.tokenizer)
         self.context_length = _context_length(self.model.config)
         """Most tokens (prompt and completion) the model takes; None when its config says not."""
         self._dtype = str(self.model.dtype).removeprefix("torch.")
-        self._vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        if self.head == CAUSAL_LM:
+            self._stop_ids = _stop_token_ids(self.model, self.tokenizer)
+            self._vocab_size = self.model.get_output_embeddings().weight.shape[0]
 
     def describe(self) -> dict[str, Any]:
         """The model, device and dtype: what changes this engine's outputs."""
         return {**super().describe(), "device": str(self.device), "dtype": self._dtype}
+
+    def _need_lm(self, job: str) -> None:
+        """Raise `EngineError` unless the model is a causal LM (one that can `job`)."""
+        if self.head != CAUSAL_LM:
+            raise EngineError(
+                f"model {self.options.model!r} is a {self.head} model (a reward model): it "
+                f"scores conversations but cannot {job}; give a causal LM for generation and "
+                "for the log-probability scorers"
+            )
 
     def render(self, conversation: list[Message]) -> str:
         """The conversation as the model's chat template formats it, ready for the reply."""
@@ -119,6 +167,14 @@ class HFEngine(Engine):
         conversation's samples do not depend on the others in the call (unless the engine arg
         `sample_batching` says otherwise); greedy ones are batched. A prompt with no room left
         in the context gets error completions."""
+        self._need_lm("generate")
+        mode = self.engine_args["sample_batching"]
+        if sampling.record_logprobs and mode == "continuous" and not sampling.greedy:
+            raise EngineError(
+                "record_logprobs is not available with sample_batching=continuous (transformers' "
+                "continuous batching does not return raw logits): use sample_batching=prompt or "
+                "grouped"
+            )
         ids = [self._encode(self.render(c)) for c in conversations]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(ids)
         results: list[list[Completion]] = [[] for _ in ids]
@@ -128,7 +184,6 @@ class HFEngine(Engine):
                 results[i] = [too_long(len(prompt), self.context_length)] * sampling.n
             else:
                 fitting.append(i)
-        mode = self.engine_args["sample_batching"]
         if sampling.greedy:
             self._generate_grouped(ids, fitting, sampling, results)
             return results
@@ -250,6 +305,7 @@ class HFEngine(Engine):
         the last position and only the last logits are computed), with position ids counted
         from each sequence's first real token.
         """
+        self._need_lm("give token log-probabilities")
         if len(conversations) != len(continuations):
             raise EngineError("conversations and continuations differ in length")
         prompts = [self._encode(self.render(c)) for c in conversations]
@@ -326,6 +382,8 @@ class HFEngine(Engine):
         kwargs: dict[str, Any] = {"do_sample": not sampling.greedy}
         if not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.record_logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         with torch.inference_mode():
             out = self.model.generate(
                 **padded,
@@ -335,17 +393,146 @@ class HFEngine(Engine):
                 pad_token_id=self.tokenizer.pad_token_id,
                 **kwargs,
             )
-        new = out[:, padded["input_ids"].shape[1] :].tolist()
-        completions = [self._completion(row) for row in new]
+            sequences = out.sequences if sampling.record_logprobs else out
+            new_ids = sequences[:, padded["input_ids"].shape[1] :]
+            stats = _step_stats(torch, out.logits, new_ids) if sampling.record_logprobs else None
+        new = new_ids.tolist()
+        completions = [
+            self._completion(row, None if stats is None else (stats[0][i], stats[1][i]))
+            for i, row in enumerate(new)
+        ]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
 
-    def _completion(self, token_ids: list[int]) -> Completion:
+    def _completion(
+        self, token_ids: list[int], stats: tuple[list[float], list[float]] | None = None
+    ) -> Completion:
+        """The completion of one row of new tokens; `stats`, when given, holds each step's
+        log-probability of its token and its self-certainty (`_step_stats`)."""
         end = next((i for i, t in enumerate(token_ids) if t in self._stop_ids), None)
+        kept = len(token_ids) if end is None else end
+        text = self.tokenizer.decode(token_ids[:kept], skip_special_tokens=True)
+        means: dict[str, float | None] = {}
+        if stats is not None:
+            means = {
+                "logprob_mean": _mean(stats[0][:kept]),
+                "self_certainty": _mean(stats[1][:kept]),
+            }
         if end is None:
-            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            return Completion(text=text, finish_reason="length", tokens=len(token_ids))
-        text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
-        return Completion(text=text, finish_reason="stop", tokens=end + 1)
+            return Completion(text=text, finish_reason="length", tokens=len(token_ids), **means)
+        return Completion(text=text, finish_reason="stop", tokens=end + 1, **means)
+
+    def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
+        """The head's logits at each conversation's last token, in length-sorted micro-batches
+        of `batch_size` (see the module docstring for how the last real token is found)."""
+        sequences = self._classifier_inputs(conversations, "score conversations (rm)")
+        rows = self._classify(sequences, [[len(s) - 1] for s in sequences])
+        return [row[0] for row in rows]
+
+    def tag_logits(
+        self, conversations: Sequence[list[Message]], tag: str
+    ) -> list[list[list[float]]]:
+        """The head's logits at each position of the token `tag`, batched as `sequence_scores`."""
+        sequences = self._classifier_inputs(conversations, "score steps (prm)")
+        tag_id = self._tag_id(tag)
+        return self._classify(
+            sequences, [[k for k, t in enumerate(s) if t == tag_id] for s in sequences]
+        )
+
+    def _tag_id(self, tag: str) -> int:
+        ids = self._encode(tag)
+        if len(ids) != 1:
+            raise ConfigError(
+                f"step tag {tag!r} is {len(ids)} tokens in model {self.options.model!r}'s "
+                "tokenizer, not one: give a tag the tokenizer holds as one token (e.g. a special "
+                "token the process reward model was trained with)"
+            )
+        return ids[0]
+
+    def _classifier_inputs(
+        self, conversations: Sequence[list[Message]], job: str
+    ) -> list[list[int]]:
+        """Each whole conversation's token ids, checked against the context."""
+        if self.head == CAUSAL_LM:
+            raise EngineError(
+                f"model {self.options.model!r} has no classification head (its config names a "
+                f"causal LM), so it cannot {job}: give a reward model, a checkpoint that "
+                "AutoModelForSequenceClassification loads, as the scoring --model"
+            )
+        sequences = [
+            self._encode(render_whole(self.tokenizer, c, self._system_role, self.options.model))
+            for c in conversations
+        ]
+        if self.context_length is not None:
+            check_lengths(sequences, self.context_length)
+        return sequences
+
+    def _classify(
+        self, sequences: list[list[int]], positions: list[list[int]]
+    ) -> list[list[list[float]]]:
+        """The head's logits at `positions[i]` of `sequences[i]`, in length-sorted batches."""
+        results: list[list[list[float]]] = [[] for _ in sequences]
+        lengths = [len(s) if p else 0 for s, p in zip(sequences, positions, strict=True)]
+        for chunk in length_groups(lengths, self.options.batch_size):
+            rows = self._classify_batch(
+                [sequences[i] for i in chunk], [positions[i] for i in chunk]
+            )
+            for i, row in zip(chunk, rows, strict=True):
+                results[i] = row
+        return results
+
+    def _classify_batch(
+        self, sequences: list[list[int]], positions: list[list[int]]
+    ) -> list[list[list[float]]]:
+        """One padded forward pass (on the tokenizer's padding side, position ids counted from
+        each sequence's first real token); the head's float32 logits at the wanted positions."""
+        torch = self._torch
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full(
+            (len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long
+        )
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        starts = []
+        for row, seq in enumerate(sequences):
+            start = width - len(seq) if self.tokenizer.padding_side == "left" else 0
+            input_ids[row, start : start + len(seq)] = torch.tensor(seq)
+            mask[row, start : start + len(seq)] = 1
+            starts.append(start)
+        inputs = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+        }
+        with torch.inference_mode():
+            logits = self._head_logits(inputs).float().cpu()
+        if logits.dim() == 2:  # the model pooled inside its head: one row per sequence
+            return [
+                self._pooled_row(logits[row], seq, wanted)
+                for row, (seq, wanted) in enumerate(zip(sequences, positions, strict=True))
+            ]
+        return [
+            logits[row, [start + p for p in wanted]].tolist()
+            for row, (start, wanted) in enumerate(zip(starts, positions, strict=True))
+        ]
+
+    def _head_logits(self, inputs: dict[str, Any]) -> Any:
+        """The head's logits at every position (batch x tokens x labels) when the head is the
+        decoder classifiers' `score` layer or a token classifier's; else the model's own
+        pooled logits (batch x labels)."""
+        head = getattr(self.model, "score", None)
+        if isinstance(head, self._torch.nn.Module):
+            hidden = self.model.base_model(**inputs, use_cache=False).last_hidden_state
+            return head(hidden)
+        return self.model(**inputs).logits
+
+    def _pooled_row(self, logits: Any, sequence: list[int], wanted: list[int]) -> list[list[float]]:
+        """A model's own pooled logits, which serve only a call for the last position."""
+        if wanted != [len(sequence) - 1]:
+            raise EngineError(
+                f"model {self.options.model!r} pools inside its classification head, so it gives "
+                "one score per conversation, not one per token: the prm scorer needs a model "
+                "whose head scores every token"
+            )
+        return [logits.tolist()]
 
 
 SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
@@ -381,6 +568,84 @@ def length_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
             groups.append([i])
             real = lengths[i]
     return groups
+
+
+def model_head(path: str) -> str:
+    """The head of the checkpoint at `path` (`bon.engines.base.HEADS`), from the architectures
+    its config names: a sequence or token classifier, else a causal LM."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EngineError(
+            f"cannot load model {path!r} with transformers (its config: {exc}). Give a model "
+            "alias, a local folder or a Hub id reachable from this machine."
+        ) from None
+    for name in getattr(config, "architectures", None) or ():
+        if name.endswith("ForSequenceClassification"):
+            return SEQUENCE_CLASSIFIER
+        if name.endswith("ForTokenClassification"):
+            return TOKEN_CLASSIFIER
+    return CAUSAL_LM
+
+
+@functools.lru_cache(maxsize=4)
+def local_tokenizer(path: str) -> Any:
+    """The tokenizer of the checkpoint at `path`, loaded once per process (no weights)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EngineError(
+            f"cannot load the tokenizer of model {path!r} ({exc}). Give a model alias, a local "
+            "folder or a Hub id reachable from this machine."
+        ) from None
+
+
+def render_whole(tokenizer: Any, conversation: list[Message], system_role: bool, model: str) -> str:
+    """The whole conversation (ending with the assistant's turn) in the model's chat template,
+    a system turn folded into the first user turn when the template has no system role."""
+    if not system_role:
+        conversation = merge_system(conversation)
+    try:
+        return tokenizer.apply_chat_template(conversation, tokenize=False)
+    except ValueError as exc:  # no chat template
+        raise EngineError(
+            f"model {model!r} cannot render a conversation ({exc}): reward models read "
+            "conversations in their own chat template; give a checkpoint that has one"
+        ) from None
+
+
+def _auto_class(head: str) -> Any:
+    """The transformers Auto class that loads a checkpoint with `head`."""
+    import transformers
+
+    return {
+        CAUSAL_LM: transformers.AutoModelForCausalLM,
+        SEQUENCE_CLASSIFIER: transformers.AutoModelForSequenceClassification,
+        TOKEN_CLASSIFIER: transformers.AutoModelForTokenClassification,
+    }[head]
+
+
+def _step_stats(torch: Any, logits: Sequence[Any], tokens: Any) -> tuple[list, list]:
+    """From `generate`'s raw logits (one rows x vocabulary tensor per step) and the new tokens
+    (rows x steps): each row's log-probability of its token at each step, and each step's
+    self-certainty KL(uniform || p) = -log V - mean_v log p_v (in nats)."""
+    chosen, certainty = [], []
+    for step, step_logits in enumerate(logits):
+        logp = torch.log_softmax(step_logits.float(), dim=-1)
+        chosen.append(logp.gather(-1, tokens[:, step : step + 1].to(logp.device)).squeeze(-1))
+        certainty.append(-logp.mean(dim=-1) - math.log(logp.shape[-1]))
+    return (
+        torch.stack(chosen, dim=1).cpu().tolist(),
+        torch.stack(certainty, dim=1).cpu().tolist(),
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _target_logprobs(torch: Any, logits: Any, targets: Any) -> Any:
@@ -425,8 +690,80 @@ def _pick_device(torch: Any, device: str) -> Any:
     return torch.device(device)
 
 
-def _pick_dtype(torch: Any, dtype: str) -> Any:
-    return torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+def _pick_dtype(torch: Any, dtype: str, device: Any) -> Any:
+    """`dtype` as torch's; auto is bfloat16, except on a CPU without bf16 instructions, where
+    torch emulates bfloat16 at about half float32's speed (`benchmarks/results/cpu_defaults.md`)."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cpu" and not cpu_has_bf16():
+        return torch.float32
+    return torch.bfloat16
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (as /proc/cpuinfo names them) of native bfloat16 arithmetic."""
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (False where it cannot be told)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def _pick_threads(torch: Any) -> None:
+    """Give torch one thread per core that other processes leave free (at least one), unless
+    OMP_NUM_THREADS says how many: on a machine shared with other jobs, a thread that waits
+    for a busy core holds every step up (`benchmarks/results/cpu_defaults.md`)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    threads = max(1, cores - others_running())
+    if threads < cores:
+        log.info(
+            "torch uses %d of %d cores: the others are busy (OMP_NUM_THREADS sets it)",
+            threads,
+            cores,
+        )
+    torch.set_num_threads(threads)
+
+
+def others_running(samples: int = 10, interval: float = 0.01) -> int:
+    """How many threads of other processes are running right now: the median over a few
+    readings of the kernel's count of runnable threads, less this process's own (0 where the
+    counts cannot be read, as outside Linux)."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as handle:
+                found = next((line for line in handle if line.startswith("procs_running")), "")
+            mine = _own_running()
+        except OSError:
+            return 0
+        if not found:
+            return 0
+        counts.append(int(found.split()[1]) - mine)
+        time.sleep(interval)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
+def _own_running() -> int:
+    """This process's threads in the running state (the reader among them)."""
+    running = 1
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii") as handle:
+                state = handle.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        running += state == "R" and task != str(threading.get_native_id())
+    return running
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

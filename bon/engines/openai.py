@@ -22,6 +22,15 @@ score would be 0. Two rules tell such a refusal from a row's:
 
 Log-probabilities of a continuation (`continuation_logprobs`) use vLLM's `/tokenize` endpoint
 and `/v1/completions` with `echo`; other servers raise `EngineError`.
+
+Reward models served by vLLM (`vllm serve RM`, which picks the pooling runner for a
+classification checkpoint) score through the endpoints beside /v1: `sequence_scores` posts each
+conversation to `/classify` (the server renders it with the model's chat template) and
+`tag_logits` posts its `/tokenize`d ids to `/pooling` with `task: token_classify`, which needs
+a server started with `--pooler-config '{"task": "token_classify"}'`; both ask for raw logits
+(`use_activation: false`). With `record_logprobs`, chat requests ask for `logprobs` and each
+completion's `logprob_mean` is the mean over its tokens (a trailing end-of-turn token that is
+not part of the text left out); servers give no whole distribution, so no `self_certainty`.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from typing import Any, ClassVar, TypeVar
 
 from bon.chat import Message
 from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
-from bon.errors import EngineError, RecordError, require
+from bon.errors import ConfigError, EngineError, RecordError, require
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,14 @@ CONTEXT_OVERFLOW = re.compile(
     r"context length|context window|maximum context|prompt is too long", re.IGNORECASE
 )
 FIRST_ROWS = 3
+LOGPROBS_SERVER = (
+    "continuation log-probabilities need a vLLM server; use the hf or vllm engine for "
+    "likelihood scoring"
+)
+REWARD_SERVER = (
+    "reward models need a vLLM server serving one (per-step scores: started with "
+    '--pooler-config \'{"task": "token_classify"}\'); or use the hf or vllm engine'
+)
 
 
 class RowError(Exception):
@@ -257,7 +274,8 @@ class OpenAIEngine(Engine):
                 continue
             choices = sorted(response.choices, key=lambda c: c.index)
             usage = response.usage.completion_tokens if response.usage else 0
-            return [_completion(c, usage if len(choices) == 1 else None) for c in choices]
+            record = sampling.record_logprobs
+            return [_completion(c, usage if len(choices) == 1 else None, record) for c in choices]
 
     def _chat_request(
         self, conversation: list[Message], sampling: SamplingOptions, seed: int
@@ -271,8 +289,8 @@ class OpenAIEngine(Engine):
             "top_p": 1.0 if sampling.greedy else sampling.top_p,
             "seed": seed,
         }
-        if sampling.n > 1:  # usage counts all n samples together; logprobs count each one
-            kwargs["logprobs"] = True
+        if sampling.n > 1 or sampling.record_logprobs:
+            kwargs["logprobs"] = True  # usage counts all n samples together; logprobs each one
         if sampling.json_schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -343,12 +361,45 @@ class OpenAIEngine(Engine):
         starts = itertools.accumulate((len(r) for r in rows), initial=0)
         return [flat[start : start + len(r)] for start, r in zip(starts, rows, strict=False)]
 
+    def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
+        """As `Engine.sequence_scores`, through vLLM's /classify endpoint."""
+        return self._run_all([partial(self._classify, c) for c in conversations])
+
+    def _classify(self, conversation: list[Message]) -> list[float]:
+        body = {"messages": conversation, "use_activation": False}
+        data = self._server("classify", body, "data", need=REWARD_SERVER)
+        return [float(v) for v in data[0]["probs"]]
+
+    def tag_logits(
+        self, conversations: Sequence[list[Message]], tag: str
+    ) -> list[list[list[float]]]:
+        """As `Engine.tag_logits`, through vLLM's /tokenize and /pooling endpoints."""
+        body = {"prompt": tag, "add_special_tokens": False}
+        ids = self._server("tokenize", body, "tokens", need=REWARD_SERVER)
+        if len(ids) != 1:
+            raise ConfigError(
+                f"step tag {tag!r} is {len(ids)} tokens in the tokenizer of {self.base_url}, not "
+                "one: give a tag the tokenizer holds as one token (e.g. a special token the "
+                "process reward model was trained with)"
+            )
+        return self._run_all([partial(self._tag_row, c, ids[0]) for c in conversations])
+
+    def _tag_row(self, conversation: list[Message], tag_id: int) -> list[list[float]]:
+        tokens = {"messages": conversation, "add_generation_prompt": False}
+        ids = self._server("tokenize", tokens, "tokens", need=REWARD_SERVER)
+        body = {"input": ids, "task": "token_classify", "use_activation": False}
+        rows = self._server("pooling", body, "data", need=REWARD_SERVER)[0]["data"]
+        return [[float(v) for v in rows[k]] for k, token in enumerate(ids) if token == tag_id]
+
     def _tokenize(self, body: dict[str, Any]) -> list[int]:
         """Token ids from vLLM's /tokenize endpoint (beside /v1)."""
         return list(self._server("tokenize", body, "tokens"))
 
-    def _server(self, endpoint: str, body: dict[str, Any], field: str) -> Any:
-        """`field` of the answer of one of vLLM's endpoints beside /v1 (tokenize, detokenize)."""
+    def _server(
+        self, endpoint: str, body: dict[str, Any], field: str, need: str = LOGPROBS_SERVER
+    ) -> Any:
+        """`field` of the answer of one of vLLM's endpoints beside /v1 (tokenize, detokenize,
+        classify, pooling); `need` says, on failure, what needs such a server."""
         root = self.base_url.removesuffix("/v1")
         request = urllib.request.Request(
             f"{root}/{endpoint}",
@@ -360,9 +411,7 @@ class OpenAIEngine(Engine):
                 return json.load(reply)[field]
         except (urllib.error.URLError, KeyError, TypeError, ValueError) as exc:
             raise EngineError(
-                f"cannot {endpoint} through {root}/{endpoint} ({exc}): continuation "
-                "log-probabilities need a vLLM server; use the hf or vllm engine for likelihood "
-                "scoring"
+                f"cannot {endpoint} through {root}/{endpoint} ({exc}): {need}"
             ) from None
 
     def _retrying(self, call: Callable[[], T]) -> T:
@@ -410,12 +459,23 @@ def _base_url(given: str) -> str:
     return (given or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
 
 
-def _completion(choice: Any, usage: int | None) -> Completion:
+def _completion(choice: Any, usage: int | None, record_logprobs: bool = False) -> Completion:
     text = choice.message.content or ""
     reason = "length" if choice.finish_reason == "length" else "stop"
     content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
     tokens = len(content) if content is not None else (usage or 0)
-    return Completion(text=text, finish_reason=reason, tokens=tokens)
+    mean = _logprob_mean(content, text, reason) if record_logprobs and content else None
+    return Completion(text=text, finish_reason=reason, tokens=tokens, logprob_mean=mean)
+
+
+def _logprob_mean(content: list[Any], text: str, reason: str) -> float | None:
+    """The mean log-probability of a choice's tokens; a last token that stopped it and is not
+    part of its text (an end-of-turn token, as vLLM lists it) left out."""
+    last = content[-1].token or ""
+    if reason == "stop" and (not last or not text.endswith(last)):
+        content = content[:-1]
+    values = [float(c.logprob) for c in content]
+    return sum(values) / len(values) if values else None
 
 
 def _message(exc: Any) -> str:

@@ -10,6 +10,15 @@ completions instead of failing the whole call, and `max_tokens` is capped so tha
 and its completion fit. A `json_schema` in the sampling options becomes vLLM's structured
 outputs.
 
+A checkpoint whose config names a classification architecture (reward models; see
+`bon.engines.hf.model_head`) loads with vLLM's pooling runner instead: `sequence_scores` reads
+`LLM.classify` and `tag_logits` reads `LLM.encode(pooling_task="token_classify")`, both with
+`use_activation=False` (raw logits). vLLM fixes one pooling task per `LLM`, so a reward model's
+`LLM` starts on the engine's first call, for that call's task, and starts again if a later call
+needs the other one. With `record_logprobs`, each request asks for the sampled tokens'
+log-probabilities (`logprobs=0`: vLLM's raw log-probabilities, before temperature and top-p);
+vLLM returns no whole distribution, so `self_certainty` stays None.
+
 vLLM starts its engine core in a spawned process, so a script that uses this engine must create
 it under `if __name__ == "__main__":` (the `bon` command does). `close()` shuts the engine core
 down and frees its memory, so `bon run` can load the reranker after the generator on one GPU.
@@ -25,17 +34,20 @@ from typing import Any, ClassVar
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
+    CAUSAL_LM,
+    TOKEN_CLASSIFIER,
     Completion,
     Engine,
     EngineArg,
     EngineOptions,
     SamplingOptions,
     check_fits,
+    check_lengths,
     decode_each,
     too_long,
 )
-from bon.engines.hf import _accepts_system_role
-from bon.errors import EngineError
+from bon.engines.hf import _accepts_system_role, local_tokenizer, model_head, render_whole
+from bon.errors import ConfigError, EngineError
 from bon.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -93,10 +105,18 @@ class VLLMEngine(Engine):
         "trust_remote_code": EngineArg(bool, False, "let the model's repository run its code"),
     }
 
+    @classmethod
+    def model_head(cls, model: str) -> str:
+        return model_head(resolve_model(model))
+
+    @classmethod
+    def token_count(cls, model: str, text: str) -> int:
+        return len(local_tokenizer(resolve_model(model)).encode(text, add_special_tokens=False))
+
     def __init__(self, options: EngineOptions) -> None:
         super().__init__(options)
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
         except ImportError as exc:
             raise EngineError(
                 f"the vllm engine needs vLLM ({exc}): on a GPU machine `pip install bon[vllm]`; "
@@ -133,21 +153,68 @@ class VLLMEngine(Engine):
             kwargs["max_num_seqs"] = args["max_num_seqs"]
         if cpu:
             os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(CPU_STEP_TIMEOUT_S))
-        try:
-            self.llm = LLM(model=path, **kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise EngineError(
-                f"vLLM cannot load model {options.model!r}: {exc}. Give a model alias, a local "
-                "folder or a Hub id reachable from this machine; on GPUs lower "
-                "--engine-arg gpu_memory_utilization if another model holds memory."
-            ) from exc
-        self.tokenizer = self.llm.get_tokenizer()
-        self._system_role = _accepts_system_role(self.tokenizer)
+        self.head = model_head(path)
+        """Which head the checkpoint carries (`bon.engines.base.HEADS`), from its config."""
+        self._path, self._kwargs = path, kwargs
         self._chunked_prefill = bool(chunked)
-        config = self.llm.llm_engine.model_config
+        self._task: str | None = None
+        """The pooling task a reward model's `LLM` runs; None until it starts."""
+        if self.head == CAUSAL_LM:
+            self._use(self._start())
+        else:  # started by the first call, for that call's pooling task
+            self.tokenizer = local_tokenizer(path)
+            self._system_role = _accepts_system_role(self.tokenizer)
+            self._dtype = options.dtype
+            self.context_length = args["max_model_len"] or _context_length(path)
+
+    def _use(self, llm: Any) -> None:
+        """Take `llm` as the engine's `LLM`, with its tokenizer and settings."""
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        self._system_role = _accepts_system_role(self.tokenizer)
+        config = llm.llm_engine.model_config
         self._dtype = str(config.dtype).removeprefix("torch.")
         self.context_length: int = config.max_model_len
         """Most tokens (prompt and completion) one request may hold: vLLM's `max_model_len`."""
+
+    def _start(self) -> Any:
+        """A new `vllm.LLM` for the model: the pooling runner for a classifier (for the pooling
+        task `self._task`), else the generate runner."""
+        from vllm import LLM
+
+        kwargs = dict(self._kwargs)
+        if self.head != CAUSAL_LM:
+            from vllm.config import PoolerConfig
+
+            kwargs.update(runner="pooling", pooler_config=PoolerConfig(task=self._task))
+        try:
+            return LLM(model=self._path, **kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EngineError(
+                f"vLLM cannot load model {self.options.model!r}: {exc}. Give a model alias, a "
+                "local folder or a Hub id reachable from this machine; on GPUs lower "
+                "--engine-arg gpu_memory_utilization if another model holds memory."
+            ) from exc
+
+    def _pooling(self, task: str) -> Any:
+        """The reward model's `LLM` for the pooling `task`: started on first use, started
+        again when it pools for another task."""
+        if self._task != task:
+            if self._task is not None:
+                log.info("loading %s again for vLLM's %s pooling task", self.options.model, task)
+                self.close()
+            self._task = task
+            self._use(self._start())
+        return self.llm
+
+    def _need_lm(self, job: str) -> None:
+        """Raise `EngineError` unless the model is a causal LM (one that can `job`)."""
+        if self.head != CAUSAL_LM:
+            raise EngineError(
+                f"model {self.options.model!r} is a {self.head} model (a reward model): it "
+                f"scores conversations but cannot {job}; give a causal LM for generation and "
+                "for the log-probability scorers"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The model and the engine settings that can change its outputs."""
@@ -168,6 +235,7 @@ class VLLMEngine(Engine):
     ) -> list[list[Completion]]:
         from vllm import TokensPrompt
 
+        self._need_lm("generate")
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
         ids = [self._encode(self.render(c)) for c in conversations]
         results: list[list[Completion]] = [[] for _ in ids]
@@ -187,7 +255,10 @@ class VLLMEngine(Engine):
         for i, output in zip(fitting, outputs, strict=True):
             results[i] = [
                 Completion(
-                    text=o.text, finish_reason=_finish(o.finish_reason), tokens=len(o.token_ids)
+                    text=o.text,
+                    finish_reason=_finish(o.finish_reason),
+                    tokens=len(o.token_ids),
+                    logprob_mean=_logprob_mean(o) if sampling.record_logprobs else None,
                 )
                 for o in sorted(output.outputs, key=lambda o: o.index)
             ]
@@ -207,6 +278,7 @@ class VLLMEngine(Engine):
     ) -> list[list[float]]:
         from vllm import SamplingParams, TokensPrompt
 
+        self._need_lm("give token log-probabilities")
         heads = [self._encode(self.render(c)) for c in conversations]
         tails = [self._encode(t) for t in continuations]
         # vLLM refuses a prompt that leaves no room for the one token it must generate.
@@ -221,6 +293,64 @@ class VLLMEngine(Engine):
             pairs = list(zip(ids, output.prompt_logprobs, strict=True))[len(ids) - size :]
             result.append([float(entry[token].logprob) for token, entry in pairs])
         return result
+
+    def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
+        """`LLM.classify`'s raw logits (a token classifier's: its last token's)."""
+        from vllm import PoolingParams
+
+        prompts = self._classifier_prompts(conversations, "score conversations (rm)")
+        raw = PoolingParams(use_activation=False)
+        if self.head == TOKEN_CLASSIFIER:
+            return [rows[-1] for rows in self._token_rows(prompts)]
+        outputs = self._pooling("classify").classify(prompts, pooling_params=raw, use_tqdm=False)
+        return [[float(v) for v in o.outputs.probs] for o in outputs]
+
+    def tag_logits(
+        self, conversations: Sequence[list[Message]], tag: str
+    ) -> list[list[list[float]]]:
+        """Each token's raw logits from vLLM's token_classify pooling, at the `tag` tokens."""
+        prompts = self._classifier_prompts(conversations, "score steps (prm)")
+        ids = self._encode(tag)
+        if len(ids) != 1:
+            raise ConfigError(
+                f"step tag {tag!r} is {len(ids)} tokens in model {self.options.model!r}'s "
+                "tokenizer, not one: give a tag the tokenizer holds as one token (e.g. a special "
+                "token the process reward model was trained with)"
+            )
+        rows = self._token_rows(prompts)
+        return [
+            [row for token, row in zip(p["prompt_token_ids"], r, strict=True) if token == ids[0]]
+            for p, r in zip(prompts, rows, strict=True)
+        ]
+
+    def _token_rows(self, prompts: list[Any]) -> list[list[list[float]]]:
+        """Each prompt token's raw classification logits."""
+        from vllm import PoolingParams
+
+        outputs = self._pooling("token_classify").encode(
+            prompts,
+            pooling_params=PoolingParams(use_activation=False),
+            pooling_task="token_classify",
+            use_tqdm=False,
+        )
+        return [o.outputs.data.float().tolist() for o in outputs]
+
+    def _classifier_prompts(self, conversations: Sequence[list[Message]], job: str) -> list[Any]:
+        """Each whole conversation as vLLM token prompts, checked against the context."""
+        from vllm import TokensPrompt
+
+        if self.head == CAUSAL_LM:
+            raise EngineError(
+                f"model {self.options.model!r} has no classification head (its config names a "
+                f"causal LM), so it cannot {job}: give a reward model, a checkpoint that "
+                "AutoModelForSequenceClassification loads, as the scoring --model"
+            )
+        ids = [
+            self._encode(render_whole(self.tokenizer, c, self._system_role, self.options.model))
+            for c in conversations
+        ]
+        check_lengths(ids, self.context_length)
+        return [TokensPrompt(prompt_token_ids=i) for i in ids]
 
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)
@@ -257,6 +387,8 @@ class VLLMEngine(Engine):
             "top_p": sampling.top_p if not sampling.greedy else 1.0,
             "seed": seed,
         }
+        if sampling.record_logprobs:
+            kwargs["logprobs"] = 0  # the sampled token's alone
         if sampling.json_schema is not None:
             kwargs.update(_structured(dict(sampling.json_schema)))
         return SamplingParams(**kwargs)
@@ -279,6 +411,17 @@ def _context_length(path: str) -> int:
 
     config = AutoConfig.from_pretrained(path)
     return int(getattr(config, "max_position_embeddings", 0) or 8192)
+
+
+def _logprob_mean(output: Any) -> float | None:
+    """The mean log-probability of a vLLM completion's text tokens: its sampled tokens', the
+    end-of-sequence token it stopped on (the last one, when it stopped without a stop string)
+    left out."""
+    pairs = list(zip(output.token_ids, output.logprobs or [], strict=False))
+    if output.finish_reason == "stop" and output.stop_reason is None and pairs:
+        pairs = pairs[:-1]
+    values = [float(entry[token].logprob) for token, entry in pairs]
+    return sum(values) / len(values) if values else None
 
 
 def _finish(reason: str | None) -> str:

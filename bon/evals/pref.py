@@ -153,7 +153,10 @@ def _cell_text(cell: PrefCell) -> str:
 
 
 @dataclass(frozen=True)
-class _Item:
+class Item:
+    """One labelled record as the accuracy sees it: its subset, each candidate's label, and
+    each named score of each candidate (None when missing)."""
+
     subset: str | None
     labels: list[bool]
     scores: dict[str, list[float | None]]
@@ -182,9 +185,15 @@ def labelled(record: Any) -> dict:
     return record
 
 
+ONE_CANDIDATE = "one candidate only: nothing to compare it with"
+
+
 def unlabelled_problem(record: dict) -> str | None:
-    """Why a labelled record cannot be an item (no preferred or no non-preferred candidate)."""
+    """Why a labelled record cannot be an item (one candidate, or no preferred or no
+    non-preferred candidate)."""
     labels = [bool(c["label"]) for c in record["candidates"]]
+    if len(labels) == 1:
+        return ONE_CANDIDATE
     if not any(labels):
         return "no preferred candidate (label 1): nothing to find"
     if all(labels):
@@ -234,29 +243,43 @@ def eval_pref(
 
     `score_options` are `bon.api.score_records` options (model, batch_size, ...). With several
     files, a record without a `subset_field` value takes its file's stem as its subset.
-    `bootstrap_seed` seeds the intervals (`seed` is the scorers' own option).
+    `bootstrap_seed` seeds the intervals (`seed` is the scorers' own option). `mix` (a selector
+    file written by `bon fit`) adds the `mix` scorer's row when `scorers` does not name it.
     """
     paths = [input] if isinstance(input, (str, Path)) else list(input)
     require(len(paths) > 0, "input", "a JSONL path or a non-empty list of them", input)
     _check_bootstrap(bootstrap, bootstrap_seed)
-    entries, skipped = _read(paths, subset_field)
+    scorers = tuple(scorers)
+    if score_options.get("mix") is not None and "mix" not in scorers:
+        scorers = (*scorers, "mix")
+    entries, skipped = read_labelled(paths, subset_field)
     if not entries:
         raise ConfigError(
             f"no usable records in {', '.join(map(str, paths))}: each needs a preferred and a "
             "non-preferred candidate"
         )
+    entries = score_entries(entries, scorers, **score_options)
+    return _report(entries, scorers, subset_field, bootstrap, bootstrap_seed, skipped)
+
+
+def score_entries(
+    entries: list[tuple[str, int, dict]], scorers: Sequence[str], **score_options: Any
+) -> list[tuple[str, int, dict]]:
+    """`entries` (file, line, record) with each record scored by `scorers` through bon's
+    score stage and its cache (`bon.api.score_records`, which takes `score_options`)."""
     # Imported here: bon.api may wrap this module.
     from bon import api
 
     scored = api.score_records([r for _, _, r in entries], scorers=tuple(scorers), **score_options)
-    entries = [(s, line, r) for (s, line, _), r in zip(entries, scored, strict=True)]
-    return _report(entries, scorers, subset_field, bootstrap, bootstrap_seed, skipped)
+    return [(s, line, r) for (s, line, _), r in zip(entries, scored, strict=True)]
 
 
-def _read(
+def read_labelled(
     paths: list[str | Path], subset_field: str
 ) -> tuple[list[tuple[str, int, dict]], list[InputError]]:
-    """Labelled, prompt-checked records of every file, and the ones skipped."""
+    """Labelled, prompt-checked records of every file as (file, line, record), and the ones
+    skipped (`unlabelled_problem`) as `InputError`s; a malformed record or an id used twice
+    raises `InputError`."""
     entries: list[tuple[str, int, dict]] = []
     skipped: list[InputError] = []
     ids: dict[str, str] = {}
@@ -305,7 +328,9 @@ def _report(
     require(len(names) > 0, "by", "at least one score name", by)
     require(len(set(names)) == len(names), "by", "distinct score names", by)
     _check_bootstrap(bootstrap, seed)
-    items = [_item(source, line, record, names, subset_field) for source, line, record in entries]
+    items = [
+        scored_item(source, line, record, names, subset_field) for source, line, record in entries
+    ]
     if not items:
         raise ConfigError("no records with both a preferred and a non-preferred candidate")
     subsets = sorted({i.subset for i in items if i.subset is not None})
@@ -328,7 +353,11 @@ def _check_bootstrap(bootstrap: int, seed: int) -> None:
     require(isinstance(seed, int) and seed >= 0, "seed", "an integer >= 0", seed)
 
 
-def _item(source: str, line: int, record: dict, names: list[str], subset_field: str) -> _Item:
+def scored_item(
+    source: str, line: int, record: dict, names: Sequence[str], subset_field: str
+) -> Item:
+    """The `Item` of a scored, labelled record; `InputError` naming `source` and `line` when
+    a named score is missing or not a number."""
     candidates = record["candidates"]
     scores: dict[str, list[float | None]] = {name: [] for name in names}
     for i, candidate in enumerate(candidates):
@@ -353,7 +382,7 @@ def _item(source: str, line: int, record: dict, names: list[str], subset_field: 
                 )
             scores[name].append(None if value is None else float(value))
     subset = record.get(subset_field)
-    return _Item(
+    return Item(
         subset=None if subset is None else str(subset),
         labels=[bool(c["label"]) for c in candidates],
         scores=scores,
@@ -372,7 +401,7 @@ def judge(
     return best_preferred > best_other, best_preferred == best_other
 
 
-def _group(items: list[_Item], names: list[str], bootstrap: int, seed: int) -> PrefGroup:
+def _group(items: list[Item], names: list[str], bootstrap: int, seed: int) -> PrefGroup:
     right = np.zeros((len(names), len(items)))
     tied = np.zeros((len(names), len(items)))
     for s, name in enumerate(names):

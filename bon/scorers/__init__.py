@@ -3,16 +3,23 @@
 Built-ins: `flip`, `flip-k`, `flip-likelihood` (bon.scorers.flip); `flip-tokens`
 (bon.scorers.tokens); `judge-pointwise`,
 `judge-pairwise`, `judge-listwise` (bon.scorers.judges); `random`, `longest`, `shortest`
-(bon.scorers.controls).
+(bon.scorers.controls); `mbr`, `vote` (bon.scorers.consensus); `relevance`
+(bon.scorers.relevance); `mix`, a fitted combination of others (bon.scorers.mix); `rm`,
+`prm` (bon.scorers.reward_models); `confidence` (bon.scorers.confidence).
 """
 
 from __future__ import annotations
 
 from bon.registry import Registry
 from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
+from bon.scorers.confidence import ConfidenceScorer
+from bon.scorers.consensus import MbrScorer, VoteScorer
 from bon.scorers.controls import LongestScorer, RandomScorer, ShortestScorer
 from bon.scorers.flip import FlipKScorer, FlipLikelihoodScorer, FlipScorer
 from bon.scorers.judges import ListwiseJudge, PairwiseJudge, PointwiseJudge
+from bon.scorers.mix import MixScorer
+from bon.scorers.relevance import RelevanceScorer
+from bon.scorers.reward_models import ProcessRewardScorer, RewardModelScorer
 from bon.scorers.tokens import FlipTokensScorer
 
 scorers: Registry[type[Scorer]] = Registry("scorer", "bon.scorers")
@@ -28,6 +35,13 @@ for _cls in (
     RandomScorer,
     LongestScorer,
     ShortestScorer,
+    MbrScorer,
+    VoteScorer,
+    RelevanceScorer,
+    MixScorer,
+    RewardModelScorer,
+    ProcessRewardScorer,
+    ConfidenceScorer,
 ):
     register(_cls.name)(_cls)
 
@@ -38,17 +52,24 @@ def higher_is_better(name: str) -> bool:
 
 
 __all__ = [
+    "ConfidenceScorer",
     "FlipKScorer",
     "FlipLikelihoodScorer",
     "FlipScorer",
     "FlipTokensScorer",
     "ListwiseJudge",
+    "MbrScorer",
+    "MixScorer",
     "PairwiseJudge",
     "PointwiseJudge",
+    "ProcessRewardScorer",
     "Query",
+    "RelevanceScorer",
+    "RewardModelScorer",
     "ScoreOptions",
     "Scored",
     "Scorer",
+    "VoteScorer",
     "higher_is_better",
     "scorers",
 ]

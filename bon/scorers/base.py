@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, EngineOptions
+from bon.errors import ConfigError
 from bon.options import non_negative, option, positive, used_by
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
@@ -26,6 +27,9 @@ GENERATIVE_FLIP = ("flip", "flip-k")
 JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
 PAIRWISE = ("round-robin", "knockout")
+ANSWERS = ("boxed", "number", "regex", "text")
+EMBEDDING_SCORERS = ("relevance", "mbr")
+STEP_REDUCTIONS = ("last", "min", "prod", "mean")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,12 @@ class Query:
 
     messages: list[Message]
     candidates: list[str]
+    scores: tuple[dict[str, Any], ...] = ()
+    """Each candidate's scores so far (from the input records or from a scorer run before this
+    one), in candidate order; empty when the caller has none."""
+    recorded: tuple[dict[str, Any], ...] = ()
+    """Each candidate's other fields as its record holds them (e.g. the generator's
+    `logprob_mean`), in candidate order; empty when the caller has none."""
 
     @property
     def instruction(self) -> str:
@@ -58,6 +68,15 @@ def _scorer_names() -> list[str]:
     from bon.scorers import scorers  # here, not at import time: the registry imports us
 
     return scorers.names()
+
+
+def _compiles(pattern: Any) -> bool:
+    """True for a string that `re.compile` accepts."""
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError):
+        return False
+    return isinstance(pattern, str)
 
 
 @dataclass(frozen=True)
@@ -92,25 +111,27 @@ class ScoreOptions(EngineOptions):
     )
     max_response_words: int = option(
         256,
-        "Responses are cut to this many words before a model reads them (long answers are "
-        "told apart by their start; a 10 MB response must not overflow the context).",
+        "Responses are cut to this many words before a model or a similarity reads them (long "
+        "answers are told apart by their start; a 10 MB response must not overflow the "
+        "context).",
         check=positive,
         constraint="an integer >= 1",
-        used_by=(*FLIP_FAMILY, *JUDGES),
+        used_by=(*FLIP_FAMILY, *JUDGES, *EMBEDDING_SCORERS),
     )
     similarity: str = option(
         "f1",
-        "How inferred and original instructions are compared.",
+        "How inferred and original instructions are compared (mbr: how each candidate is "
+        "compared with the others).",
         choices=tuple(sorted(SIMILARITIES)),
-        used_by=GENERATIVE_FLIP,
+        used_by=(*GENERATIVE_FLIP, "mbr"),
     )
     embedder: str = option(
         DEFAULT_EMBEDDER,
-        "sentence-transformers model (name or path) of the embedding similarities; the default "
-        "is the packaged all-MiniLM-L6-v2.",
+        "sentence-transformers model (name or path) of the embedding similarities and of "
+        "relevance; the default is the packaged all-MiniLM-L6-v2.",
         check=lambda v: isinstance(v, str) and bool(v),
         constraint="a model name or path",
-        used_by=GENERATIVE_FLIP,
+        used_by=(*GENERATIVE_FLIP, *EMBEDDING_SCORERS),
     )
     prompt: str = option(
         "paper",
@@ -199,6 +220,82 @@ class ScoreOptions(EngineOptions):
         choices=PAIRWISE,
         used_by=("judge-pairwise",),
     )
+    answer: str = option(
+        "number",
+        "How vote reads each candidate's final answer: boxed (the last \\boxed{...}), number "
+        "(the last number; 1,000 = 1000 = 1000.0), regex (answer_pattern's last match: its "
+        "first group, or all of it) or text (the whole text, lowercased, spaces collapsed, "
+        "trailing .,;:!? dropped). Default number: self-consistency is for questions with a "
+        "short final answer, mostly maths, which ends a response as its last number; text "
+        "suits short answers only (long ones rarely agree word for word).",
+        choices=ANSWERS,
+        used_by=("vote",),
+    )
+    answer_pattern: str | None = option(
+        None,
+        "Python regular expression of --answer regex, e.g. 'answer is (\\S+)'.",
+        check=lambda v: v is None or _compiles(v),
+        constraint="a regular expression that Python's re module compiles",
+        used_by=("vote",),
+    )
+    weight_by: str | None = option(
+        None,
+        "Reward-weighted vote: each candidate's vote weighs its score of this name (already in "
+        "the records, or from a scorer listed before vote), min-max normalised within the "
+        "record in that score's direction (best 1, worst 0; all equal: 1 each). Unset: one "
+        "vote each.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a score name",
+        used_by=("vote",),
+    )
+    mix: str | None = option(
+        None,
+        "Selector file of the mix scorer (YAML written by `bon fit`): the scorers it runs, "
+        "their options and the weights of their within-record standard scores.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a file path",
+        used_by=("mix",),
+    )
+    rm_label: int = option(
+        0,
+        "Which output of the reward model's head is the rm score (its raw logit); 0 for the "
+        "usual one-output head.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+        used_by=("rm",),
+    )
+    step_sep: str = option(
+        "\\n\\n",
+        "What separates a response's steps for prm; \\n and \\t are read as a newline and a "
+        "tab, so the default is a blank line.",
+        check=lambda v: isinstance(v, str) and bool(v),
+        constraint="a non-empty string",
+        used_by=("prm",),
+    )
+    step_tag: str = option(
+        "<step>",
+        "The token prm writes after each step, where the process reward model reads the "
+        "step's score: one token of its tokenizer, the one it was trained with (e.g. "
+        "<extra_0> for Qwen2.5-Math-PRM).",
+        check=lambda v: isinstance(v, str) and bool(v.strip()),
+        constraint="a non-empty token",
+        used_by=("prm",),
+    )
+    prm_label: int = option(
+        1,
+        "Which label of the process reward model's head means a good step; a step's score is "
+        "that label's softmax probability.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+        used_by=("prm",),
+    )
+    step_reduce: str = option(
+        "min",
+        "How prm turns its step scores into one: last (the final step's), min (the weakest "
+        "step's), prod (all steps good) or mean.",
+        choices=STEP_REDUCTIONS,
+        used_by=("prm",),
+    )
     cache_path: str | None = option(
         None,
         "Score cache file; unset: scores.sqlite in bon's cache folder.",
@@ -210,6 +307,41 @@ class ScoreOptions(EngineOptions):
     def __post_init__(self) -> None:
         object.__setattr__(self, "scorers", tuple(self.scorers))
         super().__post_init__()
+        self._check_vote()
+        self._check_mix()
+
+    def _check_mix(self) -> None:
+        """The mix scorer's selector file, read and checked here, before any model loads."""
+        if self.mix is None:
+            if "mix" in self.scorers:
+                raise ConfigError(
+                    "`mix` must name a selector file when the scorers include mix: add "
+                    "--mix SELECTOR.yaml (written by `bon fit`)"
+                )
+            return
+        from bon.scorers.mix import load_selector  # here: the mix module imports this one
+
+        load_selector(self.mix).score_options(self)
+
+    def _check_vote(self) -> None:
+        """The rules between vote's options (each option alone is checked by `validate`)."""
+        if self.answer == "regex" and self.answer_pattern is None:
+            raise ConfigError(
+                "`answer_pattern` must be set when `answer` is regex, e.g. 'answer is (\\S+)'"
+            )
+        if self.answer_pattern is not None and self.answer != "regex":
+            raise ConfigError(
+                f"`answer_pattern` is read only when `answer` is regex, got {self.answer!r}: "
+                "set `answer` to regex, or drop the pattern"
+            )
+        order, name = self.scorers, self.weight_by
+        if name == "vote":
+            raise ConfigError("`weight_by` must name a score other than vote's own, got 'vote'")
+        if "vote" in order and name in order and order.index(name) > order.index("vote"):
+            raise ConfigError(
+                f"`weight_by` score {name!r} is computed after vote: list {name} before vote "
+                "in `scorers`"
+            )
 
 
 class Scorer(ABC):
