@@ -692,7 +692,8 @@ def _pick_device(torch: Any, device: str) -> Any:
 
 def _pick_dtype(torch: Any, dtype: str, device: Any) -> Any:
     """`dtype` as torch's; auto is bfloat16, except on a CPU without bf16 instructions, where
-    torch emulates bfloat16 at about half float32's speed (`benchmarks/results/cpu_defaults.md`)."""
+    torch only emulates bfloat16: float32 there is as fast or faster and keeps full precision
+    (`benchmarks/results/cpu_defaults.md`)."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cpu" and not cpu_has_bf16():
