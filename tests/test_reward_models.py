@@ -24,7 +24,7 @@ from bon.scorers.reward_models import (
     split_steps,
     tag_steps,
 )
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import build_tiny_llama, read_jsonl, write_jsonl
 
 TAG = "<step>"
 OWN_TEMPLATE = (
@@ -32,43 +32,16 @@ OWN_TEMPLATE = (
 )
 
 
-def _tiny_classifier(path, tokenizer_path: str, labels: int, tag: str | None = None) -> str:
-    """A random 2-layer Llama classification model with `labels` outputs, saved at `path`."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    if tag is not None:
-        tokenizer.add_special_tokens({"additional_special_tokens": [tag]})
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        num_labels=labels,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(labels)
-    LlamaForSequenceClassification(config).to(torch.bfloat16).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory, smollm2_path) -> str:
     """A one-output reward model (num_labels=1)."""
-    return _tiny_classifier(tmp_path_factory.mktemp("tiny-rm"), smollm2_path, labels=1)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-rm"), smollm2_path, labels=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_prm(tmp_path_factory, smollm2_path) -> str:
     """A two-label process reward model whose tokenizer knows the step tag as one token."""
-    return _tiny_classifier(tmp_path_factory.mktemp("tiny-prm"), smollm2_path, labels=2, tag=TAG)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-prm"), smollm2_path, labels=2, tag=TAG)
 
 
 @pytest.fixture(scope="module")

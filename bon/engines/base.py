@@ -261,6 +261,17 @@ def check_fits(
             )
 
 
+def require_classifier(head: str, model: str, job: str) -> None:
+    """Raise `EngineError` when `model` (whose head is `head`) is a causal LM, which cannot
+    `job` (the reward-model calls need a classification head)."""
+    if head == CAUSAL_LM:
+        raise EngineError(
+            f"model {model!r} has no classification head (its config names a causal LM), so "
+            f"it cannot {job}: give a reward model, a checkpoint that "
+            "AutoModelForSequenceClassification loads, as the scoring --model"
+        )
+
+
 def check_lengths(sequences: Sequence[Sequence[int]], room: int) -> None:
     """Raise `RecordError` naming the first token sequence longer than `room`."""
     for row, sequence in enumerate(sequences):

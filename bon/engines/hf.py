@@ -56,6 +56,7 @@ from bon.engines.base import (
     check_fits,
     check_lengths,
     decode_each,
+    require_classifier,
     too_long,
 )
 from bon.errors import ConfigError, EngineError
@@ -452,12 +453,7 @@ class HFEngine(Engine):
         self, conversations: Sequence[list[Message]], job: str
     ) -> list[list[int]]:
         """Each whole conversation's token ids, checked against the context."""
-        if self.head == CAUSAL_LM:
-            raise EngineError(
-                f"model {self.options.model!r} has no classification head (its config names a "
-                f"causal LM), so it cannot {job}: give a reward model, a checkpoint that "
-                "AutoModelForSequenceClassification loads, as the scoring --model"
-            )
+        require_classifier(self.head, self.options.model, job)
         sequences = [
             self._encode(render_whole(self.tokenizer, c, self._system_role, self.options.model))
             for c in conversations

@@ -44,6 +44,7 @@ from bon.engines.base import (
     check_fits,
     check_lengths,
     decode_each,
+    require_classifier,
     too_long,
 )
 from bon.engines.hf import _accepts_system_role, local_tokenizer, model_head, render_whole
@@ -339,12 +340,7 @@ class VLLMEngine(Engine):
         """Each whole conversation as vLLM token prompts, checked against the context."""
         from vllm import TokensPrompt
 
-        if self.head == CAUSAL_LM:
-            raise EngineError(
-                f"model {self.options.model!r} has no classification head (its config names a "
-                f"causal LM), so it cannot {job}: give a reward model, a checkpoint that "
-                "AutoModelForSequenceClassification loads, as the scoring --model"
-            )
+        require_classifier(self.head, self.options.model, job)
         ids = [
             self._encode(render_whole(self.tokenizer, c, self._system_role, self.options.model))
             for c in conversations
