@@ -24,8 +24,7 @@ import bon
 import bon.scorers.tokens as tokens
 from bon.evals.pref import accuracy
 from bon.scorers import ScoreOptions
-from bon.scorers.base import TOKEN_REDUCTIONS
-from bon.scorers.tokens import FlipTokensScorer
+from bon.scorers.tokens import TOKEN_REDUCTIONS, FlipTokensScorer
 
 LENGTH_WEIGHTS = (-0.5, 0.0, 0.25, 0.5)
 PENALTY = ScoreOptions().echo_penalty or FlipTokensScorer.default_echo_penalty

@@ -142,14 +142,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune_flip_tokens.md"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="records per file (all: unset)")
-    parser.add_argument("--token-reduce", default=ScoreOptions().token_reduce)
+    parser.add_argument("--token-reduce", default=ScoreOptions().of("flip-tokens").token_reduce)
     args = parser.parse_args(argv)
     weights = list(itertools.product(MEAN_WEIGHTS, LENGTH_WEIGHTS))
     files = scored_files(args.pref_dir, args.batch_size, args.limit, args.token_reduce)
     grid = {key: accuracies(records, weights, args.token_reduce) for key, records in files.items()}
     dev = [key for key in grid if key[1] == "dev"]
     chosen = max(weights, key=lambda w: np.mean([grid[k][f"m{w[0]}-l{w[1]}"] for k in dev]))
-    default = (0.0, ScoreOptions().length_weight)
+    default = (0.0, ScoreOptions().of("flip-tokens").length_weight)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     argv_text = sys.argv[1:] if argv is None else argv
     args.out.write_text(markdown(grid, weights, chosen, default, argv_text), encoding="utf-8")

@@ -34,6 +34,7 @@ from bon.options import fields, non_negative, option, positive, types_of, valida
 from bon.pipeline import ON_ERROR, Report, Stage
 from bon.records import RecordProblem
 from bon.scorers import ScoreOptions
+from bon.scorers.base import keyword_fields
 from bon.select import SelectOptions
 
 # In `bon run`, reranker options whose names the generator also has (model, engine, batch_size,
@@ -121,22 +122,62 @@ def file_group(command: str) -> Group:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One option as a command takes it.
+
+    Attributes:
+        keyword: its name in the API function and (dashed) on the command line.
+        name: its name in the options class (for a scorer's own option, the flat keyword
+            `ScoreOptions.from_keywords` takes).
+        field: its declaration.
+        hint: its type.
+        section: the scorers whose own option it is; None for a stage's options.
+    """
+
+    keyword: str
+    name: str
+    field: dataclasses.Field
+    hint: Any
+    section: str | None = None
+
+
+@dataclass(frozen=True)
 class Group:
-    """The options of one class as a command takes them: `prefix` before clashing names."""
+    """The options of one class as a command takes them: `prefix` before clashing names. The
+    group of `ScoreOptions` holds every installed scorer's own options too."""
 
     cls: type
     prefix: str = ""
     clashes: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
 
+    def entries(self) -> list[Entry]:
+        """The options this group contributes, in the order `--help` lists them."""
+        if issubclass(self.cls, ScoreOptions):
+            declared = [(k.keyword, k.cls, k.field, k.section) for k in keyword_fields()]
+        else:
+            declared = [(f.name, self.cls, f, None) for f in fields(self.cls)]
+        return [
+            Entry(
+                (self.prefix if name in self.clashes else "") + name,
+                name,
+                field,
+                types_of(cls)[field.name],
+                section.title if section else None,
+            )
+            for name, cls, field, section in declared
+            if name not in self.skip
+        ]
+
     def names(self) -> dict[str, str]:
-        """Keyword name -> field name, for the fields this group contributes."""
-        out = {}
-        for field in fields(self.cls):
-            if field.name in self.skip:
-                continue
-            out[(self.prefix if field.name in self.clashes else "") + field.name] = field.name
-        return out
+        """Keyword name -> name in the options class, for the options this group contributes."""
+        return {e.keyword: e.name for e in self.entries()}
+
+    def build(self, values: dict[str, Any]) -> Any:
+        """The options object of `values` (by name in the options class)."""
+        if issubclass(self.cls, ScoreOptions):
+            return self.cls.from_keywords(**values)
+        return self.cls(**values)
 
 
 def _generator_names() -> tuple[str, ...]:
@@ -179,12 +220,13 @@ def keywords(command: str, *, files: bool = True) -> list[inspect.Parameter]:
     groups = _groups(command, files)
     params = []
     for group in groups:
-        hints = types_of(group.cls)
-        for keyword, name in group.names().items():
-            default = next(f.default for f in fields(group.cls) if f.name == name)
+        for entry in group.entries():
             params.append(
                 inspect.Parameter(
-                    keyword, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[name]
+                    entry.keyword,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=entry.field.default,
+                    annotation=entry.hint,
                 )
             )
     return params
@@ -211,9 +253,9 @@ def _mirrors(command: str, *, files: bool) -> Callable[[Callable], Callable]:
 
 def _help(command: str, keyword: str) -> str:
     for group in _groups(command, True):
-        name = group.names().get(keyword)
-        if name is not None:
-            return next(f.metadata["help"] for f in fields(group.cls) if f.name == name)
+        for entry in group.entries():
+            if entry.keyword == keyword:
+                return entry.field.metadata["help"]
     return ""
 
 
@@ -233,7 +275,7 @@ def split_options(command: str, options: dict[str, Any], *, files: bool) -> list
         raise ConfigError(
             f"unknown option(s) {', '.join(sorted(options))}; known: {', '.join(known)}"
         )
-    return [g.cls(**mine) for g, mine in zip(groups, built, strict=True)]
+    return [g.build(mine) for g, mine in zip(groups, built, strict=True)]
 
 
 def validate_options(command: str, options: dict[str, Any]) -> None:

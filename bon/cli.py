@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -20,7 +19,7 @@ import click
 from bon import api, distributed, recipes
 from bon.errors import BonError
 from bon.export import FORMATS, ExportOptions
-from bon.options import choices_of, fields, types_of
+from bon.options import choices_of
 from bon.pipeline import Report
 from bon.scorers import ScoreOptions
 from bon.serve import ServeOptions
@@ -68,6 +67,18 @@ class _Command(click.Command):
                 exc.message = f"{exc.message} ({hint})"
             raise
 
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options, then each scorer's own options under its name."""
+        sections: dict[str | None, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", None), []).append(record)
+        for section, records in sections.items():
+            title = "Options" if section is None else f"Options of scorer {section}"
+            with formatter.section(title):
+                formatter.write_dl(records)
+
 
 class _Group(click.Group):
     """A group whose commands, and those of its subgroups, are `_Command`s."""
@@ -97,10 +108,12 @@ def _bare_hint(args: list[str], bare: Mapping[str, str]) -> str | None:
     return None
 
 
-def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: bool) -> Callable:
+def _click_option(entry: api.Entry) -> Callable:
     """The click option derived from one declared option (see `bon.options`)."""
+    field, hint, keyword = entry.field, entry.hint, entry.keyword
+    prefixed = keyword != entry.name
     meta = field.metadata
-    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    flag = meta["flag"] or "--" + entry.name.replace("_", "-")
     if prefixed:
         flag = "--" + api.RERANKER_PREFIX.replace("_", "-") + flag.removeprefix("--")
     names = [flag] if prefixed or not meta["short"] else [flag, meta["short"]]
@@ -120,7 +133,15 @@ def _click_option(field: dataclasses.Field, hint: Any, keyword: str, prefixed: b
         kwargs.update(multiple=multiple, type=click.Choice(choices) if choices else element)
     if field.default is None:
         kwargs["show_default"] = False
-    return click.option(*names, keyword, **kwargs)
+    return click.option(*names, keyword, cls=_Option, section=entry.section, **kwargs)
+
+
+class _Option(click.Option):
+    """An option that knows its help section: the scorers whose own option it is."""
+
+    def __init__(self, *args: Any, section: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
 
 
 def _base_type(hint: Any) -> Any:
@@ -144,12 +165,7 @@ def _declared(
         chosen = groups if groups is not None else [*api.COMMANDS[command], api.file_group(command)]
         decorators = []
         for group in chosen:
-            hints = types_of(group.cls)
-            by_name = {f.name: f for f in fields(group.cls)}
-            for keyword, name in group.names().items():
-                decorators.append(
-                    _click_option(by_name[name], hints[name], keyword, keyword != name)
-                )
+            decorators.extend(_click_option(entry) for entry in group.entries())
         for decorator in reversed(decorators):
             fn = decorator(fn)
         return fn

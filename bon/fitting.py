@@ -19,6 +19,7 @@ depends on the time or the machine, so the same inputs and options write the sam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 from collections.abc import Sequence
@@ -33,8 +34,9 @@ from bon.errors import ConfigError, InputError, require
 from bon.evals import pref
 from bon.evals.report import fmt, markdown_table
 from bon.jsonl import replace_atomically
-from bon.options import defaults, fields, non_negative, option, positive, validate
+from bon.options import fields, non_negative, option, positive, validate
 from bon.scorers import ScoreOptions, higher_is_better, scorers
+from bon.scorers.base import keyword_fields
 from bon.scorers.mix import (
     FORMAT,
     LENGTH,
@@ -77,9 +79,22 @@ class FitOptions:
         check=lambda v: non_negative(v) and isinstance(v, int),
         constraint="an integer >= 0",
     )
+    test: tuple[str, ...] = option(
+        (),
+        "Held-out labelled file (repeat for several): never fitted on; the written selector "
+        "is judged on it beside each of its scorers and the length controls (`bon eval pref`, "
+        "with intervals), and the result goes in the report and the file's comments.",
+        check=lambda v: isinstance(v, tuple) and all(isinstance(p, str) and p for p in v),
+        constraint="file paths",
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "test", tuple(self.test))
         validate(self)
+
+
+CONTROLS = ("longest", "shortest")
+"""The controls judged beside a selector on held-out files."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,8 @@ class FitReport:
         scores: the fitted selector's score of each candidate of each record, in file order
             (what the `mix` scorer computes from the written file).
         options: the `FitOptions` used.
+        test: the selector (`mix`), its scorers and `CONTROLS` judged on the `test` files;
+            None without them.
     """
 
     output: str
@@ -127,6 +144,7 @@ class FitReport:
     options: FitOptions
     scores: list[list[float]] = field(default_factory=list, repr=False)
     skipped: list[InputError] = field(default_factory=list)
+    test: pref.PrefReport | None = None
 
     @property
     def features(self) -> list[str]:
@@ -154,6 +172,9 @@ class FitReport:
                 f"Skipped {len(self.skipped)} record(s) without label variation (first: "
                 f"{self.skipped[0]})."
             )
+        if self.test is not None:
+            text += ["", "Held out (the test files; mix is the written selector):", ""]
+            text.append(self.test.to_markdown())
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +193,7 @@ class FitReport:
             "folds": self.options.folds,
             "fold_seed": self.options.fold_seed,
             "skipped": [{"file": e.path, "line": e.line, "error": e.problem} for e in self.skipped],
+            "test": None if self.test is None else self.test.to_dict(),
         }
 
 
@@ -196,17 +218,29 @@ def fit_files(
             f"`folds` must be at most the number of usable records ({len(entries)}), got "
             f"{options.folds}: lower --folds or add labelled records"
         )
-    kwargs = {f.name: getattr(score_options, f.name) for f in fields(ScoreOptions)}
-    entries = pref.score_entries(entries, **kwargs)
+    entries = pref.score_entries(entries, **score_options.keywords())
     examples = [_example(source, line, record, names) for source, line, record in entries]
     fitted = fit_examples(examples, names, options)
     fitted.output = str(output)
     fitted.files = counts
     fitted.skipped = skipped
     configs = _scorer_configs(entries, names)
-    text = selector_text(fitted, configs, _command(paths, output, options, score_options))
-    replace_atomically(output, [text.encode("utf-8")])
+    command = _command(paths, output, options, score_options)
+    replace_atomically(output, [selector_text(fitted, configs, command).encode("utf-8")])
+    if options.test:
+        fitted.test = _held_out(options.test, output, score_options)
+        replace_atomically(output, [selector_text(fitted, configs, command).encode("utf-8")])
     return fitted
+
+
+def _held_out(
+    paths: Sequence[str], selector: str | Path, score_options: ScoreOptions
+) -> pref.PrefReport:
+    """The selector written at `selector` (the mix scorer reading it), its scorers and the
+    controls, judged on the labelled files `paths` by `bon eval pref`."""
+    values = score_options.keywords()
+    scorers = (*values.pop("scorers"), *(c for c in CONTROLS if c not in score_options.scorers))
+    return pref.eval_pref(list(paths), scorers=scorers, **{**values, "mix": str(selector)})
 
 
 def check_scorers(names: Sequence[str]) -> None:
@@ -413,6 +447,7 @@ def selector_text(report: FitReport, configs: dict[str, dict], command: str) -> 
         "#   each feature alone: "
         + ", ".join(f"{name} {value:g}" for name, value in report.single.items()),
         *_model_lines(configs),
+        *_test_lines(report.test),
         "# Features: each scorer's score as a z-score over its record's candidates (negated when",
         "# lower is better; all equal, missing or NaN: 0), and length, the same of log(1 + words).",
         "",
@@ -425,6 +460,24 @@ def _options_of(name: str, config: dict) -> dict[str, Any]:
     """The `ScoreOptions` values recorded in a scorer's configuration that change its scores."""
     used = scorers.get(name).options_used()
     return {key: config[key] for key in used if key in config}
+
+
+def _test_lines(test: pref.PrefReport | None) -> list[str]:
+    """Comments giving the held-out accuracy of the selector (mix), its scorers and the
+    controls on each test file, with the 95% bootstrap intervals."""
+    if test is None:
+        return []
+    groups = {"all test files": test.overall, **test.subsets}
+    lines = [
+        f"# held out (never fitted on; mix is this selector; 95% bootstrap interval, "
+        f"{test.bootstrap} resamples, seed {test.seed}):"
+    ]
+    for name, group in groups.items():
+        order = ["mix", *(s for s in test.scorers if s != "mix")]
+        cells = [f"{s} {pref.cell_text(group.scorers[s])}" for s in order]
+        cells.append(f"uniform pick {fmt(group.random)}")
+        lines.append(f"#   {name} ({group.items} records): " + "; ".join(cells))
+    return lines
 
 
 def _model_lines(configs: dict[str, dict]) -> list[str]:
@@ -445,20 +498,25 @@ def _command(
     except the scorers)."""
     words_ = ["bon", "fit", *paths, "-o", str(output)]
     words_ += [w for name in score_options.scorers for w in ("--scorer", name)]
-    words_ += _flags(options, skip=())
-    words_ += _flags(score_options, skip=("scorers",))
+    words_ += _flags(_declared(options), skip=())
+    values = score_options.keywords()
+    scoring = [(k.keyword, k.field, values[k.keyword]) for k in keyword_fields()]
+    words_ += _flags(scoring, skip=("scorers",))
     return " ".join(shlex.quote(w) for w in words_)
 
 
-def _flags(obj: Any, skip: tuple[str, ...]) -> list[str]:
-    """The command-line flags of the options of `obj` that differ from their defaults."""
+def _declared(obj: Any) -> list[tuple[str, dataclasses.Field, Any]]:
+    return [(f.name, f, getattr(obj, f.name)) for f in fields(type(obj))]
+
+
+def _flags(values: list[tuple[str, dataclasses.Field, Any]], skip: tuple[str, ...]) -> list[str]:
+    """The command-line flags of the options (keyword, declaration, value) that differ from
+    their defaults."""
     out: list[str] = []
-    base = defaults(type(obj))
-    for f in fields(type(obj)):
-        value = getattr(obj, f.name)
-        if f.name in skip or value == base[f.name]:
+    for keyword, f, value in values:
+        if keyword in skip or value == f.default:
             continue
-        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        flag = f.metadata["flag"] or "--" + keyword.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else f"--no-{flag.removeprefix('--')}")
         elif isinstance(value, tuple):

@@ -63,7 +63,7 @@ class Reward:
     def __init__(self, scorer: str = "flip-tokens", **options: Any) -> None:
         if "scorers" in options:
             raise TypeError("give one `scorer`; `scorers` is not an option of a reward")
-        self.options = ScoreOptions(scorers=(scorer,), **options)
+        self.options = ScoreOptions.from_keywords(scorers=(scorer,), **options)
         self.scorer = scorer
         self.__name__ = f"bon_{scorer.replace('-', '_')}"
         self._sign = 1.0 if scorers.get(scorer).higher_is_better else -1.0

@@ -28,7 +28,7 @@ def _no_engine():
 
 
 def _scorer(name: str, **options):
-    return scorers.get(name)(ScoreOptions(scorers=(name,), **options), _no_engine)
+    return scorers.get(name)(ScoreOptions.from_keywords(scorers=(name,), **options), _no_engine)
 
 
 def _values(name: str, candidates: list[str], scores=(), **options) -> list[float]:
@@ -306,7 +306,7 @@ def test_weighted_vote_through_the_cli(tmp_path):
 )
 def test_bad_vote_options_fail_before_anything_runs(options, message):
     with pytest.raises(ConfigError, match=message):
-        ScoreOptions(**{"scorers": ["vote"], **options})
+        ScoreOptions.from_keywords(**{"scorers": ["vote"], **options})
 
 
 def test_the_cli_reports_a_bad_vote_option(tmp_path):
@@ -370,7 +370,7 @@ def test_relevance_and_cosine_mbr_share_one_embedder():
 
 
 def _scoring(**options) -> dict:
-    return Reranker(ScoreOptions(**options)).config()["scorers"]
+    return Reranker(ScoreOptions.from_keywords(**options)).config()["scorers"]
 
 
 def test_each_new_scorer_records_exactly_its_options():

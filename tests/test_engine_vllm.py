@@ -105,23 +105,38 @@ def test_close_frees_the_engine_for_the_next_one(probe):
     assert probe["after_close"] == probe["greedy"][:1]
 
 
-def test_greedy_text_agrees_with_hf(probe, smollm2_path):
-    """hf and vllm, both bf16, decode the same greedy text for the same model, except where the
-    top two tokens are nearly tied: bf16 rounding in differently fused kernels can flip such a
-    tie, and from there the texts part.
+NEAR_TIE = 0.5
+"""Nats: how far below hf's best token a vllm greedy token may be (bf16 rounding in differently
+fused kernels moves log-probabilities by a few tenths)."""
 
-    Seen here: for "What is the capital of France?" the first reply token is a near-tie. hf gives
-    "The" -1.76 and "L" -2.01; vllm (enforce_eager, same 37 prompt ids) gives "L" -1.83 and "The"
-    -1.96. So hf answers "The capital of France is Paris." and vllm "L'Étoile, ...", while the
-    other two prompts agree in text, finish reason and token count over 16 tokens.
+
+def test_greedy_tokens_are_hfs_best_up_to_near_ties(probe, smollm2_path):
+    """vllm (bf16) decodes greedily from the same model as hf: under hf at float32, teacher-forced
+    on vllm's own text, every token vllm chose is hf's best or within `NEAR_TIE` of it.
+
+    Comparing texts is not this test: at a near-tie the two engines may part and then each
+    continues greedily from its own prefix (seen: for "What is the capital of France?" hf bf16
+    gives "The" -1.76 and "L" -2.01, vllm "L" -1.83 and "The" -1.96), and which side of a tie
+    bf16 lands on changes with the transformers release, padding and thread count.
     """
-    # bf16 as vllm runs it (auto is float32 on a CPU without bf16 instructions)
-    engine = load_engine(EngineOptions(model=smollm2_path, device="cpu", dtype="bfloat16"))
-    greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=vllm_probe.GREEDY_TOKENS)
-    hf = [row[0].to_record() for row in engine.generate(vllm_probe.CONVERSATIONS, greedy)]
-    vllm = [row[0] for row in probe["greedy"]]
-    same = [a == b for a, b in zip(hf, vllm, strict=True)]  # text, finish reason, token count
-    assert sum(same) >= 2, (hf, vllm)
+    import torch
+
+    engine = load_engine(EngineOptions(model=smollm2_path, device="cpu", dtype="float32"))
+    tokenizer, model = engine.tokenizer, engine.model
+    gaps = []
+    for conversation, row in zip(vllm_probe.CONVERSATIONS, probe["greedy"], strict=True):
+        prompt = tokenizer.encode(engine.render(conversation), add_special_tokens=False)
+        reply = tokenizer.encode(row[0]["text"], add_special_tokens=False)
+        assert reply, row
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1 : -1]
+        logprobs = logits.float().log_softmax(-1)
+        chosen = logprobs[torch.arange(len(reply)), torch.tensor(reply)]
+        gaps.extend((logprobs.max(-1).values - chosen).tolist())
+    engine.close()
+    assert len(gaps) >= 3 * 6  # the texts are real replies, not one-token stubs
+    assert max(gaps) <= NEAR_TIE, gaps
+    assert sum(g < 1e-6 for g in gaps) >= 0.8 * len(gaps), gaps  # mostly hf's argmax exactly
 
 
 @pytest.mark.parametrize("run", ["overflow", "overflow_greedy"])

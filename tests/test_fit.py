@@ -334,14 +334,14 @@ def test_scorers_disagreeing_on_a_shared_option_are_an_error(tmp_path):
         ConfigError,
         match=r"sel\.yaml:8: mbr and relevance give `max_response_words` different values",
     ):
-        ScoreOptions(scorers=("mix",), mix=str(selector))
+        ScoreOptions.from_keywords(scorers=("mix",), mix=str(selector))
 
 
 def test_mix_needs_a_selector_file_and_an_existing_one():
     with pytest.raises(ConfigError, match="`mix` must name a selector file"):
         ScoreOptions(scorers=("mix",))
     with pytest.raises(ConfigError, match=r"no-such\.yaml: cannot read the selector file"):
-        ScoreOptions(scorers=("longest",), mix="no-such.yaml")
+        ScoreOptions.from_keywords(scorers=("longest",), mix="no-such.yaml")
 
 
 def test_load_selector_keeps_the_file_order_and_hash(tmp_path):
@@ -429,3 +429,24 @@ def test_a_fit_on_a_packaged_dev_set_holds_on_its_test_half(tmp_path):
     assert report.cv_accuracy > 0.6
     test = bon.eval_pref(data / "vs_small.test.jsonl", scorers=(), mix=str(selector), bootstrap=0)
     assert test.overall.scorers["mix"].accuracy > 0.5
+
+
+def test_test_files_are_judged_held_out_and_written_in_the_comments(tmp_path, length_file):
+    held = write_jsonl(tmp_path / "held.jsonl", synthetic(30, 5, "length"))
+    noise = write_jsonl(tmp_path / "noise.jsonl", synthetic(30, 6, "random"))
+    out = tmp_path / "sel.yaml"
+    report = fit(length_file, out, scorers=("longest",), test=(str(held), str(noise)))
+    assert (report.records, report.test.overall.items) == (60, 60)  # test records never fitted
+    held_group = report.test.subsets["held"]
+    assert held_group.scorers["mix"].accuracy == 1.0  # the length rule carries over
+    assert held_group.scorers["longest"].accuracy == 1.0
+    assert report.test.subsets["noise"].scorers["mix"].accuracy < 0.6
+    assert report.test.scorers == ["longest", "shortest", "mix"]
+    comments = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    held_line = next(line for line in comments if line.startswith("#   held (30 records)"))
+    assert "mix 1.000 [1.000, 1.000]; longest 1.000 [1.000, 1.000]; shortest 0.000" in held_line
+    assert held_line.endswith("uniform pick 0.250")
+    assert any(f"--test {held} --test {noise}" in line for line in comments)
+    assert "Held out" in report.to_markdown()
+    assert json.loads(json.dumps(report.to_dict()))["test"]["subsets"]["held"]["items"] == 30
+    assert load_selector(out).weights == report.weights  # the rewritten file still loads

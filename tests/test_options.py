@@ -21,7 +21,7 @@ from tests.conftest import read_jsonl, write_jsonl
 
 
 def _config(**options):
-    return Reranker(ScoreOptions(**options)).config()
+    return Reranker(ScoreOptions.from_keywords(**options)).config()
 
 
 def test_a_scorer_config_holds_only_the_options_it_uses():
@@ -44,7 +44,9 @@ def test_cache_keys_follow_the_server_the_weights_and_bon(tmp_path, monkeypatch)
     messages = [{"role": "user", "content": "hi"}]
 
     def key(**options):
-        return score_key(Reranker(ScoreOptions(**options)).scorers[0].describe(), messages, "x")
+        return score_key(
+            Reranker(ScoreOptions.from_keywords(**options)).scorers[0].describe(), messages, "x"
+        )
 
     a = key(engine="openai", engine_args={"base_url": "http://127.0.0.1:1/v1"})
     b = key(engine="openai", engine_args={"base_url": "http://127.0.0.1:2/v1"})
@@ -94,7 +96,7 @@ def test_options_are_checked_against_their_declaration(options, match):
         elif "n" in options:
             bon.GenerateOptions(**options)
         else:
-            ScoreOptions(**options)
+            ScoreOptions.from_keywords(**options)
 
 
 def test_api_functions_show_every_option_in_their_signature():

@@ -6,8 +6,14 @@ import pytest
 
 import bon
 from bon.scorers import ScoreOptions
-from bon.scorers.base import TOKEN_REDUCTIONS
-from bon.scorers.tokens import _REDUCE, combine, reduce_tokens, sentence_spans, standardise
+from bon.scorers.tokens import (
+    _REDUCE,
+    TOKEN_REDUCTIONS,
+    combine,
+    reduce_tokens,
+    sentence_spans,
+    standardise,
+)
 
 RECORD = {
     "id": "sky",
@@ -66,7 +72,7 @@ def test_sentences_mixes_the_mean_sentence_with_the_weakest():
     # Read as one sentence, the mean and the weakest agree: 1.5 standard scores each.
     one = reduce_tokens(rows, [0.0] * 3, "sentences")
     assert one == pytest.approx(1.5 * standardise([5 / 3, 4 / 3, 0.0]))
-    assert ScoreOptions().token_reduce == "sentences"
+    assert ScoreOptions().of("flip-tokens").token_reduce == "sentences"
 
 
 def test_empty_inputs():

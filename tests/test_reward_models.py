@@ -206,7 +206,7 @@ def test_steps_are_split_tagged_and_stray_tags_removed():
     assert tag_steps(["a", "b"], "\n\n", TAG) == "a<step>\n\nb<step>"
     # A shell gives a newline as backslash-n: the default is written so, and read as a newline.
     assert separator("\\n\\n") == separator("\n\n") == "\n\n"
-    assert separator(ScoreOptions().step_sep) == "\n\n"
+    assert separator(ScoreOptions().of("prm").step_sep) == "\n\n"
 
 
 def test_step_reductions():

@@ -169,7 +169,7 @@ def test_knockout_plays_a_bracket_and_round_robin_plays_both_orders():
     query = Query([{"role": "user", "content": "q"}], ["a", "b", "c"])
     # Knockout: a-b -> B wins; then b-c (c had a bye) -> A (b) wins.
     engine = _ScriptedEngine(['{"BETTER_RESPONSE": "B"}', '{"BETTER_RESPONSE": "A"}'])
-    judge = PairwiseJudge(ScoreOptions(pairwise="knockout"), lambda: engine)
+    judge = PairwiseJudge(ScoreOptions.from_keywords(pairwise="knockout"), lambda: engine)
     values = [s.value for s in judge.score([query])[0]]
     assert values == [0.0, 1.0, 0.5]
     assert len(engine.prompts) == 2
@@ -364,7 +364,7 @@ def test_system_target_without_a_system_turn_is_found_before_any_model_loads(tmp
 )
 def test_bad_options_are_rejected_before_any_model_loads(options, message):
     with pytest.raises(ConfigError, match=message):
-        ScoreOptions(**options)
+        ScoreOptions.from_keywords(**options)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -108,7 +108,7 @@ class PrefReport:
         rows = [
             [
                 name,
-                *(_cell_text(g.scorers[name]) for g in groups.values()),
+                *(cell_text(g.scorers[name]) for g in groups.values()),
                 fmt(self.overall.scorers[name].ties),
             ]
             for name in self.scorers
@@ -146,7 +146,8 @@ class PrefReport:
         )
 
 
-def _cell_text(cell: PrefCell) -> str:
+def cell_text(cell: PrefCell) -> str:
+    """A cell as `accuracy [low, high]` (the interval when there is one)."""
     if cell.low is None or cell.high is None:
         return fmt(cell.accuracy)
     return f"{fmt(cell.accuracy)} [{fmt(cell.low)}, {fmt(cell.high)}]"

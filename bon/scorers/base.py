@@ -6,30 +6,27 @@ reads instead of assuming an argmax.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, EngineOptions
 from bon.errors import ConfigError
-from bon.options import non_negative, option, positive, used_by
+from bon.options import fields, non_negative, option, positive, used_by, validate
 from bon.similarity import DEFAULT_EMBEDDER, SIMILARITIES
 
 PROMPTS = ("paper", "short")
 FLIP_FAMILY = ("flip", "flip-k", "flip-likelihood", "flip-tokens")
-TOKEN_REDUCTIONS = ("sentences", "gain", "weakest", "z", "rank", "mean")
 GENERATIVE_FLIP = ("flip", "flip-k")
 JUDGES = ("judge-pointwise", "judge-pairwise", "judge-listwise")
 TARGETS = ("instruction", "system")
-PAIRWISE = ("round-robin", "knockout")
-ANSWERS = ("boxed", "number", "regex", "text")
 EMBEDDING_SCORERS = ("relevance", "mbr")
-STEP_REDUCTIONS = ("last", "min", "prod", "mean")
 
 
 @dataclass(frozen=True)
@@ -65,18 +62,7 @@ class Scored:
 
 
 def _scorer_names() -> list[str]:
-    from bon.scorers import scorers  # here, not at import time: the registry imports us
-
-    return scorers.names()
-
-
-def _compiles(pattern: Any) -> bool:
-    """True for a string that `re.compile` accepts."""
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError):
-        return False
-    return isinstance(pattern, str)
+    return _registry().names()
 
 
 @dataclass(frozen=True)
@@ -147,39 +133,6 @@ class ScoreOptions(EngineOptions):
         choices=TARGETS,
         used_by=FLIP_FAMILY,
     )
-    token_reduce: str = option(
-        "sentences",
-        "How flip-tokens aggregates the instruction's token log-probabilities. sentences: each "
-        "instruction sentence's mean gain over the instruction's prior, averaged, plus half the "
-        "least-gained sentence (each in standard scores across the record's candidates); "
-        "weakest: the least-gained sentence alone; gain: the mean gain over the prior, clipped "
-        "at 0; z or rank: each token compared across the record's candidates; mean: as "
-        "flip-likelihood.",
-        choices=TOKEN_REDUCTIONS,
-        used_by=("flip-tokens",),
-    )
-    length_weight: float = option(
-        0.5,
-        "flip-tokens adds this many within-record standard scores of log(1 + words read) to "
-        "the standard score of its token aggregate (0: the aggregate alone). Fitted on dev.",
-        check=non_negative,
-        constraint=">= 0",
-        used_by=("flip-tokens",),
-    )
-    k: int = option(
-        4,
-        "Reconstructions sampled per candidate.",
-        check=positive,
-        constraint="an integer >= 1",
-        used_by=("flip-k",),
-    )
-    temperature: float = option(
-        0.7,
-        "Sampling temperature of the reconstructions.",
-        check=lambda v: non_negative(v) and v > 0,
-        constraint="> 0 (flip-k samples)",
-        used_by=("flip-k",),
-    )
     seed: int = option(
         0,
         "Base seed; per-candidate seeds derive from it and the candidate's text.",
@@ -214,88 +167,6 @@ class ScoreOptions(EngineOptions):
         constraint=">= 0 (or None for the per-scorer default)",
         used_by=FLIP_FAMILY,
     )
-    pairwise: str = option(
-        "round-robin",
-        "How judge-pairwise aggregates: both orders of every pair, or a knockout bracket.",
-        choices=PAIRWISE,
-        used_by=("judge-pairwise",),
-    )
-    answer: str = option(
-        "number",
-        "How vote reads each candidate's final answer: boxed (the last \\boxed{...}), number "
-        "(the last number; 1,000 = 1000 = 1000.0), regex (answer_pattern's last match: its "
-        "first group, or all of it) or text (the whole text, lowercased, spaces collapsed, "
-        "trailing .,;:!? dropped). Default number: self-consistency is for questions with a "
-        "short final answer, mostly maths, which ends a response as its last number; text "
-        "suits short answers only (long ones rarely agree word for word).",
-        choices=ANSWERS,
-        used_by=("vote",),
-    )
-    answer_pattern: str | None = option(
-        None,
-        "Python regular expression of --answer regex, e.g. 'answer is (\\S+)'.",
-        check=lambda v: v is None or _compiles(v),
-        constraint="a regular expression that Python's re module compiles",
-        used_by=("vote",),
-    )
-    weight_by: str | None = option(
-        None,
-        "Reward-weighted vote: each candidate's vote weighs its score of this name (already in "
-        "the records, or from a scorer listed before vote), min-max normalised within the "
-        "record in that score's direction (best 1, worst 0; all equal: 1 each). Unset: one "
-        "vote each.",
-        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
-        constraint="a score name",
-        used_by=("vote",),
-    )
-    mix: str | None = option(
-        None,
-        "Selector file of the mix scorer (YAML written by `bon fit`): the scorers it runs, "
-        "their options and the weights of their within-record standard scores.",
-        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
-        constraint="a file path",
-        used_by=("mix",),
-    )
-    rm_label: int = option(
-        0,
-        "Which output of the reward model's head is the rm score (its raw logit); 0 for the "
-        "usual one-output head.",
-        check=lambda v: non_negative(v) and isinstance(v, int),
-        constraint="an integer >= 0",
-        used_by=("rm",),
-    )
-    step_sep: str = option(
-        "\\n\\n",
-        "What separates a response's steps for prm; \\n and \\t are read as a newline and a "
-        "tab, so the default is a blank line.",
-        check=lambda v: isinstance(v, str) and bool(v),
-        constraint="a non-empty string",
-        used_by=("prm",),
-    )
-    step_tag: str = option(
-        "<step>",
-        "The token prm writes after each step, where the process reward model reads the "
-        "step's score: one token of its tokenizer, the one it was trained with (e.g. "
-        "<extra_0> for Qwen2.5-Math-PRM).",
-        check=lambda v: isinstance(v, str) and bool(v.strip()),
-        constraint="a non-empty token",
-        used_by=("prm",),
-    )
-    prm_label: int = option(
-        1,
-        "Which label of the process reward model's head means a good step; a step's score is "
-        "that label's softmax probability.",
-        check=lambda v: non_negative(v) and isinstance(v, int),
-        constraint="an integer >= 0",
-        used_by=("prm",),
-    )
-    step_reduce: str = option(
-        "min",
-        "How prm turns its step scores into one: last (the final step's), min (the weakest "
-        "step's), prod (all steps good) or mean.",
-        choices=STEP_REDUCTIONS,
-        used_by=("prm",),
-    )
     cache_path: str | None = option(
         None,
         "Score cache file; unset: scores.sqlite in bon's cache folder.",
@@ -304,15 +175,59 @@ class ScoreOptions(EngineOptions):
     )
     no_cache: bool = option(False, "Neither read nor write the score cache.")
 
+    scorer_options: Mapping[str, Any] = field(default_factory=dict)
+    """Scorer name -> that scorer's own options: an instance of its `Options` class or a mapping
+    of their values (checked and turned into the instance). A scorer not named here runs with
+    its defaults. Flat keywords (`ScoreOptions.from_keywords`, the API, the CLI) fill it."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "scorers", tuple(self.scorers))
+        object.__setattr__(self, "scorer_options", _own_options(self.scorer_options))
         super().__post_init__()
-        self._check_vote()
+        self._check_weight_by()
         self._check_mix()
+
+    def of(self, scorer: str) -> Any:
+        """The own options of the scorer called `scorer` (its `Options` defaults when unset)."""
+        given = self.scorer_options.get(scorer)
+        return given if given is not None else _registered(scorer).Options()
+
+    @classmethod
+    def from_keywords(cls, **values: Any) -> ScoreOptions:
+        """Options from flat keywords, as `bon.score` and `bon score` take them: the shared
+        options by name and each scorer's own by its keyword (`option_sections`)."""
+        own: dict[str, Any] = {}
+        for section in option_sections():
+            mine = {f: values.pop(k) for k, f in section.keywords.items() if k in values}
+            if mine:
+                own.update(dict.fromkeys(section.scorers, section.cls(**mine)))
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown scoring option(s) {', '.join(unknown)}")
+        return cls(**values, scorer_options=own)
+
+    def keywords(self) -> dict[str, Any]:
+        """Every option by its flat keyword: the inverse of `from_keywords`."""
+        out = {f.name: getattr(self, f.name) for f in fields(type(self))}
+        for section in option_sections():
+            own = self.of(section.scorers[0])
+            out.update({k: getattr(own, f) for k, f in section.keywords.items()})
+        return out
+
+    def with_values(self, scorer: str, values: Mapping[str, Any]) -> ScoreOptions:
+        """These options with `values` (by field name: shared ones, or `scorer`'s own) set."""
+        own_names = {f.name for f in fields(_registered(scorer).Options)}
+        own = {k: v for k, v in values.items() if k in own_names}
+        shared = {k: v for k, v in values.items() if k not in own_names}
+        changed = dataclasses.replace(self.of(scorer), **own)
+        return dataclasses.replace(
+            self, **shared, scorer_options={**self.scorer_options, scorer: changed}
+        )
 
     def _check_mix(self) -> None:
         """The mix scorer's selector file, read and checked here, before any model loads."""
-        if self.mix is None:
+        path = self.of("mix").mix if "mix" in _scorer_names() else None
+        if path is None:
             if "mix" in self.scorers:
                 raise ConfigError(
                     "`mix` must name a selector file when the scorers include mix: add "
@@ -321,27 +236,133 @@ class ScoreOptions(EngineOptions):
             return
         from bon.scorers.mix import load_selector  # here: the mix module imports this one
 
-        load_selector(self.mix).score_options(self)
+        load_selector(path).score_options(self)
 
-    def _check_vote(self) -> None:
-        """The rules between vote's options (each option alone is checked by `validate`)."""
-        if self.answer == "regex" and self.answer_pattern is None:
-            raise ConfigError(
-                "`answer_pattern` must be set when `answer` is regex, e.g. 'answer is (\\S+)'"
-            )
-        if self.answer_pattern is not None and self.answer != "regex":
-            raise ConfigError(
-                f"`answer_pattern` is read only when `answer` is regex, got {self.answer!r}: "
-                "set `answer` to regex, or drop the pattern"
-            )
-        order, name = self.scorers, self.weight_by
-        if name == "vote":
-            raise ConfigError("`weight_by` must name a score other than vote's own, got 'vote'")
+    def _check_weight_by(self) -> None:
+        """vote's `weight_by` names a score computed before vote (vote's options alone are
+        checked by `VoteOptions`)."""
+        order, name = self.scorers, self.of("vote").weight_by
         if "vote" in order and name in order and order.index(name) > order.index("vote"):
             raise ConfigError(
                 f"`weight_by` score {name!r} is computed after vote: list {name} before vote "
                 "in `scorers`"
             )
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """Base of a scorer's own options class (`Scorer.Options`): frozen, its fields made with
+    `bon.options.option`, checked when built. This one, with no fields, is the options class of
+    a scorer that has none of its own."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One scorer options class as flat keywords and the CLI take it.
+
+    Attributes:
+        scorers: the scorers whose `Options` it is (several when they share the class).
+        cls: the options class.
+        keywords: keyword -> field name; a field whose name a shared option or an earlier
+            section already took is spelled `<scorer>_<field>`.
+    """
+
+    scorers: tuple[str, ...]
+    cls: type
+    keywords: dict[str, str]
+
+    @property
+    def title(self) -> str:
+        return ", ".join(self.scorers)
+
+
+def option_sections() -> list[Section]:
+    """The own options of every installed scorer that has any, built-ins first (a plugin never
+    renames a built-in's keyword), then plugins by name."""
+    registry = _registry()
+    classes: dict[type, list[str]] = {}
+    for name in sorted(registry.names(), key=lambda n: (not _builtin(registry.get(n)), n)):
+        cls = registry.get(name).Options
+        if any(True for _ in fields(cls)):
+            classes.setdefault(cls, []).append(name)
+    taken = {f.name for f in fields(ScoreOptions)}
+    out = []
+    for cls, names in classes.items():
+        keywords = {}
+        for f in fields(cls):
+            keyword = f.name if f.name not in taken else f"{names[0]}_{f.name}".replace("-", "_")
+            if keyword in taken:
+                raise ConfigError(
+                    f"scorer {names[0]!r} declares option {f.name!r}, whose keyword {keyword!r} "
+                    "another option already has: rename the option"
+                )
+            taken.add(keyword)
+            keywords[keyword] = f.name
+        out.append(Section(tuple(names), cls, keywords))
+    return out
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """One flat keyword of `ScoreOptions.from_keywords`: its declaring class and field, and its
+    section (None for a shared option)."""
+
+    keyword: str
+    cls: type
+    field: dataclasses.Field
+    section: Section | None = None
+
+
+def keyword_fields() -> list[Keyword]:
+    """Every flat keyword: the shared options, then each section's, in declaration order."""
+    out = [Keyword(f.name, ScoreOptions, f) for f in fields(ScoreOptions)]
+    for section in option_sections():
+        names = {f: k for k, f in section.keywords.items()}
+        out.extend(Keyword(names[f.name], section.cls, f, section) for f in fields(section.cls))
+    return out
+
+
+def _builtin(cls: type) -> bool:
+    return cls.__module__.startswith("bon.")
+
+
+def _registry() -> Any:
+    from bon.scorers import scorers  # here, not at import time: the registry imports us
+
+    return scorers
+
+
+def _registered(name: str) -> type[Scorer]:
+    return _registry().get(name)
+
+
+def _own_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """`scorer_options` checked: each key an installed scorer, each value its `Options` (a
+    mapping of their values is built into one)."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"`scorer_options` must map scorer names to their options, got {given!r}")
+    out = {}
+    for name, value in given.items():
+        cls = _registered(name).Options
+        if isinstance(value, Mapping):
+            known = [f.name for f in fields(cls)]
+            unknown = sorted(set(value) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"`{unknown[0]}` is not an option of {name} (its options: "
+                    f"{', '.join(known) or 'none'})"
+                )
+            value = cls(**value)
+        if not isinstance(value, cls):
+            raise ConfigError(
+                f"`scorer_options[{name!r}]` must be a {cls.__name__} or a mapping of its "
+                f"values, got {value!r}"
+            )
+        out[name] = value
+    return out
 
 
 class Scorer(ABC):
@@ -361,6 +382,9 @@ class Scorer(ABC):
     independent: ClassVar[bool] = True
     """True when a candidate's score depends only on the conversation and its own text (so the
     cache can key it alone); False for scorers that compare candidates (pairwise, listwise)."""
+    Options: ClassVar[type] = ScorerOptions
+    """The scorer's own options class (a `ScorerOptions` subclass); every one of its fields
+    changes the scorer's values. Its instance for a run is `own`."""
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         self.options = options
@@ -374,6 +398,11 @@ class Scorer(ABC):
     def engine(self) -> Engine:
         return self._engine()
 
+    @property
+    def own(self) -> Any:
+        """This scorer's own options (an instance of `Options`)."""
+        return self.options.of(self.name)
+
     def describe(self) -> dict[str, Any]:
         """What determines this scorer's values (recorded per record, part of its cache keys):
         its name, direction and version, the scoring model's identity when it uses one, and
@@ -385,13 +414,16 @@ class Scorer(ABC):
         }
         if self.uses_model:
             out.update(self.options.identity())
-        out.update({name: getattr(self.options, name) for name in self.options_used()})
+        out.update({name: getattr(self.options, name) for name in used_by(ScoreOptions, self.name)})
+        own = self.own
+        out.update({f.name: getattr(own, f.name) for f in fields(self.Options)})
         return out
 
     @classmethod
     def options_used(cls) -> list[str]:
-        """The `ScoreOptions` fields that change this scorer's values."""
-        return used_by(ScoreOptions, cls.name)
+        """The options that change this scorer's values: the shared ones declared as used by it,
+        then its own."""
+        return [*used_by(ScoreOptions, cls.name), *(f.name for f in fields(cls.Options))]
 
     def clipped(self, queries: Sequence[Query]) -> list[Query]:
         """`queries` with each candidate cut to `max_response_words` words."""

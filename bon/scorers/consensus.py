@@ -26,11 +26,14 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bon.engines import Engine
+from bon.errors import ConfigError
+from bon.options import option
 from bon.records import RecordProblem
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions
 from bon.similarity import USES_EMBEDDER, load_similarity
 
 _BOXED = re.compile(r"\\boxed\{")
@@ -81,20 +84,78 @@ class MbrScorer(Scorer):
         return out
 
 
+ANSWERS = ("boxed", "number", "regex", "text")
+
+
+def _compiles(pattern: Any) -> bool:
+    """True for a string that `re.compile` accepts."""
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError):
+        return False
+    return isinstance(pattern, str)
+
+
+@dataclass(frozen=True)
+class VoteOptions(ScorerOptions):
+    """vote's own options."""
+
+    answer: str = option(
+        "number",
+        "How vote reads each candidate's final answer: boxed (the last \\boxed{...}), number "
+        "(the last number; 1,000 = 1000 = 1000.0), regex (answer_pattern's last match: its "
+        "first group, or all of it) or text (the whole text, lowercased, spaces collapsed, "
+        "trailing .,;:!? dropped). Default number: self-consistency is for questions with a "
+        "short final answer, mostly maths, which ends a response as its last number; text "
+        "suits short answers only (long ones rarely agree word for word).",
+        choices=ANSWERS,
+    )
+    answer_pattern: str | None = option(
+        None,
+        "Python regular expression of --answer regex, e.g. 'answer is (\\S+)'.",
+        check=lambda v: v is None or _compiles(v),
+        constraint="a regular expression that Python's re module compiles",
+    )
+    weight_by: str | None = option(
+        None,
+        "Reward-weighted vote: each candidate's vote weighs its score of this name (already in "
+        "the records, or from a scorer listed before vote), min-max normalised within the "
+        "record in that score's direction (best 1, worst 0; all equal: 1 each). Unset: one "
+        "vote each.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a score name",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.answer == "regex" and self.answer_pattern is None:
+            raise ConfigError(
+                "`answer_pattern` must be set when `answer` is regex, e.g. 'answer is (\\S+)'"
+            )
+        if self.answer_pattern is not None and self.answer != "regex":
+            raise ConfigError(
+                f"`answer_pattern` is read only when `answer` is regex, got {self.answer!r}: "
+                "set `answer` to regex, or drop the pattern"
+            )
+        if self.weight_by == "vote":
+            raise ConfigError("`weight_by` must name a score other than vote's own, got 'vote'")
+
+
 class VoteScorer(Scorer):
     """Share of the record's candidates giving the same answer (optionally reward-weighted)."""
 
     name = "vote"
+    Options = VoteOptions
     uses_model = False
     independent = False
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
-        pattern = options.answer_pattern
+        pattern = self.own.answer_pattern
         self._pattern = re.compile(pattern) if pattern is not None else None
 
     def check(self, query: Query) -> None:
-        name = self.options.weight_by
+        name = self.own.weight_by
         order = self.options.scorers
         earlier = order[: order.index(self.name)] if self.name in order else ()
         if name is not None and name not in earlier:
@@ -104,7 +165,7 @@ class VoteScorer(Scorer):
         return [self._vote(query) for query in queries]
 
     def _vote(self, query: Query) -> list[Scored]:
-        answers = [extract_answer(t, self.options.answer, self._pattern) for t in query.candidates]
+        answers = [extract_answer(t, self.own.answer, self._pattern) for t in query.candidates]
         weights = self._weights(query)
         votes = Counter(a for a in answers if a is not None)
         tally: dict[str, float] = {}
@@ -118,14 +179,14 @@ class VoteScorer(Scorer):
                 out.append(Scored(0.0, {"answer": None}))
                 continue
             evidence: dict[str, Any] = {"answer": answer, "votes": votes[answer]}
-            if self.options.weight_by is not None:
+            if self.own.weight_by is not None:
                 evidence["weight"] = tally[answer]
             out.append(Scored(tally[answer] / total if total > 0 else 0.0, evidence))
         return out
 
     def _weights(self, query: Query) -> list[float]:
         """Each candidate's vote: 1, or its `weight_by` score normalised within the record."""
-        name = self.options.weight_by
+        name = self.own.weight_by
         if name is None:
             return [1.0] * len(query.candidates)
         from bon.scorers import higher_is_better  # here: the registry imports this module
@@ -134,7 +195,7 @@ class VoteScorer(Scorer):
 
     def _weight_scores(self, query: Query) -> list[Any]:
         """The `weight_by` score of each candidate; `RecordProblem` when one has none."""
-        name = self.options.weight_by
+        name = self.own.weight_by
         for i in range(len(query.candidates)):
             if i >= len(query.scores) or name not in query.scores[i]:
                 raise RecordProblem(
@@ -172,7 +233,7 @@ def _finite(value: Any) -> bool:
 def extract_answer(text: str, mode: str, pattern: re.Pattern | None = None) -> str | None:
     """The answer `text` gives, normalised so equal answers compare equal, or None.
 
-    `mode` is one of `bon.scorers.base.ANSWERS`: `boxed` (the content of the last balanced
+    `mode` is one of `ANSWERS`: `boxed` (the content of the last balanced
     `\\boxed{...}`), `number` (the last number), `regex` (the first group of `pattern`'s last
     match, or the whole match when it has no group) or `text` (the whole text). A boxed or
     matched answer that is a number is normalised as one; an empty answer is None.

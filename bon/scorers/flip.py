@@ -22,17 +22,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
 from bon.errors import ConfigError
+from bon.options import non_negative, option, positive
 from bon.records import RecordProblem
 from bon.scorers.base import (
     Query,
     Scored,
     ScoreOptions,
     Scorer,
+    ScorerOptions,
     json_object,
     regroup,
     text_seed,
@@ -266,26 +269,45 @@ class FlipScorer(_FlipBase):
         return flat
 
 
+@dataclass(frozen=True)
+class FlipKOptions(ScorerOptions):
+    """flip-k's own options."""
+
+    k: int = option(
+        4,
+        "Reconstructions sampled per candidate.",
+        check=positive,
+        constraint="an integer >= 1",
+    )
+    temperature: float = option(
+        0.7,
+        "Sampling temperature of the reconstructions.",
+        check=lambda v: non_negative(v) and v > 0,
+        constraint="> 0 (flip-k samples)",
+    )
+
+
 class FlipKScorer(_FlipBase):
     """The mean similarity over `k` reconstructions sampled at `temperature`."""
 
     name = "flip-k"
+    Options = FlipKOptions
 
     def decoding(self) -> dict[str, Any]:
         return {
             "decoding": "sampled",
-            "k": self.options.k,
-            "temperature": self.options.temperature,
+            "k": self.own.k,
+            "temperature": self.own.temperature,
             "seed": self.options.seed,
         }
 
     def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
-        k = self.options.k
+        k = self.own.k
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
         sampling = SamplingOptions(
             n=k,
-            temperature=self.options.temperature,
+            temperature=self.own.temperature,
             max_new_tokens=self.options.max_new_tokens,
             seed=self.options.seed,
         )

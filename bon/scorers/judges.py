@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bon.chat import Message
 from bon.engines import Engine, SamplingOptions
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, json_object
+from bon.options import option
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions, json_object
 from bon.scorers.flip import clean_output
 
 PROMPT_VERSION = "judge-v1"
@@ -210,6 +212,20 @@ def parse_index(output: str, n: int) -> tuple[int | None, str]:
 # ----------------------------------------------------------------------------- scorers
 
 
+PAIRWISE_MODES = ("round-robin", "knockout")
+
+
+@dataclass(frozen=True)
+class PairwiseOptions(ScorerOptions):
+    """judge-pairwise's own options."""
+
+    pairwise: str = option(
+        "round-robin",
+        "How judge-pairwise aggregates: both orders of every pair, or a knockout bracket.",
+        choices=PAIRWISE_MODES,
+    )
+
+
 class _Judge(Scorer):
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
@@ -247,11 +263,12 @@ class PairwiseJudge(_Judge):
     """Compares candidates two at a time (round-robin or knockout)."""
 
     name = "judge-pairwise"
+    Options = PairwiseOptions
     independent = False
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         queries = self.clipped(queries)
-        if self.options.pairwise == "knockout":
+        if self.own.pairwise == "knockout":
             return self._knockout(queries)
         return self._round_robin(queries)
 

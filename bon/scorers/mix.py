@@ -32,7 +32,8 @@ import yaml
 
 from bon.engines import Engine
 from bon.errors import ConfigError
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, refused
+from bon.options import option
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions, refused
 
 FORMAT = 1
 """The selector format this bon writes and reads."""
@@ -104,22 +105,17 @@ class Selector:
     def names(self) -> list[str]:
         return list(self.scorers)
 
-    def options(self) -> dict[str, Any]:
-        """The options of all its scorers as one mapping (the file agrees with itself)."""
-        out: dict[str, Any] = {}
-        for values in self.scorers.values():
-            out.update(values)
-        return out
-
     def score_options(self, shared: ScoreOptions) -> ScoreOptions:
         """`shared` running this selector's scorers with its options (options it does not set
         keep their values in `shared`); `ConfigError` naming the file for a value they reject."""
+        own = {name: o for name, o in shared.scorer_options.items() if name != "mix"}
         try:
-            return dataclasses.replace(
-                shared, scorers=tuple(self.names), mix=None, **self.options()
-            )
+            out = dataclasses.replace(shared, scorers=tuple(self.names), scorer_options=own)
+            for name, values in self.scorers.items():
+                out = out.with_values(name, values)
         except ConfigError as exc:
             raise ConfigError(f"{self.path}: {exc}") from None
+        return out
 
 
 def load_selector(path: str | Path) -> Selector:
@@ -230,14 +226,16 @@ def _check_features(file: _File, value: Any) -> None:
 
 
 def _installed() -> list[str]:
+    return _registry().names()
+
+
+def _registry() -> Any:
     from bon.scorers import scorers  # here: the registry imports this module
 
-    return scorers.names()
+    return scorers
 
 
 def _check_scorers(file: _File, value: Any) -> dict[str, dict[str, Any]]:
-    from bon.options import used_by
-
     if not isinstance(value, dict) or not value:
         raise file.error(
             f"`scorers` must be a non-empty mapping of scorer names to their options, got "
@@ -265,7 +263,7 @@ def _check_scorers(file: _File, value: Any) -> dict[str, dict[str, Any]]:
                 "scorers",
                 name,
             )
-        allowed = used_by(ScoreOptions, name)
+        allowed = _registry().get(name).options_used()
         for key in options:
             if key not in allowed:
                 raise file.error(
@@ -332,20 +330,34 @@ def _check_agreement(file: _File, scorers: dict[str, dict[str, Any]]) -> None:
             seen.setdefault(key, (name, value))
 
 
+@dataclass(frozen=True)
+class MixOptions(ScorerOptions):
+    """mix's own options."""
+
+    mix: str | None = option(
+        None,
+        "Selector file of the mix scorer (YAML written by `bon fit`): the scorers it runs, "
+        "their options and the weights of their within-record standard scores.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a file path",
+    )
+
+
 class MixScorer(Scorer):
     """The weighted sum of other scorers' within-record standard scores (see the module)."""
 
     name = "mix"
+    Options = MixOptions
     uses_model = False  # its scorers that run a model sit behind the cache themselves
     independent = False
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
-        if options.mix is None:
+        if self.own.mix is None:
             raise ConfigError("`mix` must name a selector file: add --mix SELECTOR.yaml")
         from bon.scorers import scorers  # here: the registry imports this module
 
-        self.selector = load_selector(options.mix)
+        self.selector = load_selector(self.own.mix)
         self._options = self.selector.score_options(options)
         self._weights = list(self.selector.weights.values())
         self._parts: list[Scorer] = [

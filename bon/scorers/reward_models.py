@@ -27,21 +27,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bon.chat import Message
 from bon.engines import Engine, engines
 from bon.engines.base import CAUSAL_LM
 from bon.errors import ConfigError, RecordError
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, regroup
+from bon.options import non_negative, option
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions, regroup
 
 MODEL_FLAGS = "--model of bon score, --reranker-model of bon run"
+
+
+@dataclass(frozen=True)
+class RewardModelOptions(ScorerOptions):
+    """rm's own options."""
+
+    rm_label: int = option(
+        0,
+        "Which output of the reward model's head is the rm score (its raw logit); 0 for the "
+        "usual one-output head.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
 
 
 class RewardModelScorer(Scorer):
     """`rm`: the reward model's raw score of each whole conversation."""
 
     name = "rm"
+    Options = RewardModelOptions
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
@@ -54,7 +70,7 @@ class RewardModelScorer(Scorer):
         return regroup(flat, [len(q.candidates) for q in queries])
 
     def _scored(self, logits: list[float]) -> Scored:
-        label = self.options.rm_label
+        label = self.own.rm_label
         if label >= len(logits):
             raise ConfigError(
                 f"`rm_label` must be below the {len(logits)} output(s) of model "
@@ -64,25 +80,64 @@ class RewardModelScorer(Scorer):
         return Scored(float(logits[label]), evidence)
 
 
+STEP_REDUCTIONS = ("last", "min", "prod", "mean")
+
+
+@dataclass(frozen=True)
+class ProcessRewardOptions(ScorerOptions):
+    """prm's own options."""
+
+    step_sep: str = option(
+        "\\n\\n",
+        "What separates a response's steps for prm; \\n and \\t are read as a newline and a "
+        "tab, so the default is a blank line.",
+        check=lambda v: isinstance(v, str) and bool(v),
+        constraint="a non-empty string",
+    )
+    step_tag: str = option(
+        "<step>",
+        "The token prm writes after each step, where the process reward model reads the "
+        "step's score: one token of its tokenizer, the one it was trained with (e.g. "
+        "<extra_0> for Qwen2.5-Math-PRM).",
+        check=lambda v: isinstance(v, str) and bool(v.strip()),
+        constraint="a non-empty token",
+    )
+    prm_label: int = option(
+        1,
+        "Which label of the process reward model's head means a good step; a step's score is "
+        "that label's softmax probability.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+    step_reduce: str = option(
+        "min",
+        "How prm turns its step scores into one: last (the final step's), min (the weakest "
+        "step's), prod (all steps good) or mean.",
+        choices=STEP_REDUCTIONS,
+    )
+
+
 class ProcessRewardScorer(Scorer):
     """`prm`: per-step probabilities of a process reward model, reduced to one score."""
 
     name = "prm"
+    Options = ProcessRewardOptions
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
         check_classifier(options, self.name)
-        count = engines.get(options.engine).token_count(options.model, options.step_tag)
+        tag = self.own.step_tag
+        count = engines.get(options.engine).token_count(options.model, tag)
         if count is not None and count != 1:
             raise ConfigError(
-                f"`step_tag` {options.step_tag!r} is {count} tokens in model "
+                f"`step_tag` {tag!r} is {count} tokens in model "
                 f"{options.model!r}'s tokenizer, not one: give the tag the process reward "
                 "model was trained with (one token of its tokenizer, e.g. <extra_0> for "
                 "Qwen2.5-Math-PRM)"
             )
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
-        sep, tag = separator(self.options.step_sep), self.options.step_tag
+        sep, tag = separator(self.own.step_sep), self.own.step_tag
         items = [(q.messages, split_steps(t, sep, tag)) for q in queries for t in q.candidates]
         todo = [i for i, (_, steps) in enumerate(items) if steps]
         conversations = [with_response(items[i][0], tag_steps(items[i][1], sep, tag)) for i in todo]
@@ -96,15 +151,15 @@ class ProcessRewardScorer(Scorer):
         if len(logits) != len(steps):
             raise RecordError(
                 f"the response has {len(steps)} step(s) but the model read {len(logits)} "
-                f"`step_tag` token(s): the tag {self.options.step_tag!r} merges with the text "
+                f"`step_tag` token(s): the tag {self.own.step_tag!r} merges with the text "
                 "around it; give a special token as the tag"
             )
         probs = [self._probability(row) for row in logits]
-        value = reduce_steps(probs, self.options.step_reduce)
+        value = reduce_steps(probs, self.own.step_reduce)
         return Scored(value, {"steps": [round(p, 6) for p in probs]})
 
     def _probability(self, logits: list[float]) -> float:
-        label = self.options.prm_label
+        label = self.own.prm_label
         if len(logits) < 2 or label >= len(logits):
             raise ConfigError(
                 f"`prm_label` must name one of the labels of model {self.options.model!r}'s "

@@ -34,17 +34,47 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from bon.scorers.base import Scored
+from bon.options import non_negative, option
+from bon.scorers.base import Scored, ScorerOptions
 from bon.scorers.flip import FlipLikelihoodScorer, _Item
 
 _EPS = 1e-6
 Spans = Sequence[Sequence[int]]
 READS_SENTENCES = ("sentences", "weakest")
 WEAKEST_WEIGHT = 0.5
+
+
+TOKEN_REDUCTIONS = ("sentences", "gain", "weakest", "z", "rank", "mean")
+
+
+@dataclass(frozen=True)
+class FlipTokensOptions(ScorerOptions):
+    """flip-tokens' own options."""
+
+    token_reduce: str = option(
+        "sentences",
+        "How flip-tokens aggregates the instruction's token log-probabilities. sentences: each "
+        "instruction sentence's mean gain over the instruction's prior, averaged, plus half the "
+        "least-gained sentence (each in standard scores across the record's candidates); "
+        "weakest: the least-gained sentence alone; gain: the mean gain over the prior, clipped "
+        "at 0; z or rank: each token compared across the record's candidates; mean: as "
+        "flip-likelihood.",
+        choices=TOKEN_REDUCTIONS,
+    )
+    length_weight: float = option(
+        0.5,
+        "flip-tokens adds this many within-record standard scores of log(1 + words read) to "
+        "the standard score of its token aggregate (0: the aggregate alone). Fitted on dev.",
+        check=non_negative,
+        constraint=">= 0",
+    )
+
+
 """How much `sentences` weighs the least-gained sentence against the mean (fitted on dev)."""
 
 
@@ -145,6 +175,7 @@ class FlipTokensScorer(FlipLikelihoodScorer):
     """Teacher-forced FLIP aggregated per instruction token across a record's candidates."""
 
     name = "flip-tokens"
+    Options = FlipTokensOptions
     version = "1"
     independent = False
     default_echo_penalty: ClassVar[float] = 10.0
@@ -152,8 +183,8 @@ class FlipTokensScorer(FlipLikelihoodScorer):
     def decoding(self) -> dict[str, Any]:
         return {
             "decoding": "teacher-forced",
-            "reduce": self.options.token_reduce,
-            "length_weight": self.options.length_weight,
+            "reduce": self.own.token_reduce,
+            "length_weight": self.own.length_weight,
         }
 
     def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
@@ -174,19 +205,19 @@ class FlipTokensScorer(FlipLikelihoodScorer):
             if not size:
                 continue
             group = rows[start : start + size]
-            how = self.options.token_reduce
+            how = self.own.token_reduce
             aggregate = reduce_tokens(group, next(prior_rows), how, next(spans))
             words = [len(item.response.split()) for item in items[start : start + size]]
-            values = combine(aggregate, words, self.options.length_weight)
+            values = combine(aggregate, words, self.own.length_weight)
             for row, value, raw, count in zip(group, values, aggregate, words, strict=True):
                 evidence = {"tokens": len(row), "logprob_mean": round(_mean(row), 4)}
-                evidence.update({self.options.token_reduce: round(raw, 4), "words": count})
+                evidence.update({self.own.token_reduce: round(raw, 4), "words": count})
                 flat.append(Scored(value, evidence))
         return flat
 
     def spans(self, targets: list[str]) -> list[Spans | None]:
         """Each target's sentence spans when the reduction reads them, else None."""
-        if self.options.token_reduce not in READS_SENTENCES:
+        if self.own.token_reduce not in READS_SENTENCES:
             return [None] * len(targets)
         return [sentence_spans(pieces) for pieces in self.engine.token_pieces(targets)]
 
