@@ -38,6 +38,8 @@ from bon.evals.pref import accuracy
 from bon.scorers import ScoreOptions
 
 SETS = (("focus", "focus"), ("vs_small", "vs-small"), ("ifeval_pref", "ifeval-pref"))
+ROOT = Path(__file__).resolve().parent.parent
+SELECTORS = ROOT / "recipes" / "selectors"
 HALVES = ("dev", "test")
 
 
@@ -63,11 +65,26 @@ def default_rows() -> list[Row]:
         Row("judge-pointwise", "judge-pointwise", {}, True),
         Row("judge-pairwise knockout", "judge-pairwise", {"pairwise": "knockout"}, True),
         Row("judge-listwise", "judge-listwise", {}, True),
+        Row("relevance", "relevance"),
+        Row("mbr", "mbr"),
+        Row("mbr cosine", "mbr", {"similarity": "cosine"}),
+        Row("vote", "vote"),
+        Row("confidence", "confidence"),
+        *selector_rows(),
         Row("random", "random"),
         Row("longest", "longest"),
         Row("shortest", "shortest"),
     ]
     return rows
+
+
+def selector_rows() -> list[Row]:
+    """One row per selector shipped in recipes/selectors/ (fitted on the dev halves by
+    benchmarks/fit_selectors.py: their dev cells are training accuracy)."""
+    return [
+        Row(f"mix {path.stem} selector", "mix", {"mix": str(path.relative_to(ROOT))})
+        for path in sorted(SELECTORS.glob("*.yaml"))
+    ]
 
 
 def read_jsonl(path: Path, limit: int | None) -> list[dict]:
@@ -190,6 +207,9 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             f"({os.cpu_count()} cores), Python {platform.python_version()}, "
             f"bon {bon.__version__}, " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
             "Models: the defaults (SmolLM2-135M-Instruct reranker, all-MiniLM-L6-v2 embedder).",
+            "The `mix ... selector` rows are the selectors of recipes/selectors/, fitted on dev "
+            "halves by benchmarks/fit_selectors.py: a dev cell of a half they were fitted on is "
+            "training accuracy, and only the test cells are held out.",
             "",
             "Accuracy % (a preferred candidate strictly above every other; ties wrong), "
             "[95% bootstrap interval], (n = items). "

@@ -62,7 +62,7 @@ def _rouge_scorer() -> Any:
         from rouge_score import rouge_scorer
     except ImportError:
         raise ConfigError(
-            "the rougeL similarity needs the rouge-score package: pip install rouge-score"
+            'the rougeL similarity needs the similarity extra: pip install "bon[similarity]"'
         ) from None
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -80,7 +80,7 @@ def _bleu_metric() -> Any:
         from sacrebleu.metrics import BLEU
     except ImportError:
         raise ConfigError(
-            "the bleu similarity needs the sacrebleu package: pip install sacrebleu"
+            'the bleu similarity needs the similarity extra: pip install "bon[similarity]"'
         ) from None
     return BLEU(tokenize="none", smooth_method="exp", effective_order=True)
 

@@ -152,7 +152,7 @@ def fake():
 
 
 def _engine(fake, **args):
-    engine_args = {"base_url": fake.url, "backoff": 0.0, "timeout": 10, **args}
+    engine_args = {"base_url": fake.url, "timeout": 10, **args}
     return load_engine(EngineOptions(engine="openai", model="tiny", engine_args=engine_args))
 
 
@@ -201,7 +201,7 @@ def test_retries_that_run_out_stop_the_job(fake):
 
 
 def test_a_refused_connection_is_retried_then_reported():
-    engine_args = {"base_url": "http://127.0.0.1:9/v1", "max_retries": 1, "backoff": 0.0}
+    engine_args = {"base_url": "http://127.0.0.1:9/v1", "max_retries": 1}
     engine = load_engine(EngineOptions(engine="openai", engine_args=engine_args))
     with pytest.raises(EngineError, match="kept failing after 1 retries .*Connection"):
         engine.generate(CONVERSATIONS[:1], SamplingOptions())
@@ -228,7 +228,7 @@ def test_concurrency_limit_holds(fake):
 
 def test_a_refused_row_is_a_per_record_problem_and_the_job_goes_on(fake, tmp_path):
     records = [{"id": "ok", "prompt": "fine"}, {"id": "bad", "prompt": f"{REFUSED} prompt"}]
-    args = {"base_url": fake.url, "backoff": 0.0}
+    args = {"base_url": fake.url}
     options = {"engine": "openai", "model": "tiny", "engine_args": args}
     prompts = write_jsonl(tmp_path / "p.jsonl", records)
     out = tmp_path / "c.jsonl"
@@ -267,7 +267,7 @@ def test_cli_engine_args(tmp_path):
     unknown = runner.invoke(
         main, ["generate", str(prompts), "-o", out, "--engine", "openai", "--engine-arg", "x=1"]
     )
-    assert unknown.exit_code == 1 and "it accepts: api_key_env, backoff, base_url" in unknown.output
+    assert unknown.exit_code == 1 and "it accepts: api_key_env, base_url" in unknown.output
 
 
 def test_cli_run_passes_each_stage_its_own_engine_args(tmp_path, fake):
@@ -316,7 +316,7 @@ def test_a_refused_optional_parameter_is_dropped_and_the_request_retried(fake, p
 def test_dropped_parameters_are_recorded_beside_the_outputs(fake):
     fake.reject = {p: PARAMETER_REFUSALS[p] for p in ("seed", "logprobs")}
     records = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(3)]
-    args = {"base_url": fake.url, "backoff": 0.0}
+    args = {"base_url": fake.url}
     out = bon.generate_records(records, engine="openai", model="tiny", n=2, engine_args=args)
     assert all(c["finish_reason"] == "stop" for r in out for c in r["candidates"])
     assert out[-1]["generator"]["dropped_params"] == ["logprobs", "seed"]
@@ -327,7 +327,7 @@ def test_dropped_parameters_are_recorded_beside_the_outputs(fake):
 def test_the_same_refusal_of_every_row_of_a_call_stops_the_job(fake):
     fake.refuse_all = (400, "top_p must be at most 0.9")
     records = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
-    args = {"base_url": fake.url, "backoff": 0.0}
+    args = {"base_url": fake.url}
     with pytest.raises(
         EngineError,
         match=r"refused all 2 requests of a call with the same error \(HTTP 400: top_p must be "

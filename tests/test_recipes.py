@@ -10,6 +10,7 @@ from click.testing import CliRunner
 import bon
 from bon.cli import main
 from bon.errors import ConfigError
+from bon.scorers.mix import load_selector
 from tests.conftest import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +151,29 @@ def test_a_flag_turns_off_what_the_recipe_turned_on(tmp_path):
     given = ["--recipe", str(path), str(SAMPLE), "-o", str(tmp_path / "out")]
     assert run.make_context("run", [*given]).params["keep_all"] is True
     assert run.make_context("run", [*given, "--no-keep-all"]).params["keep_all"] is False
+
+
+SELECTORS = sorted((ROOT / "recipes" / "selectors").glob("*.yaml"))
+
+
+def test_the_fitted_selectors_ship_with_their_dev_and_test_accuracy():
+    assert [s.stem for s in SELECTORS] == ["focus", "general", "ifeval_pref", "vs_small"]
+    for path in SELECTORS:
+        selector = load_selector(path)
+        assert selector.names == ["flip-tokens", "relevance", "mbr", "confidence"]
+        comments = "\n".join(line for line in path.read_text().splitlines() if line[:1] == "#")
+        assert "# command: bon fit data/pref/" in comments and "--test data/pref/" in comments
+        assert "cross-validated" in comments and "held out" in comments
+
+
+def test_a_recipe_runs_a_fitted_selector_and_new_scorers_with_their_options(tmp_path):
+    recipe = _recipe(
+        tmp_path,
+        f"prompts: {SAMPLE}\nout_dir: out\nscorers: [mix, vote]\n"
+        f"mix: {ROOT / 'recipes' / 'selectors' / 'general.yaml'}\nanswer: text\n",
+    )
+    values = bon.load_recipe(recipe)
+    assert (values["scorers"], values["answer"]) == (["mix", "vote"], "text")
+    bad = _recipe(tmp_path, f"prompts: {SAMPLE}\nout_dir: out\nscorers: [vote]\nanswer: median\n")
+    with pytest.raises(ConfigError, match="`answer` must be one of"):
+        bon.load_recipe(bad)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import bon
 from bon.errors import ConfigError, EngineError, RecordError
 from bon.rewards import Reward, flip_reward
+from tests.conftest import write_jsonl
 
 PROMPTS = ["Say hello.", "Say hello.", "Name a fruit.", "Name a fruit.", "Name a fruit."]
 COMPLETIONS = ["Hello there!", "Hi", "A banana is a fruit.", "Apple.", "Pears are sweet and green."]
@@ -100,3 +102,31 @@ def test_one_grpo_step_with_the_flip_reward(
     logged = trainer.state.log_history[0]
     assert math.isfinite(logged["rewards/bon_flip_tokens/mean"])
     assert logged["rewards/bon_flip_tokens/mean"] == pytest.approx(0, abs=1e-5)
+
+
+def test_new_scorers_serve_as_rewards_with_their_own_options(tmp_path: Path) -> None:
+    vote = Reward("vote", answer="text")
+    assert vote(["Capital?"] * 3, ["Paris.", "paris", "Lyon"]) == pytest.approx(
+        [2 / 3, 2 / 3, 1 / 3]
+    )
+    with pytest.raises(ConfigError, match="`answer` must be one of boxed, number, regex, text"):
+        Reward("vote", answer="median")
+    relevance = Reward("relevance", cache_path=str(tmp_path / "s.sqlite"))
+    on, off = relevance(["Name a fruit."] * 2, ["An apple is a fruit.", "Stocks fell today."])
+    assert on > off
+    records = [
+        {
+            "prompt": f"Question {i}?",
+            "candidates": [
+                {"text": "word " * (3 + i), "label": 1},
+                {"text": "word", "label": 0},
+            ],
+        }
+        for i in range(6)
+    ]
+    selector = tmp_path / "sel.yaml"
+    write_jsonl(tmp_path / "labelled.jsonl", records)
+    bon.fit(tmp_path / "labelled.jsonl", selector, scorers=("longest",), folds=2)
+    mix = Reward("mix", mix=str(selector))
+    longer, shorter = mix(["Say more."] * 2, ["one two three four", "one"])
+    assert longer > shorter

@@ -325,3 +325,19 @@ def test_one_model_serves_both_stages_when_their_settings_agree(
     assert usage["reranker"]["prompt_tokens"] > usage["generator"]["prompt_tokens"] > 0
     assert loaded == [tiny_model] * loads
     assert closed == [tiny_model] * loads
+
+
+def test_a_server_selects_with_new_scorers_and_their_own_options(tiny_model: str) -> None:
+    """relevance (an embedder, no generator model) and vote (its own `answer` option) run in
+    `bon serve` as in `bon run`: scores of both, selection by the first."""
+    options = {"model": tiny_model, "n": 3, "max_new_tokens": 4, "seed": 1}
+    scoring = {"scorers": ("relevance", "vote"), "answer": "text", "keep_all": True}
+    with start(**options, **scoring, device="cpu", port=0, served_model_name=NAME) as running:
+        client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
+        extra = _chat(client).model_extra["bon"]
+    assert extra["by"] == "relevance" and len(extra["candidates"]) == 3
+    for candidate in extra["candidates"]:
+        assert -1 <= candidate["scores"]["relevance"] <= 1
+        assert candidate["scores"]["vote"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    relevance = [c["scores"]["relevance"] for c in extra["candidates"]]
+    assert extra["index"] == max(range(3), key=lambda i: (relevance[i], -i))

@@ -4,9 +4,10 @@ Each conversation is one chat-completions request with `n` samples and its own `
 `concurrency` requests are in flight at once, and results come back in input order.
 
 Errors are sorted by who can fix them:
-- transient (429, 408, 409, 5xx, timeouts, refused or reset connections): retried with
-  exponential backoff (honouring Retry-After); when the retries run out the job stops with an
-  `EngineError`, and rerunning the same command resumes it;
+- transient (429, 408, 409, 5xx, timeouts, refused or reset connections): retried by the
+  openai SDK (`max_retries` times, with its exponential backoff, honouring Retry-After); when
+  the retries run out the job stops with an `EngineError`, and rerunning the same command
+  resumes it;
 - the whole job's (401, 403, 404: key, permission, model name): an `EngineError` at once;
 - one row's (other 4xx, e.g. a prompt longer than the context): that conversation gets
   `Completion(finish_reason="error", error=...)` and the other rows go on.
@@ -39,10 +40,8 @@ import itertools
 import json
 import logging
 import os
-import random
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -60,7 +59,6 @@ T = TypeVar("T")
 
 TRANSIENT_STATUS = (408, 409, 429)
 FATAL_STATUS = (401, 403, 404)
-MAX_DELAY = 60.0
 OPTIONAL_PARAMS = {
     "response_format": re.compile(r"response_format|json_schema", re.IGNORECASE),
     "seed": re.compile(r"\bseed\b", re.IGNORECASE),
@@ -111,8 +109,12 @@ class OpenAIEngine(Engine):
         ),
         "concurrency": EngineArg(int, 8, "requests in flight at once"),
         "timeout": EngineArg(float, 600.0, "seconds one request may take before it is retried"),
-        "max_retries": EngineArg(int, 5, "retries of a request after a transient error"),
-        "backoff": EngineArg(float, 1.0, "first retry delay in seconds; doubles on each retry"),
+        "max_retries": EngineArg(
+            int,
+            5,
+            "retries of a request after a transient error (the openai SDK's, with its "
+            "exponential backoff and the server's Retry-After)",
+        ),
     }
 
     def __init__(self, options: EngineOptions) -> None:
@@ -121,7 +123,6 @@ class OpenAIEngine(Engine):
         require(args["concurrency"] >= 1, "concurrency", "an integer >= 1", args["concurrency"])
         require(args["timeout"] > 0, "timeout", "> 0 seconds", args["timeout"])
         require(args["max_retries"] >= 0, "max_retries", "an integer >= 0", args["max_retries"])
-        require(args["backoff"] >= 0, "backoff", ">= 0 seconds", args["backoff"])
         try:
             import openai
         except ImportError:
@@ -137,7 +138,10 @@ class OpenAIEngine(Engine):
             )
         self._key = key or "EMPTY"
         self.client = openai.OpenAI(
-            base_url=self.base_url, api_key=self._key, timeout=args["timeout"], max_retries=0
+            base_url=self.base_url,
+            api_key=self._key,
+            timeout=args["timeout"],
+            max_retries=args["max_retries"],
         )
         self._lock = threading.Lock()
         self.dropped_params: list[str] = []
@@ -415,31 +419,26 @@ class OpenAIEngine(Engine):
             ) from None
 
     def _retrying(self, call: Callable[[], T]) -> T:
-        """`call()` with retries on transient errors; fatal ones become `EngineError`,
-        one row's become `RowError`."""
+        """`call()`, which the SDK retries on transient errors (`max_retries` times, with its
+        exponential backoff and the server's Retry-After); what still fails becomes an
+        `EngineError` (the job's) or a `RowError` (one row's)."""
         openai = self._openai
-        retries, delay = self.engine_args["max_retries"], self.engine_args["backoff"]
-        for attempt in range(retries + 1):
-            try:
-                return call()
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                if status in FATAL_STATUS:
-                    raise EngineError(self._fatal_message(status, exc)) from None
-                if status not in TRANSIENT_STATUS and status < 500:
-                    raise RowError(status, _message(exc)) from None
-                problem, wait = f"HTTP {status}: {_message(exc)}", _retry_after(exc)
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                problem, wait = f"{type(exc).__name__}: {exc}", None
-            if attempt == retries:
-                raise EngineError(
-                    f"{self.base_url} kept failing after {retries} retries ({problem}); check "
-                    "the server, then rerun the same command to resume where it stopped"
-                )
-            pause = wait if wait is not None else delay * 2**attempt * (0.5 + random.random())
-            log.warning("%s; retry %d/%d in %.1f s", problem, attempt + 1, retries, pause)
-            time.sleep(min(pause, MAX_DELAY))
-        raise AssertionError("unreachable")
+        try:
+            return call()
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in FATAL_STATUS:
+                raise EngineError(self._fatal_message(status, exc)) from None
+            if status not in TRANSIENT_STATUS and status < 500:
+                raise RowError(status, _message(exc)) from None
+            problem = f"HTTP {status}: {_message(exc)}"
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        raise EngineError(
+            f"{self.base_url} kept failing after {self.engine_args['max_retries']} retries "
+            f"({problem}); check the server, then rerun the same command to resume where it "
+            "stopped"
+        )
 
     def _fatal_message(self, status: int, exc: Exception) -> str:
         fixes = {
@@ -487,10 +486,3 @@ def _message(exc: Any) -> str:
         if body.get("message"):
             return str(body["message"])
     return str(getattr(exc, "message", exc))
-
-
-def _retry_after(exc: Any) -> float | None:
-    try:
-        return float(exc.response.headers.get("retry-after"))
-    except (AttributeError, TypeError, ValueError):
-        return None

@@ -80,7 +80,9 @@ class Curve:
         try:
             from matplotlib.figure import Figure
         except ImportError:
-            raise ConfigError("plotting needs matplotlib: pip install matplotlib") from None
+            raise ConfigError(
+                'plotting needs matplotlib (the plot extra): pip install "bon[plot]"'
+            ) from None
         figure = Figure(figsize=(6.4, 4.2), dpi=120)
         axes = figure.add_subplot()
         for name, values in self.lines.items():

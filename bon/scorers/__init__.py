@@ -11,16 +11,21 @@ Built-ins: `flip`, `flip-k`, `flip-likelihood` (bon.scorers.flip); `flip-tokens`
 from __future__ import annotations
 
 from bon.registry import Registry
-from bon.scorers.base import Query, Scored, ScoreOptions, Scorer
+from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions
 from bon.scorers.confidence import ConfidenceScorer
-from bon.scorers.consensus import MbrScorer, VoteScorer
+from bon.scorers.consensus import MbrScorer, VoteOptions, VoteScorer
 from bon.scorers.controls import LongestScorer, RandomScorer, ShortestScorer
-from bon.scorers.flip import FlipKScorer, FlipLikelihoodScorer, FlipScorer
-from bon.scorers.judges import ListwiseJudge, PairwiseJudge, PointwiseJudge
-from bon.scorers.mix import MixScorer
+from bon.scorers.flip import FlipKOptions, FlipKScorer, FlipLikelihoodScorer, FlipScorer
+from bon.scorers.judges import ListwiseJudge, PairwiseJudge, PairwiseOptions, PointwiseJudge
+from bon.scorers.mix import MixOptions, MixScorer
 from bon.scorers.relevance import RelevanceScorer
-from bon.scorers.reward_models import ProcessRewardScorer, RewardModelScorer
-from bon.scorers.tokens import FlipTokensScorer
+from bon.scorers.reward_models import (
+    ProcessRewardOptions,
+    ProcessRewardScorer,
+    RewardModelOptions,
+    RewardModelScorer,
+)
+from bon.scorers.tokens import FlipTokensOptions, FlipTokensScorer
 
 scorers: Registry[type[Scorer]] = Registry("scorer", "bon.scorers")
 register = scorers.register
@@ -53,22 +58,30 @@ def higher_is_better(name: str) -> bool:
 
 __all__ = [
     "ConfidenceScorer",
+    "FlipKOptions",
     "FlipKScorer",
     "FlipLikelihoodScorer",
     "FlipScorer",
+    "FlipTokensOptions",
     "FlipTokensScorer",
     "ListwiseJudge",
     "MbrScorer",
+    "MixOptions",
     "MixScorer",
     "PairwiseJudge",
+    "PairwiseOptions",
     "PointwiseJudge",
+    "ProcessRewardOptions",
     "ProcessRewardScorer",
     "Query",
     "RelevanceScorer",
+    "RewardModelOptions",
     "RewardModelScorer",
     "ScoreOptions",
     "Scored",
     "Scorer",
+    "ScorerOptions",
+    "VoteOptions",
     "VoteScorer",
     "higher_is_better",
     "scorers",

@@ -226,7 +226,7 @@ class ScoreOptions(EngineOptions):
 
     def _check_mix(self) -> None:
         """The mix scorer's selector file, read and checked here, before any model loads."""
-        path = self.of("mix").mix if "mix" in _scorer_names() else None
+        path = self.of("mix").mix
         if path is None:
             if "mix" in self.scorers:
                 raise ConfigError(
