@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bon.errors import ConfigError
-from bon.jsonl import canonical, loads
 from bon.models import cache_dir
+from bon.outputs import canonical, loads
 from bon.scorers.base import Query, Scored, Scorer, refused
 
 log = logging.getLogger(__name__)

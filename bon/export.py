@@ -27,10 +27,10 @@ from typing import Any
 
 from bon import records
 from bon.errors import InputError, require
-from bon.jsonl import dumps, read_lines, replace_atomically, write_error
 from bon.options import non_negative, option, validate
-from bon.pipeline import ON_ERROR, Report
+from bon.outputs import dumps, read_lines, replace_atomically, write_error
 from bon.records import RecordProblem
+from bon.runner import ON_ERROR, Report
 from bon.scorers import higher_is_better
 from bon.select import best_index, first_score
 

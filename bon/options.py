@@ -1,9 +1,9 @@
 """One declaration per option: its type, default, help, constraint and the scorers that read it.
 
 Option classes are frozen dataclasses whose fields are made with `option(...)`. Everything else is
-derived from that one declaration: validation (`validate`), the command-line flags (`bon.cli`),
-the Python API's keyword signatures (`bon.api`) and, for scorers, which options enter a scorer's
-recorded configuration and cache key (`used_by`).
+derived from that one declaration: validation (`validate`), the command-line flags
+(`bon.entrypoints.cli`), the Python API's keyword signatures (`bon.api`) and, for scorers, which
+options enter a scorer's recorded configuration and cache key (`used_by`).
 """
 
 from __future__ import annotations

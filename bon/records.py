@@ -17,7 +17,7 @@ import hashlib
 from typing import Any
 
 from bon.chat import Message
-from bon.jsonl import canonical
+from bon.outputs import canonical
 
 ROLES = ("system", "user", "assistant")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from bon import records
 from bon.errors import InputError
-from bon.jsonl import dumps, read_lines, replace_atomically
-from bon.pipeline import Report, Stage
+from bon.outputs import dumps, read_lines, replace_atomically
+from bon.runner import Report, Stage
 
 STAGE_FIELDS = ("candidates", "responses", "generator", "scoring", "selected", "fingerprints")
 """Fields the stages add to a turn's record; none of them carries over to the next turn."""

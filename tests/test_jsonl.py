@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bon.errors import ConfigError, InputError
-from bon.jsonl import canonical, dumps, loads, locked, manifest_path, open_output, read_lines
+from bon.outputs import canonical, dumps, loads, locked, manifest_path, open_output, read_lines
 from tests.conftest import write_jsonl
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bon.errors import ConfigError, InputError
 from bon.evals.report import fmt, markdown_table
-from bon.jsonl import read_lines
+from bon.outputs import read_lines
 from bon.scorers import higher_is_better
 
 log = logging.getLogger(__name__)

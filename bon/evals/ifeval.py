@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from bon.errors import ConfigError, RecordError, require
-from bon.jsonl import dumps
+from bon.outputs import dumps
 from bon.scorers import ScoreOptions
 
 DEFAULT_SCORERS = ScoreOptions().scorers

@@ -26,7 +26,7 @@ from typing import Any
 
 from bon import records
 from bon.errors import ConfigError, EngineError, InputError
-from bon.jsonl import (
+from bon.outputs import (
     STDIO,
     dumps,
     read_lines,
@@ -34,8 +34,8 @@ from bon.jsonl import (
     replace_atomically,
     write_manifest,
 )
-from bon.pipeline import Pair, Report, Stage, run_batch, validated
 from bon.records import RecordProblem
+from bon.runner import Pair, Report, Stage, run_batch, validated
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ LOCAL = "local"  # `--ray` alone: a new Ray cluster inside this process
 
 
 class RayRunner:
-    """A `bon.pipeline.Runner` that runs batches as a Ray Data pipeline.
+    """A `bon.runner.Runner` that runs batches as a Ray Data pipeline.
 
     `build` makes the stage (it must pickle: each actor calls it once and keeps the model);
     `address` is `local` (a new cluster in this process, sized to this machine) or anything

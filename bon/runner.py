@@ -20,7 +20,7 @@ from bon import records
 from bon.errors import BonError, ConfigError, InputError, RecordError, require
 from bon.follow import follow_lines
 from bon.generator import GenerateOptions, Generator
-from bon.jsonl import (
+from bon.outputs import (
     STDIO,
     append_line,
     dumps,
@@ -38,8 +38,8 @@ from bon.scorers import ScoreOptions
 from bon.select import SelectOptions, select_record
 
 if TYPE_CHECKING:
-    from bon.distributed import Shard
     from bon.engines import Engine
+    from bon.shards import Shard
 
 log = logging.getLogger(__name__)
 
