@@ -99,7 +99,7 @@ def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> d
     """CPU seconds of the parts of a cached rescoring, each measured alone in this process."""
     from bon import records as rec
     from bon.cache import CachedScorer, ScoreCache
-    from bon.outputs import dumps, loads
+    from bon.codec import dumps, loads
     from bon.scorers import Query, ScoreOptions, scorers
 
     clock = time.process_time
@@ -133,8 +133,8 @@ def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> d
 
 def pipeline_budget() -> int:
     """Candidates per score-stage batch at the default batch size."""
-    from bon.runner import SCORE_POOL
     from bon.scorers import ScoreOptions
+    from bon.stages import SCORE_POOL
 
     return SCORE_POOL * ScoreOptions().batch_size
 

@@ -21,7 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bon import records, runner, shards, turns
+from bon import records, runner, stages, turns
+from bon.codec import STDIO
 from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
@@ -30,13 +31,16 @@ from bon.fitting import FitOptions, FitReport, check_scorers, fit_files
 from bon.follow import writer_alive
 from bon.generator import GenerateOptions
 from bon.options import fields, non_negative, option, positive, types_of, validate
-from bon.outputs import STDIO, mark_complete
+from bon.outputs import Report, mark_complete
+from bon.ray_runner import RayRunner
 from bon.records import RecordProblem
-from bon.runner import ON_ERROR, Report, Stage
+from bon.runner import ON_ERROR
 from bon.scorers import ScoreOptions
 from bon.scorers.base import keyword_fields
 from bon.select import SelectOptions
 from bon.shards import merge as merge_shards
+from bon.shards import parse_shard, valid_shard
+from bon.stages import Stage
 
 # In `bon run`, reranker options whose names the generator also has (model, engine, batch_size,
 # max_new_tokens, ...) take this prefix; device and dtype are shared by both stages.
@@ -68,7 +72,7 @@ class FileOptions:
         None,
         "Take only shard I of K of the input (I/K, 1-based, by a hash of each id); join the "
         "shards' outputs with `bon merge`.",
-        check=lambda v: v is None or shards.valid_shard(v),
+        check=lambda v: v is None or valid_shard(v),
         constraint="I/K with 1 <= I <= K (e.g. 1/4)",
     )
     ray: str | None = option(
@@ -296,7 +300,7 @@ def _run_file(
     """Run the stage `build()` makes over a file (`build` itself goes to Ray's actors)."""
     runs = runner.run_locally
     if files.ray is not None:
-        runs = shards.RayRunner(
+        runs = RayRunner(
             build,
             address=files.ray,
             actors=files.ray_actors,
@@ -313,7 +317,7 @@ def _run_file(
         overwrite=files.overwrite,
         quiet=files.quiet,
         follow=files.follow if follow is None else follow,
-        shard=shards.parse_shard(files.shard),
+        shard=parse_shard(files.shard),
         runner=runs,
     )
 
@@ -322,42 +326,42 @@ def _run_file(
 def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Sample candidates for each prompt record of `input` into `output`."""
     generate_options, files = split_options("generate", options, files=True)
-    return _run_file(partial(runner.generate_stage, generate_options), input, output, files)
+    return _run_file(partial(stages.generate_stage, generate_options), input, output, files)
 
 
 @_mirrors("generate", files=False)
 def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`generate` over in-memory records; returns them with `candidates` added."""
     (generate_options,) = split_options("generate", options, files=False)
-    return runner.run_records(runner.generate_stage(generate_options), records)
+    return runner.run_records(stages.generate_stage(generate_options), records)
 
 
 @_mirrors("score", files=True)
 def score(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Score every candidate of each record of `input` into `output`."""
     score_options, files = split_options("score", options, files=True)
-    return _run_file(partial(runner.score_stage, score_options), input, output, files)
+    return _run_file(partial(stages.score_stage, score_options), input, output, files)
 
 
 @_mirrors("score", files=False)
 def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`score` over in-memory records."""
     (score_options,) = split_options("score", options, files=False)
-    return runner.run_records(runner.score_stage(score_options), records)
+    return runner.run_records(stages.score_stage(score_options), records)
 
 
 @_mirrors("select", files=True)
 def select(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Keep the best candidate of each scored record."""
     select_options, files = split_options("select", options, files=True)
-    return _run_file(partial(runner.select_stage, select_options), input, output, files)
+    return _run_file(partial(stages.select_stage, select_options), input, output, files)
 
 
 @_mirrors("select", files=False)
 def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`select` over in-memory records."""
     (select_options,) = split_options("select", options, files=False)
-    return runner.run_records(runner.select_stage(select_options), records)
+    return runner.run_records(stages.select_stage(select_options), records)
 
 
 @_mirrors("rerank", files=True)
@@ -559,9 +563,9 @@ def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) ->
 
 
 def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) -> Stage:
-    stage = runner.chain(
-        runner.score_stage(score_options),
-        runner.select_stage(_first_scorer(select_options, score_options)),
+    stage = stages.chain(
+        stages.score_stage(score_options),
+        stages.select_stage(_first_scorer(select_options, score_options)),
     )
     by = select_options.by
     if by is None or by in score_options.scorers:
@@ -592,9 +596,9 @@ def _run_builders(
     child processes); `engine`, when given, serves generation and scoring."""
     scoring_engine = None if engine is None else engine.with_batch_size(score_options.batch_size)
     return [
-        partial(runner.generate_stage, generate_options, engine),
-        partial(runner.score_stage, score_options, scoring_engine),
-        partial(runner.select_stage, _first_scorer(select_options, score_options)),
+        partial(stages.generate_stage, generate_options, engine),
+        partial(stages.score_stage, score_options, scoring_engine),
+        partial(stages.select_stage, _first_scorer(select_options, score_options)),
     ]
 
 

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bon.codec import canonical, loads
 from bon.errors import ConfigError
 from bon.models import cache_dir
-from bon.outputs import canonical, loads
 from bon.scorers.base import Query, Scored, Scorer, refused
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from bon.entrypoints.cli import main
 from bon.errors import ConfigError
 from bon.generator import GenerateOptions
 from bon.outputs import open_output
-from bon.runner import generate_stage
+from bon.stages import generate_stage
 from tests.conftest import read_jsonl, write_jsonl
 
 # The dtype and threads chosen for the CPU.

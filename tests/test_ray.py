@@ -9,10 +9,10 @@ import pytest
 import ray
 
 import bon
-from bon import api, runner
+from bon import api, stages
 from bon.generator import GenerateOptions
+from bon.ray_runner import RayRunner
 from bon.runner import run_file
-from bon.shards import RayRunner
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
@@ -57,10 +57,10 @@ def test_run_on_ray_equals_the_local_run(tmp_path, tiny_model, cluster):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
-def _crashing_stage(marker: str, options: GenerateOptions) -> runner.Stage:
+def _crashing_stage(marker: str, options: GenerateOptions) -> stages.Stage:
     """The real generate stage, except that the first batch any actor runs kills that actor's
     process (fault injection: `marker` records that the crash happened)."""
-    stage = runner.generate_stage(options)
+    stage = stages.generate_stage(options)
     process = stage.process
 
     def crash_once(batch: list[dict]) -> list:

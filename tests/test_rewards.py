@@ -1,5 +1,5 @@
-"""bon.entrypoints.rewards: scorers as TRL GRPO reward functions, called directly and by one real
-`GRPOTrainer` step on the tiny random Llama (which is also the reranker)."""
+"""bon.entrypoints.rewards: scorers as TRL GRPO reward functions, called directly and by one
+real `GRPOTrainer` step on the tiny random Llama (which is also the reranker)."""
 
 from __future__ import annotations
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import click
 
-from bon import api, recipes, shards
+from bon import api, recipes
 from bon.entrypoints.serve import ServeOptions
 from bon.errors import BonError
 from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of
-from bon.runner import Report
+from bon.outputs import Report
+from bon.ray_runner import LOCAL
 from bon.scorers import ScoreOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
@@ -44,7 +45,7 @@ def _engine_args(
     return pairs
 
 
-BARE_VALUES = {"ray": shards.LOCAL}
+BARE_VALUES = {"ray": LOCAL}
 """Options whose flag alone stands for a value (`--ray` is `--ray=local`)."""
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from bon import records as shapes
+from bon.codec import read_lines
 from bon.errors import ConfigError, InputError, require
 from bon.evals.report import fmt, markdown_table
-from bon.outputs import read_lines
 from bon.records import RecordProblem
 from bon.scorers import ScoreOptions, higher_is_better
 
