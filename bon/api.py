@@ -30,7 +30,15 @@ from bon.export import export_records as _export_records
 from bon.fitting import FitOptions, FitReport, check_scorers, fit_files
 from bon.follow import writer_alive
 from bon.generator import GenerateOptions
-from bon.options import fields, non_negative, option, positive, types_of, validate
+from bon.options import (
+    fields,
+    non_negative,
+    option,
+    positive,
+    refuse_unknown,
+    types_of,
+    validate,
+)
 from bon.outputs import Report, mark_complete
 from bon.ray_runner import RayRunner
 from bon.records import RecordProblem
@@ -275,11 +283,7 @@ def split_options(command: str, options: dict[str, Any], *, files: bool) -> list
         if set(group.skip) & set(shared):  # the reranker in `run` shares device and dtype
             mine.update({name: shared[name] for name in group.skip if name in shared})
         built.append(mine)
-    if options:
-        known = sorted(kw for g in groups for kw in g.names())
-        raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(options))}; known: {', '.join(known)}"
-        )
+    refuse_unknown(options, (kw for g in groups for kw in g.names()))
     return [g.build(mine) for g, mine in zip(groups, built, strict=True)]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from bon.errors import ConfigError
@@ -84,6 +84,15 @@ def validate(obj: Any) -> None:
             raise ConfigError(
                 f"`{field.name}` must be {field.metadata['constraint']}, got {value!r}"
             )
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
+    """Raise `ConfigError` naming the keywords of `given` that are not in `known`, and listing
+    the known ones."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def defaults(cls: type) -> dict[str, Any]:
