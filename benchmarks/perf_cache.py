@@ -99,14 +99,14 @@ def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> d
     """CPU seconds of the parts of a cached rescoring, each measured alone in this process."""
     from bon import records as rec
     from bon.cache import CachedScorer, ScoreCache
-    from bon.jsonl import dumps, loads
+    from bon.codec import dumps, loads
     from bon.scorers import Query, ScoreOptions, scorers
 
     clock = time.process_time
     out: dict[str, float] = {}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import bon.cli"], check=True, cwd=ROOT)
-    out["start python and import bon.cli (wall)"] = time.perf_counter() - start
+    subprocess.run([sys.executable, "-c", "import bon.entrypoints.cli"], check=True, cwd=ROOT)
+    out["start python and import bon.entrypoints.cli (wall)"] = time.perf_counter() - start
     start = clock()
     with open(input, encoding="utf-8") as handle:
         records = [loads(line) for line in handle]
@@ -133,8 +133,8 @@ def breakdown(input: Path, scorer_name: str, cache_path: Path, budget: int) -> d
 
 def pipeline_budget() -> int:
     """Candidates per score-stage batch at the default batch size."""
-    from bon.pipeline import SCORE_POOL
     from bon.scorers import ScoreOptions
+    from bon.stages import SCORE_POOL
 
     return SCORE_POOL * ScoreOptions().batch_size
 

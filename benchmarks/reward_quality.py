@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import bon
-from bon import pipeline
+from bon import runner, stages
 from bon.api import split_options
 from bon.engines import Engine, SharedEngine
 from bon.evals.pref import accuracy
@@ -101,7 +101,7 @@ def score_row(
     (options,) = split_options(
         "score", {"scorers": (row.scorer,), **common, **row.options}, files=False
     )
-    scored = pipeline.run_records(pipeline.score_stage(options, engine), records)
+    scored = runner.run_records(stages.score_stage(options, engine), records)
     for record in scored:
         for candidate in record["candidates"]:
             candidate["scores"] = {row.label: candidate["scores"][row.scorer]}

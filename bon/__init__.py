@@ -23,7 +23,7 @@ from bon.errors import BonError, ConfigError, EngineError, InputError, RecordErr
 from bon.evals.curve import curve_file as curve
 from bon.evals.pref import eval_pref
 from bon.generator import GenerateOptions
-from bon.pipeline import Report
+from bon.outputs import Report
 from bon.recipes import load_recipe
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions

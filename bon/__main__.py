@@ -1,4 +1,4 @@
-from bon.cli import main
+from bon.entrypoints.cli import main
 
 # The guard matters: engines such as vllm spawn worker processes that re-import this module.
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bon import distributed, pipeline, records, turns
+from bon import records, runner, stages, turns
+from bon.codec import STDIO
 from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
@@ -29,13 +30,25 @@ from bon.export import export_records as _export_records
 from bon.fitting import FitOptions, FitReport, check_scorers, fit_files
 from bon.follow import writer_alive
 from bon.generator import GenerateOptions
-from bon.jsonl import STDIO, mark_complete
-from bon.options import fields, non_negative, option, positive, types_of, validate
-from bon.pipeline import ON_ERROR, Report, Stage
+from bon.options import (
+    fields,
+    non_negative,
+    option,
+    positive,
+    refuse_unknown,
+    types_of,
+    validate,
+)
+from bon.outputs import Report, mark_complete
+from bon.ray_runner import RayRunner
 from bon.records import RecordProblem
+from bon.runner import ON_ERROR
 from bon.scorers import ScoreOptions
 from bon.scorers.base import keyword_fields
 from bon.select import SelectOptions
+from bon.shards import merge as merge_shards
+from bon.shards import parse_shard, valid_shard
+from bon.stages import Stage
 
 # In `bon run`, reranker options whose names the generator also has (model, engine, batch_size,
 # max_new_tokens, ...) take this prefix; device and dtype are shared by both stages.
@@ -67,7 +80,7 @@ class FileOptions:
         None,
         "Take only shard I of K of the input (I/K, 1-based, by a hash of each id); join the "
         "shards' outputs with `bon merge`.",
-        check=lambda v: v is None or distributed.valid_shard(v),
+        check=lambda v: v is None or valid_shard(v),
         constraint="I/K with 1 <= I <= K (e.g. 1/4)",
     )
     ray: str | None = option(
@@ -270,11 +283,7 @@ def split_options(command: str, options: dict[str, Any], *, files: bool) -> list
         if set(group.skip) & set(shared):  # the reranker in `run` shares device and dtype
             mine.update({name: shared[name] for name in group.skip if name in shared})
         built.append(mine)
-    if options:
-        known = sorted(kw for g in groups for kw in g.names())
-        raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(options))}; known: {', '.join(known)}"
-        )
+    refuse_unknown(options, (kw for g in groups for kw in g.names()))
     return [g.build(mine) for g, mine in zip(groups, built, strict=True)]
 
 
@@ -293,9 +302,9 @@ def _run_file(
     follow: bool | None = None,
 ) -> Report:
     """Run the stage `build()` makes over a file (`build` itself goes to Ray's actors)."""
-    runner = pipeline.run_locally
+    runs = runner.run_locally
     if files.ray is not None:
-        runner = distributed.RayRunner(
+        runs = RayRunner(
             build,
             address=files.ray,
             actors=files.ray_actors,
@@ -304,7 +313,7 @@ def _run_file(
             quiet=files.quiet,
             spool_dir=None if str(output) == STDIO else Path(output).parent,
         )
-    return pipeline.run_file(
+    return runner.run_file(
         build(),
         input,
         output,
@@ -312,8 +321,8 @@ def _run_file(
         overwrite=files.overwrite,
         quiet=files.quiet,
         follow=files.follow if follow is None else follow,
-        shard=distributed.parse_shard(files.shard),
-        runner=runner,
+        shard=parse_shard(files.shard),
+        runner=runs,
     )
 
 
@@ -321,42 +330,42 @@ def _run_file(
 def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Sample candidates for each prompt record of `input` into `output`."""
     generate_options, files = split_options("generate", options, files=True)
-    return _run_file(partial(pipeline.generate_stage, generate_options), input, output, files)
+    return _run_file(partial(stages.generate_stage, generate_options), input, output, files)
 
 
 @_mirrors("generate", files=False)
 def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`generate` over in-memory records; returns them with `candidates` added."""
     (generate_options,) = split_options("generate", options, files=False)
-    return pipeline.run_records(pipeline.generate_stage(generate_options), records)
+    return runner.run_records(stages.generate_stage(generate_options), records)
 
 
 @_mirrors("score", files=True)
 def score(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Score every candidate of each record of `input` into `output`."""
     score_options, files = split_options("score", options, files=True)
-    return _run_file(partial(pipeline.score_stage, score_options), input, output, files)
+    return _run_file(partial(stages.score_stage, score_options), input, output, files)
 
 
 @_mirrors("score", files=False)
 def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`score` over in-memory records."""
     (score_options,) = split_options("score", options, files=False)
-    return pipeline.run_records(pipeline.score_stage(score_options), records)
+    return runner.run_records(stages.score_stage(score_options), records)
 
 
 @_mirrors("select", files=True)
 def select(input: str | Path, output: str | Path, **options: Any) -> Report:
     """Keep the best candidate of each scored record."""
     select_options, files = split_options("select", options, files=True)
-    return _run_file(partial(pipeline.select_stage, select_options), input, output, files)
+    return _run_file(partial(stages.select_stage, select_options), input, output, files)
 
 
 @_mirrors("select", files=False)
 def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`select` over in-memory records."""
     (select_options,) = split_options("select", options, files=False)
-    return pipeline.run_records(pipeline.select_stage(select_options), records)
+    return runner.run_records(stages.select_stage(select_options), records)
 
 
 @_mirrors("rerank", files=True)
@@ -370,7 +379,7 @@ def rerank(input: str | Path, output: str | Path, **options: Any) -> Report:
 def rerank_records(records: Iterable[dict], **options: Any) -> list[dict]:
     """`rerank` over in-memory records."""
     score_options, select_options = split_options("rerank", options, files=False)
-    return pipeline.run_records(_rerank_stage(score_options, select_options), records)
+    return runner.run_records(_rerank_stage(score_options, select_options), records)
 
 
 @_mirrors("run", files=True)
@@ -479,8 +488,8 @@ def _in_child(step: Callable[[], Report]) -> Report:
 def merge(
     shards: list[str | Path], output: str | Path, *, input: str | Path | None = None
 ) -> Report:
-    """Join the outputs of a sharded run into `output` (see `bon.distributed.merge`)."""
-    return distributed.merge(shards, output, input=input)
+    """Join the outputs of a sharded run into `output` (see `bon.shards.merge`)."""
+    return merge_shards(shards, output, input=input)
 
 
 @_mirrors("run", files=False)
@@ -494,7 +503,7 @@ def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     engine = _shared_engine(*stage_options[:2])
     try:
         for stage in _run_stages(*stage_options, engine):
-            items = pipeline.run_records(stage, items)
+            items = runner.run_records(stage, items)
     finally:
         if engine is not None:
             engine.close()
@@ -502,12 +511,12 @@ def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
 
 
 def _run_turns_records(items: list[dict], stage_options: list[Any]) -> list[dict]:
-    first = pipeline.run_records(turns.first_stage(), items)
+    first = runner.run_records(turns.first_stage(), items)
     by_turn: list[dict[str, dict]] = []
     current = first
     while current:
         for stage in _run_stages(*stage_options):
-            current = pipeline.run_records(stage, current)
+            current = runner.run_records(stage, current)
         by_turn.append({str(r["id"]): r for r in current})
         current = turns.next_turns(current)
     return turns.merge(first, by_turn)
@@ -558,9 +567,9 @@ def _first_scorer(select_options: SelectOptions, score_options: ScoreOptions) ->
 
 
 def _rerank_stage(score_options: ScoreOptions, select_options: SelectOptions) -> Stage:
-    stage = pipeline.chain(
-        pipeline.score_stage(score_options),
-        pipeline.select_stage(_first_scorer(select_options, score_options)),
+    stage = stages.chain(
+        stages.score_stage(score_options),
+        stages.select_stage(_first_scorer(select_options, score_options)),
     )
     by = select_options.by
     if by is None or by in score_options.scorers:
@@ -591,9 +600,9 @@ def _run_builders(
     child processes); `engine`, when given, serves generation and scoring."""
     scoring_engine = None if engine is None else engine.with_batch_size(score_options.batch_size)
     return [
-        partial(pipeline.generate_stage, generate_options, engine),
-        partial(pipeline.score_stage, score_options, scoring_engine),
-        partial(pipeline.select_stage, _first_scorer(select_options, score_options)),
+        partial(stages.generate_stage, generate_options, engine),
+        partial(stages.score_stage, score_options, scoring_engine),
+        partial(stages.select_stage, _first_scorer(select_options, score_options)),
     ]
 
 

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bon.codec import canonical, loads
 from bon.errors import ConfigError
-from bon.jsonl import canonical, loads
 from bon.models import cache_dir
 from bon.scorers.base import Query, Scored, Scorer, refused
 

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from bon import records
+from bon.codec import dumps, read_lines
 from bon.errors import InputError, require
-from bon.jsonl import dumps, read_lines, replace_atomically, write_error
 from bon.options import non_negative, option, validate
-from bon.pipeline import ON_ERROR, Report
+from bon.outputs import Report, replace_atomically, write_error
 from bon.records import RecordProblem
+from bon.runner import ON_ERROR
 from bon.scorers import higher_is_better
 from bon.select import best_index, first_score
 

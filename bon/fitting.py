@@ -33,8 +33,8 @@ import yaml
 from bon.errors import ConfigError, InputError, require
 from bon.evals import pref
 from bon.evals.report import fmt, markdown_table
-from bon.jsonl import replace_atomically
 from bon.options import fields, non_negative, option, positive, validate
+from bon.outputs import replace_atomically
 from bon.scorers import ScoreOptions, higher_is_better, scorers
 from bon.scorers.base import keyword_fields
 from bon.scorers.mix import (

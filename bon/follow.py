@@ -1,7 +1,7 @@
 """Reading a JSONL file that another bon run is still writing (`--follow`).
 
 A bon writer appends whole lines, holds `<file>.lock` (with its pid) while it runs, and keeps
-`complete: false` in the file's manifest until every record is in place (`bon.jsonl`). A
+`complete: false` in the file's manifest until every record is in place (`bon.outputs`). A
 follower reads each full line as it lands (a partial last line waits for its newline) and stops
 once the manifest says complete and the file is read to its end. It polls instead of using
 inotify, so it also works on network file systems. A writer that rewrites the file (a resume
@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bon.codec import parse_lines
 from bon.errors import BonError
-from bon.jsonl import lock_path, parse_lines, read_manifest
+from bon.outputs import lock_path, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ GRACE_S = 2.0  # how long a file may look abandoned before the follower gives up
 
 def follow_lines(path: str | Path, *, poll: float = POLL_S) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed value) for each line of `path` as its writer appends it, like
-    `bon.jsonl.read_lines`, until the writer marks the file complete.
+    `bon.codec.read_lines`, until the writer marks the file complete.
 
     Raises `BonError` when the file has no manifest (no bon command writes it) or its writer
     stopped without finishing.

@@ -71,16 +71,6 @@ class Usage:
         }
 
 
-def prompt_tokens(engine: Any, conversation: list[Message]) -> int:
-    """Tokens of `conversation` as `engine` formats it for a reply; 0 for engines that do not
-    expose their chat template and tokenizer (the openai engine)."""
-    render = getattr(engine, "render", None)
-    tokenizer = getattr(engine, "tokenizer", None)
-    if render is None or tokenizer is None:
-        return 0
-    return len(tokenizer(render(conversation), add_special_tokens=False)["input_ids"])
-
-
 class _Meter(EngineProxy):
     """The reranker's engine, counting the tokens its scorers send through it."""
 
@@ -99,7 +89,7 @@ class _Meter(EngineProxy):
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         out = self.inner.generate(conversations, sampling, seeds)
-        self.read += sum(prompt_tokens(self.inner, c) for c in conversations)
+        self.read += sum(self.inner.prompt_tokens(c) for c in conversations)
         self.written += sum(c.tokens for row in out for c in row)
         return out
 
@@ -109,7 +99,7 @@ class _Meter(EngineProxy):
         rows = self.inner.continuation_logprobs(conversations, continuations)
         # An empty continuation is never run through the model.
         self.read += sum(
-            prompt_tokens(self.inner, c) + len(row)
+            self.inner.prompt_tokens(c) + len(row)
             for c, row in zip(conversations, rows, strict=True)
             if row
         )
@@ -279,7 +269,7 @@ class BestOfN:
     def _finish(self, job: Job, record: dict) -> Answer | BaseException:
         record["candidates"] = [_cut(c, job.stop) for c in record["candidates"]]
         usage = Usage(
-            generator_prompt=prompt_tokens(self._generator_engine, job.messages),
+            generator_prompt=self._generator().prompt_tokens(job.messages),
             generator_completion=sum(c["tokens"] for c in record["candidates"]),
         )
         reranker = self._reranker(job.scorers)

@@ -1,16 +1,16 @@
 """One declaration per option: its type, default, help, constraint and the scorers that read it.
 
 Option classes are frozen dataclasses whose fields are made with `option(...)`. Everything else is
-derived from that one declaration: validation (`validate`), the command-line flags (`bon.cli`),
-the Python API's keyword signatures (`bon.api`) and, for scorers, which options enter a scorer's
-recorded configuration and cache key (`used_by`).
+derived from that one declaration: validation (`validate`), the command-line flags
+(`bon.entrypoints.cli`), the Python API's keyword signatures (`bon.api`) and, for scorers, which
+options enter a scorer's recorded configuration and cache key (`used_by`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from bon.errors import ConfigError
@@ -84,6 +84,15 @@ def validate(obj: Any) -> None:
             raise ConfigError(
                 f"`{field.name}` must be {field.metadata['constraint']}, got {value!r}"
             )
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
+    """Raise `ConfigError` naming the keywords of `given` that are not in `known`, and listing
+    the known ones."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def defaults(cls: type) -> dict[str, Any]:

@@ -7,17 +7,19 @@ One record per prompt travels through every stage and is enriched, never rebuilt
     + per candidate "scores": {name: float} and evidence under the scorer's name   (score)
     + "selected": {"index", "text", "score", "by"}                                 (select)
 
-Validators raise `RecordProblem` with a message that says what to fix; the pipeline adds the
-file and line.
+Validators raise `RecordProblem` with a message that says what to fix; `validated` checks a
+stream of records with one, gives each record its id, and adds the file and line to a problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from bon.chat import Message
-from bon.jsonl import canonical
+from bon.codec import canonical
+from bon.errors import InputError
 
 ROLES = ("system", "user", "assistant")
 
@@ -26,7 +28,7 @@ class RecordProblem(ValueError):
     """A record does not have the shape a stage needs, or a stage could not process it.
 
     Validators raise it; `Stage.process` returns an instance in place of a record it failed on,
-    and the pipeline reports it with the record's file and line.
+    and the runner reports it with the record's file and line.
     """
 
 
@@ -176,3 +178,37 @@ def fingerprint(record: dict) -> str:
     text = canonical(record)
     # surrogatepass: a lone surrogate (legal as a JSON escape) still hashes instead of failing.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def validated(
+    source: str, lines: Iterable[tuple[int, Any]], check: Callable[[Any], None]
+) -> Iterator[tuple[int, dict | InputError]]:
+    """Check each record and give it an id; yield problems as `InputError` values.
+
+    Records without an id get one from their content; the k-th repeat of identical content gets
+    the suffix "-k", so equal prompts stay distinct records.
+    """
+    seen: dict[str, int] = {}
+    repeats: dict[str, int] = {}
+    for line, record in lines:
+        if isinstance(record, InputError):
+            yield line, record
+            continue
+        try:
+            check(record)
+        except RecordProblem as problem:
+            yield line, InputError(source, line, str(problem))
+            continue
+        if "id" not in record:
+            base = content_id(record)
+            repeats[base] = repeats.get(base, 0) + 1
+            record = {"id": base if repeats[base] == 1 else f"{base}-{repeats[base]}", **record}
+        key = str(record["id"])
+        if key in seen:
+            yield (
+                line,
+                InputError(source, line, f"duplicate id {key!r} (first on line {seen[key]})"),
+            )
+            continue
+        seen[key] = line
+        yield line, record

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bon import records
+from bon.codec import dumps, read_lines
 from bon.errors import InputError
-from bon.jsonl import dumps, read_lines, replace_atomically
-from bon.pipeline import Report, Stage
+from bon.outputs import Report, replace_atomically
+from bon.stages import Stage
 
 STAGE_FIELDS = ("candidates", "responses", "generator", "scoring", "selected", "fingerprints")
 """Fields the stages add to a turn's record; none of them carries over to the next turn."""

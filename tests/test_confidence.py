@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
 from bon.engines.hf import HFEngine
+from bon.entrypoints.cli import main
 from tests.conftest import read_jsonl, write_jsonl
 
 CONVERSATIONS = [

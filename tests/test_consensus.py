@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import bon
 from bon import similarity
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, InputError
 from bon.records import RecordProblem
 from bon.reranker import Reranker

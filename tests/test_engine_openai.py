@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
 from bon.engines import EngineOptions, SamplingOptions, load_engine
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, EngineError, RecordError
 from bon.scorers.flip import JSON_SCHEMA
 from tests.conftest import read_jsonl, write_jsonl

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import bon
 from bon import api
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, InputError
 from bon.export import ExportOptions
 from tests.conftest import read_jsonl, write_jsonl

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from bon.errors import ConfigError, EngineError, InputError, RecordError
-from bon.jsonl import locked
-from bon.pipeline import Stage, chain, run_file, run_records
+from bon.outputs import locked
 from bon.records import RecordProblem, check_prompt
+from bon.runner import run_file, run_records
+from bon.stages import Stage, chain
 from tests.conftest import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg

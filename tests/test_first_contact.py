@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import bon.serve
+import bon.entrypoints.serve
 from bon import api
-from bon.cli import main
+from bon.entrypoints.cli import main
 from tests.conftest import _free_port, _stop, _wait_until_ready
 
 
@@ -38,14 +38,14 @@ def test_another_missing_module_keeps_its_traceback(
     monkeypatch.delitem(sys.modules, "fastapi", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="bon_absent_dependency"):
-        bon.serve.serve(model="no-model-is-loaded")
+        bon.entrypoints.serve.serve(model="no-model-is-loaded")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--model", "bon", "--tasks", "ifeval"]])
 def test_lm_eval_without_the_lmeval_extra_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
-    monkeypatch.delitem(sys.modules, "bon.lmeval", raising=False)
+    monkeypatch.delitem(sys.modules, "bon.entrypoints.lmeval", raising=False)
     for name in ["lm_eval", *(n for n in list(sys.modules) if n.startswith("lm_eval."))]:
         monkeypatch.setitem(sys.modules, name, None)
     result = CliRunner().invoke(main, ["lm-eval", *args])
@@ -65,7 +65,7 @@ def _stopped_by(signum: int):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_serve_is_a_normal_end(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
-    monkeypatch.setattr(bon.serve, "serve", _stopped_by(signum))
+    monkeypatch.setattr(bon.entrypoints.serve, "serve", _stopped_by(signum))
     result = CliRunner().invoke(main, ["serve"])
     assert result.exit_code == 0, result.output
     assert "bon serve: stopped" in result.output and "rerun" not in result.output

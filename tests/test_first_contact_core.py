@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
 from bon.engines.hf import cpu_has_bf16, others_running
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError
 from bon.generator import GenerateOptions
-from bon.jsonl import open_output
-from bon.pipeline import generate_stage
+from bon.outputs import open_output
+from bon.stages import generate_stage
 from tests.conftest import read_jsonl, write_jsonl
 
 # The dtype and threads chosen for the CPU.

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import bon
 from bon import api
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, InputError
 from bon.fitting import Example, FitOptions, fit_examples
 from bon.scorers import ScoreOptions, scorers

@@ -12,7 +12,7 @@ import bon
 from bon import api
 from bon.errors import BonError
 from bon.follow import follow_lines
-from bon.jsonl import locked, manifest_path, mark_complete, open_output, read_manifest
+from bon.outputs import locked, manifest_path, mark_complete, open_output, read_manifest
 from tests.conftest import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg

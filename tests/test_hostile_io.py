@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
+from bon.codec import read_lines
+from bon.entrypoints.cli import main
 from bon.errors import InputError
-from bon.jsonl import read_lines
 from tests.conftest import read_jsonl, write_jsonl
 
 

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from bon.codec import canonical, dumps, loads, read_lines
 from bon.errors import ConfigError, InputError
-from bon.jsonl import canonical, dumps, loads, locked, manifest_path, open_output, read_lines
+from bon.outputs import locked, manifest_path, open_output
 from tests.conftest import write_jsonl
 
 

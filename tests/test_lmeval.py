@@ -19,8 +19,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import lm_eval
 from lm_eval.tasks import TaskManager
 
-from bon.cli import main
-from bon.lmeval import BonLM
+from bon.entrypoints.cli import main
+from bon.entrypoints.lmeval import BonLM
 from tests.conftest import _free_port, _stop, _wait_until_ready
 
 TASK = Path(__file__).resolve().parent.parent / "data" / "lmeval_task"

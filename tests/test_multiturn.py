@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import bon
 from bon import turns
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import InputError
 from tests.conftest import read_jsonl, write_jsonl
 

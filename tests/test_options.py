@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import bon
 from bon.api import FileOptions
 from bon.cache import score_key
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError
 from bon.models import fingerprint
 from bon.reranker import Reranker

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import bon
 from bon import api
-from bon.cli import main
-from bon.jsonl import manifest_path
+from bon.entrypoints.cli import main
+from bon.outputs import manifest_path
 from tests.conftest import read_jsonl, write_jsonl
 
 PROMPTS = [

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import bon
 from bon import api
-from bon.cli import main
+from bon.entrypoints.cli import main
 from tests.conftest import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg

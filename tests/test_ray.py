@@ -9,9 +9,10 @@ import pytest
 import ray
 
 import bon
-from bon import api, pipeline
-from bon.distributed import RayRunner
+from bon import api, stages
 from bon.generator import GenerateOptions
+from bon.ray_runner import RayRunner
+from bon.runner import run_file
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow  # processes, servers or the real model: see setup.cfg
@@ -56,10 +57,10 @@ def test_run_on_ray_equals_the_local_run(tmp_path, tiny_model, cluster):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
-def _crashing_stage(marker: str, options: GenerateOptions) -> pipeline.Stage:
+def _crashing_stage(marker: str, options: GenerateOptions) -> stages.Stage:
     """The real generate stage, except that the first batch any actor runs kills that actor's
     process (fault injection: `marker` records that the crash happened)."""
-    stage = pipeline.generate_stage(options)
+    stage = stages.generate_stage(options)
     process = stage.process
 
     def crash_once(batch: list[dict]) -> list:
@@ -81,7 +82,7 @@ def test_a_killed_actor_is_restarted_without_losing_or_duplicating_records(
     marker = tmp_path / "crashed"
     build = partial(_crashing_stage, str(marker), options)
     runner = RayRunner(build, actors=2, cpus=0.5, quiet=True, spool_dir=tmp_path)
-    report = pipeline.run_file(build(), prompts, tmp_path / "ray.jsonl", runner=runner, quiet=True)
+    report = run_file(build(), prompts, tmp_path / "ray.jsonl", runner=runner, quiet=True)
     assert marker.exists()  # an actor did die mid-run
     assert report.written == len(PROMPTS)
     bon.generate(

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError
 from bon.records import fingerprint
 from tests.conftest import read_jsonl, write_jsonl
@@ -86,7 +86,7 @@ def test_a_changed_input_record_is_redone_not_kept(tmp_path, caplog):
     out = tmp_path / "s.jsonl"
     assert _score(source, out).written == 2
     write_jsonl(source, _responses({"a": ["a much longer one", "yy"], "b": ["zzz"]}))
-    with caplog.at_level(logging.INFO, logger="bon.pipeline"):
+    with caplog.at_level(logging.INFO, logger="bon.runner"):
         report = _score(source, out)
     assert "1 records changed since the last run; redoing them" in caplog.text
     assert (report.written, report.redone, report.resumed) == (1, 1, 1)

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
 from bon.engines import EngineOptions, load_engine
 from bon.engines.hf import HFEngine
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, EngineError
 from bon.scorers import ScoreOptions
 from bon.scorers.reward_models import (

@@ -1,5 +1,5 @@
-"""bon.rewards: scorers as TRL GRPO reward functions, called directly and by one real
-`GRPOTrainer` step on the tiny random Llama (which is also the reranker)."""
+"""bon.entrypoints.rewards: scorers as TRL GRPO reward functions, called directly and by one
+real `GRPOTrainer` step on the tiny random Llama (which is also the reranker)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import bon
+from bon.entrypoints.rewards import Reward, flip_reward
 from bon.errors import ConfigError, EngineError, RecordError
-from bon.rewards import Reward, flip_reward
 from tests.conftest import write_jsonl
 
 PROMPTS = ["Say hello.", "Say hello.", "Name a fruit.", "Name a fruit.", "Name a fruit."]

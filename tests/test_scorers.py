@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError
 from bon.scorers import Query, ScoreOptions, higher_is_better, scorers
 from bon.scorers.flip import (

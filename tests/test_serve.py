@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from bon.cli import serve as serve_command
+from bon.entrypoints.cli import serve as serve_command
+from bon.entrypoints.serve import ServeOptions, serve, start
 from bon.errors import ConfigError
-from bon.serve import ServeOptions, serve, start
 
 NAME = "bon-test"
 LIMIT = 20_000

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 
 import bon
 from bon import api
-from bon.cli import main
-from bon.distributed import Shard, merge, parse_shard, shard_of
+from bon.entrypoints.cli import main
 from bon.errors import ConfigError, InputError
-from bon.jsonl import manifest_path, mark_complete
+from bon.outputs import manifest_path, mark_complete
+from bon.shards import Shard, merge, parse_shard, shard_of
 from tests.conftest import read_jsonl, write_jsonl
 
 PROMPTS = [{"id": f"p{i}", "prompt": f"Say {i}."} for i in range(6)] + [

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 import bon
-from bon.cli import main
 from bon.engines.hf import cpu_has_bf16
+from bon.entrypoints.cli import main
 from bon.models import resolve_model
 from tests.conftest import read_jsonl, write_jsonl
 

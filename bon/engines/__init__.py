@@ -55,6 +55,9 @@ class EngineProxy(Engine):
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return self.inner.token_pieces(texts)
 
+    def prompt_tokens(self, conversation: list[Message]) -> int:
+        return self.inner.prompt_tokens(conversation)
+
     def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
         return self.inner.sequence_scores(conversations)
 

@@ -357,6 +357,11 @@ class Engine(ABC):
         decoded on its own; engines without a local tokenizer raise `EngineError`."""
         raise EngineError(f"the {self.name} engine cannot split text into its tokens")
 
+    def prompt_tokens(self, conversation: list[Message]) -> int:
+        """Tokens of `conversation` as this engine formats it for a reply (its chat template);
+        0 for engines that do not see the template and the tokenizer (a server's)."""
+        return 0
+
     @classmethod
     def model_head(cls, model: str) -> str | None:
         """Which head (one of `HEADS`) the checkpoint `model` carries, read from its

@@ -129,7 +129,7 @@ class HFEngine(Engine):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._system_role = _accepts_system_role(self.tokenizer)
+        self._system_role = accepts_system_role(self.tokenizer)
         self.context_length = _context_length(self.model.config)
         """Most tokens (prompt and completion) the model takes; None when its config says not."""
         self._dtype = str(self.model.dtype).removeprefix("torch.")
@@ -295,6 +295,9 @@ class HFEngine(Engine):
 
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return [decode_each(self.tokenizer, self._encode(text)) for text in texts]
+
+    def prompt_tokens(self, conversation: list[Message]) -> int:
+        return len(self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"])
 
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]
@@ -771,7 +774,9 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
-def _accepts_system_role(tokenizer: Any) -> bool:
+def accepts_system_role(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template takes a system turn (some refuse one); when it does
+    not, the system text is merged into the first user turn (`bon.chat.merge_system`)."""
     probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     try:
         tokenizer.apply_chat_template(probe, tokenize=False)

@@ -47,7 +47,7 @@ from bon.engines.base import (
     require_classifier,
     too_long,
 )
-from bon.engines.hf import _accepts_system_role, local_tokenizer, model_head, render_whole
+from bon.engines.hf import accepts_system_role, local_tokenizer, model_head, render_whole
 from bon.errors import ConfigError, EngineError
 from bon.models import resolve_model
 
@@ -164,7 +164,7 @@ class VLLMEngine(Engine):
             self._use(self._start())
         else:  # started by the first call, for that call's pooling task
             self.tokenizer = local_tokenizer(path)
-            self._system_role = _accepts_system_role(self.tokenizer)
+            self._system_role = accepts_system_role(self.tokenizer)
             self._dtype = options.dtype
             self.context_length = args["max_model_len"] or _context_length(path)
 
@@ -172,7 +172,7 @@ class VLLMEngine(Engine):
         """Take `llm` as the engine's `LLM`, with its tokenizer and settings."""
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
-        self._system_role = _accepts_system_role(self.tokenizer)
+        self._system_role = accepts_system_role(self.tokenizer)
         config = llm.llm_engine.model_config
         self._dtype = str(config.dtype).removeprefix("torch.")
         self.context_length: int = config.max_model_len
@@ -273,6 +273,9 @@ class VLLMEngine(Engine):
 
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return [decode_each(self.tokenizer, self._encode(text)) for text in texts]
+
+    def prompt_tokens(self, conversation: list[Message]) -> int:
+        return len(self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"])
 
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]

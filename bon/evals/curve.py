@@ -22,9 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bon.codec import read_lines
 from bon.errors import ConfigError, InputError
 from bon.evals.report import fmt, markdown_table
-from bon.jsonl import read_lines
 from bon.scorers import higher_is_better
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bon.codec import dumps
 from bon.errors import ConfigError, RecordError, require
-from bon.jsonl import dumps
 from bon.scorers import ScoreOptions
 
 DEFAULT_SCORERS = ScoreOptions().scorers

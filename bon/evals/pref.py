@@ -24,11 +24,15 @@ from typing import Any
 import numpy as np
 
 from bon import records as shapes
+from bon.codec import read_lines
 from bon.errors import ConfigError, InputError, require
 from bon.evals.report import fmt, markdown_table
-from bon.jsonl import read_lines
+from bon.options import refuse_unknown
 from bon.records import RecordProblem
+from bon.runner import run_records
 from bon.scorers import ScoreOptions, higher_is_better
+from bon.scorers.base import keyword_fields
+from bon.stages import score_stage
 
 DEFAULT_SCORERS = ScoreOptions().scorers
 """The default scorers of `bon score`."""
@@ -267,11 +271,10 @@ def score_entries(
     entries: list[tuple[str, int, dict]], scorers: Sequence[str], **score_options: Any
 ) -> list[tuple[str, int, dict]]:
     """`entries` (file, line, record) with each record scored by `scorers` through bon's
-    score stage and its cache (`bon.api.score_records`, which takes `score_options`)."""
-    # Imported here: bon.api may wrap this module.
-    from bon import api
-
-    scored = api.score_records([r for _, _, r in entries], scorers=tuple(scorers), **score_options)
+    score stage and its cache; `score_options` are `bon.api.score_records`'s keywords."""
+    refuse_unknown(score_options, (k.keyword for k in keyword_fields()))
+    options = ScoreOptions.from_keywords(scorers=tuple(scorers), **score_options)
+    scored = run_records(score_stage(options), [r for _, _, r in entries])
     return [(s, line, r) for (s, line, _), r in zip(entries, scored, strict=True)]
 
 

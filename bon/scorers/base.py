@@ -185,7 +185,8 @@ class ScoreOptions(EngineOptions):
         object.__setattr__(self, "scorer_options", _own_options(self.scorer_options))
         super().__post_init__()
         self._check_weight_by()
-        self._check_mix()
+        for name in _registry().names():
+            _registered(name).check_options(self)
 
     def of(self, scorer: str) -> Any:
         """The own options of the scorer called `scorer` (its `Options` defaults when unset)."""
@@ -223,20 +224,6 @@ class ScoreOptions(EngineOptions):
         return dataclasses.replace(
             self, **shared, scorer_options={**self.scorer_options, scorer: changed}
         )
-
-    def _check_mix(self) -> None:
-        """The mix scorer's selector file, read and checked here, before any model loads."""
-        path = self.of("mix").mix
-        if path is None:
-            if "mix" in self.scorers:
-                raise ConfigError(
-                    "`mix` must name a selector file when the scorers include mix: add "
-                    "--mix SELECTOR.yaml (written by `bon fit`)"
-                )
-            return
-        from bon.scorers.mix import load_selector  # here: the mix module imports this one
-
-        load_selector(path).score_options(self)
 
     def _check_weight_by(self) -> None:
         """vote's `weight_by` names a score computed before vote (vote's options alone are
@@ -389,6 +376,12 @@ class Scorer(ABC):
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         self.options = options
         self._engine = engine
+
+    @classmethod
+    def check_options(cls, options: ScoreOptions) -> None:
+        """Check this scorer's own options against the whole `options` as they are built, before
+        any model loads (the mix scorer reads its selector file here); raise `ConfigError`. The
+        default checks nothing more than the options classes do."""
 
     @abstractmethod
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:

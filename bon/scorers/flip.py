@@ -160,7 +160,7 @@ def reconstruction_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-class _Item:
+class FlipItem:
     """One candidate to score: its response, its target and the context turns."""
 
     __slots__ = ("context", "response", "target")
@@ -207,7 +207,7 @@ class _FlipBase(Scorer):
     def decoding(self) -> dict[str, Any]:
         return {"decoding": "greedy"}
 
-    def messages(self, item: _Item) -> list[Message]:
+    def messages(self, item: FlipItem) -> list[Message]:
         return reconstruction_messages(
             item.response, item.context, prompt=self.prompt, target=self.options.target
         )
@@ -225,7 +225,7 @@ class _FlipBase(Scorer):
             for text in query.candidates:
                 check = self.guard.inspect(text, target)
                 checks.append(check)
-                items.append(_Item(check.text, target, context))
+                items.append(FlipItem(check.text, target, context))
         flat = self.score_items(items, [len(q.candidates) for q in queries]) if items else []
         guarded = [
             Scored(self.guard.apply(scored.value, check), {**scored.evidence, **check.evidence})
@@ -233,7 +233,7 @@ class _FlipBase(Scorer):
         ]
         return regroup(guarded, [len(q.candidates) for q in queries])
 
-    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+    def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         """One `Scored` per item; `sizes` gives how many consecutive items each record holds."""
         raise NotImplementedError
 
@@ -252,7 +252,7 @@ class FlipScorer(_FlipBase):
             json_schema=JSON_SCHEMA if self.prompt == "paper" else None,
         )
 
-    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+    def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
         outputs = self.engine.generate(prompts, self._sampling) if prompts else []
@@ -301,7 +301,7 @@ class FlipKScorer(_FlipBase):
             "seed": self.options.seed,
         }
 
-    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+    def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         k = self.own.k
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
@@ -344,7 +344,7 @@ class FlipLikelihoodScorer(_FlipBase):
     def decoding(self) -> dict[str, Any]:
         return {"decoding": "teacher-forced", "reduce": "mean-token-logprob"}
 
-    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+    def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         rows = self.engine.continuation_logprobs(
             [self.messages(item) for item in items], [item.target for item in items]
         )

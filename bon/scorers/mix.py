@@ -12,8 +12,8 @@ Standardising within a record makes scores of different scorers, which live on d
 (characters, log-probabilities, shares of votes), comparable without any statistic of the
 training set: a selector carries weights and nothing else that the data could drift away from.
 
-The file is read and checked when the options are built (`ScoreOptions` calls
-`load_selector`), so an unknown scorer, a weight for a scorer that is not installed, a malformed
+The file is read and checked when the options are built (`ScoreOptions` calls each scorer's
+`check_options`), so an unknown scorer, a weight for a scorer that is not installed, a malformed
 file or a format this bon cannot read is reported, with the file and line, before any model
 loads. The file's content hash, not its path, enters the recorded configuration.
 """
@@ -350,6 +350,19 @@ class MixScorer(Scorer):
     Options = MixOptions
     uses_model = False  # its scorers that run a model sit behind the cache themselves
     independent = False
+
+    @classmethod
+    def check_options(cls, options: ScoreOptions) -> None:
+        """The selector file, read and checked with `options`, before any model loads."""
+        path = options.of(cls.name).mix
+        if path is None:
+            if cls.name in options.scorers:
+                raise ConfigError(
+                    "`mix` must name a selector file when the scorers include mix: add "
+                    "--mix SELECTOR.yaml (written by `bon fit`)"
+                )
+            return
+        load_selector(path).score_options(options)
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)

@@ -41,7 +41,7 @@ import numpy as np
 
 from bon.options import non_negative, option
 from bon.scorers.base import Scored, ScorerOptions
-from bon.scorers.flip import FlipLikelihoodScorer, _Item
+from bon.scorers.flip import FlipItem, FlipLikelihoodScorer
 
 _EPS = 1e-6
 Spans = Sequence[Sequence[int]]
@@ -187,11 +187,11 @@ class FlipTokensScorer(FlipLikelihoodScorer):
             "length_weight": self.own.length_weight,
         }
 
-    def score_items(self, items: list[_Item], sizes: Sequence[int]) -> list[Scored]:
+    def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         starts = [int(s) for s in np.cumsum([0, *sizes])[:-1]]
         # One prior per record: the instruction after an empty response, in the record's context.
         priors = [
-            _Item("", items[s].target, items[s].context)
+            FlipItem("", items[s].target, items[s].context)
             for s, n in zip(starts, sizes, strict=True)
             if n
         ]

@@ -1,6 +1,6 @@
 """bon's scorers as reward functions for RL trainers (TRL's GRPO signature).
 
-    from bon.rewards import flip_reward
+    from bon.entrypoints.rewards import flip_reward
     trainer = trl.GRPOTrainer(model=..., reward_funcs=[flip_reward()], ...)
 
 A `Reward` is called with `prompts` and `completions` (plain strings, or chat turns as TRL

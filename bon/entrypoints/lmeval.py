@@ -3,7 +3,7 @@
 lm-eval 0.4 has no plugin entry points, so a model must be registered in the process before
 lm-eval looks its name up: importing this module registers `bon`. Use it from Python with
 
-    import bon.lmeval, lm_eval
+    import bon.entrypoints.lmeval, lm_eval
     lm_eval.simple_evaluate(model="bon", model_args="n=4,scorer=flip-tokens", tasks=[...])
 
 or from the command line with `bon lm-eval --model bon --model_args n=4 --tasks ...`, which

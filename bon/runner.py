@@ -1,163 +1,44 @@
 """Runs a stage over a stream of records, in batches, with resume and per-record errors.
 
-A stage is what the generator, the reranker and the selector have in common: a record check,
-a batching cost, a batch function and a configuration. `run_file` validates the whole input
-before any model loads (so a typo on line 90,000 fails in a second, not after hours), then
-streams it, appending each finished batch to the output at once.
+`run_file` validates the whole input before any model loads (so a typo on line 90,000 fails in
+a second, not after hours), then streams it, appending each finished batch to the output at
+once; `run_records` does the same in memory. Where the batches run is the `Runner`'s choice:
+here (`run_locally`) or on Ray actors (`bon.ray_runner`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from bon import records
+from bon.codec import STDIO, dumps, read_lines, stdout_sink
 from bon.errors import BonError, ConfigError, InputError, RecordError, require
 from bon.follow import follow_lines
-from bon.generator import GenerateOptions, Generator
-from bon.jsonl import (
-    STDIO,
+from bon.outputs import (
+    Report,
     append_line,
-    dumps,
     locked,
     mark_complete,
     open_output,
-    read_lines,
     replace_atomically,
-    stdout_sink,
     write_error,
 )
-from bon.records import RecordProblem
-from bon.reranker import Reranker
-from bon.scorers import ScoreOptions
-from bon.select import SelectOptions, select_record
-
-if TYPE_CHECKING:
-    from bon.distributed import Shard
-    from bon.engines import Engine
+from bon.records import RecordProblem, validated
+from bon.shards import Shard
+from bon.stages import Stage
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
 
-
-@dataclass
-class Stage:
-    """One step of the pipeline.
-
-    `check` raises `RecordProblem` for a record the stage cannot take; `process` returns one
-    element per record of its batch, in order: the output record, or a `RecordProblem` when
-    that record failed (it may also raise `RecordError` for a batch it cannot finish); `cost`
-    is a record's share of `budget`, the work per batch (sequences decoded at once).
-    """
-
-    name: str
-    check: Callable[[Any], None]
-    process: Callable[[list[dict]], list[dict | RecordProblem]]
-    config: dict[str, Any]
-    cost: Callable[[dict], int] = lambda record: 1
-    budget: int = 1
-    close: Callable[[], None] = lambda: None
-    summary: Callable[[], dict[str, Any]] = dict
-
-
-def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
-    """The generate stage; `engine`, when given, is shared instead of loaded (and left open)."""
-    generator = Generator(options, engine)
-    return Stage(
-        "generate",
-        records.check_prompt,
-        generator.process,
-        generator.config(),
-        cost=lambda record: options.n,
-        budget=options.n if options.samples_alone() else options.batch_size,
-        close=generator.close,
-    )
-
-
-SCORE_POOL = 4
-"""Engine batches of candidates per score-stage batch: the engine sorts the pool by length into
-its own batches of `batch_size`, and cached rescoring pays each batch's fixed costs less often."""
-
-
-def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
-    """The score stage; `engine`, when given, is shared instead of loaded (and left open)."""
-    reranker = Reranker(options, engine)
-    return Stage(
-        "score",
-        lambda record: (records.check_candidates(record), reranker.check(record)),
-        reranker.process,
-        reranker.config(),
-        cost=lambda record: len(records.candidates(record)),
-        budget=SCORE_POOL * options.batch_size,
-        close=reranker.close,
-        summary=reranker.summary,
-    )
-
-
-def select_stage(options: SelectOptions) -> Stage:
-    def process(batch: list[dict]) -> list[dict]:
-        return [select_record(r, options) for r in batch]
-
-    return Stage(
-        "select",
-        lambda record: records.check_scored(record, options.score_for(record)),
-        process,
-        {"stage": "select", "by": options.by, "keep_all": options.keep_all},
-        budget=64,
-    )
-
-
-def chain(first: Stage, second: Stage) -> Stage:
-    """`second` applied to what `first` returns, as one stage (input checked by `first`)."""
-
-    def process(batch: list[dict]) -> list[dict | RecordProblem]:
-        firsts = first.process(batch)
-        done = [r for r in firsts if not isinstance(r, RecordProblem)]
-        seconds = iter(second.process(done) if done else [])
-        return [r if isinstance(r, RecordProblem) else next(seconds) for r in firsts]
-
-    def close() -> None:
-        first.close()
-        second.close()
-
-    return Stage(
-        f"{first.name}+{second.name}",
-        first.check,
-        process,
-        {"stages": [first.config, second.config]},
-        cost=first.cost,
-        budget=first.budget,
-        close=close,
-        summary=lambda: {**first.summary(), **second.summary()},
-    )
-
-
-@dataclass
-class Report:
-    """What a file run did.
-
-    `written`: records written now (`redone` of them replace records whose input changed);
-    `resumed`: records found done; `errors`: records skipped as bad or failed (see
-    `error_file`); `unselected`: records in the output with no finite score (selected is null).
-    """
-
-    output: str
-    written: int = 0
-    resumed: int = 0
-    redone: int = 0
-    errors: int = 0
-    unselected: int = 0
-    error_file: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 Pair = tuple[int, dict]
+"""A record and its line number in the input."""
 
 
 def run_records(stage: Stage, items: Iterable[dict], *, quiet: bool = True) -> list[dict]:
@@ -543,40 +424,6 @@ class _ErrorFile:
 
 def _entry(error: InputError) -> dict[str, Any]:
     return {"file": error.path, "line": error.line, "error": error.problem}
-
-
-def validated(
-    source: str, lines: Iterable[tuple[int, Any]], check: Callable[[Any], None]
-) -> Iterator[tuple[int, dict | InputError]]:
-    """Check each record and give it an id; yield problems as `InputError` values.
-
-    Records without an id get one from their content; the k-th repeat of identical content gets
-    the suffix "-k", so equal prompts stay distinct records.
-    """
-    seen: dict[str, int] = {}
-    repeats: dict[str, int] = {}
-    for line, record in lines:
-        if isinstance(record, InputError):
-            yield line, record
-            continue
-        try:
-            check(record)
-        except RecordProblem as problem:
-            yield line, InputError(source, line, str(problem))
-            continue
-        if "id" not in record:
-            base = records.content_id(record)
-            repeats[base] = repeats.get(base, 0) + 1
-            record = {"id": base if repeats[base] == 1 else f"{base}-{repeats[base]}", **record}
-        key = str(record["id"])
-        if key in seen:
-            yield (
-                line,
-                InputError(source, line, f"duplicate id {key!r} (first on line {seen[key]})"),
-            )
-            continue
-        seen[key] = line
-        yield line, record
 
 
 def _batches(

@@ -16,13 +16,14 @@ from typing import Any
 
 import click
 
-from bon import api, distributed, recipes
+from bon import api, recipes
+from bon.entrypoints.serve import ServeOptions
 from bon.errors import BonError
 from bon.export import FORMATS, ExportOptions
 from bon.options import choices_of
-from bon.pipeline import Report
+from bon.outputs import Report
+from bon.ray_runner import LOCAL
 from bon.scorers import ScoreOptions
-from bon.serve import ServeOptions
 
 INPUT = click.Path(exists=True, dir_okay=False)
 # A stage's input: `-` is stdin; it may not exist yet when the stage follows it (--follow).
@@ -44,7 +45,7 @@ def _engine_args(
     return pairs
 
 
-BARE_VALUES = {"ray": distributed.LOCAL}
+BARE_VALUES = {"ray": LOCAL}
 """Options whose flag alone stands for a value (`--ray` is `--ray=local`)."""
 
 
@@ -529,7 +530,7 @@ def serve(**options: Any) -> None:
     curl 127.0.0.1:8000/v1/chat/completions -d '{"model": "bon", "messages": [{"role": "user",
     "content": "Name a colour."}]}'
     """
-    from bon.serve import serve as run_server
+    from bon.entrypoints.serve import serve as run_server
 
     try:
         run_server(**options)
@@ -556,7 +557,8 @@ def lm_eval(args: tuple[str, ...]) -> None:
     Needs the lmeval extra: pip install "bon[lmeval]".
     """
     try:
-        from bon.lmeval import cli_evaluate  # without lm-eval: a ConfigError naming the extra
+        # Without lm-eval, this import raises a ConfigError naming the extra.
+        from bon.entrypoints.lmeval import cli_evaluate
 
         cli_evaluate(list(args))
     except BonError as exc:

@@ -1,0 +1,114 @@
+"""The stages: what the generator, the reranker and the selector have in common.
+
+A `Stage` is a record check, a batching cost, a batch function and a configuration; the
+runner (`bon.runner`) streams a file or a list of records through one. The factories here wrap
+the generator, the reranker and the selector; `chain` joins two stages into one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bon import records
+from bon.generator import GenerateOptions, Generator
+from bon.records import RecordProblem
+from bon.reranker import Reranker
+from bon.scorers import ScoreOptions
+from bon.select import SelectOptions, select_record
+
+if TYPE_CHECKING:
+    from bon.engines import Engine
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline.
+
+    `check` raises `RecordProblem` for a record the stage cannot take; `process` returns one
+    element per record of its batch, in order: the output record, or a `RecordProblem` when
+    that record failed (it may also raise `RecordError` for a batch it cannot finish); `cost`
+    is a record's share of `budget`, the work per batch (sequences decoded at once).
+    """
+
+    name: str
+    check: Callable[[Any], None]
+    process: Callable[[list[dict]], list[dict | RecordProblem]]
+    config: dict[str, Any]
+    cost: Callable[[dict], int] = lambda record: 1
+    budget: int = 1
+    close: Callable[[], None] = lambda: None
+    summary: Callable[[], dict[str, Any]] = dict
+
+
+def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
+    """The generate stage; `engine`, when given, is shared instead of loaded (and left open)."""
+    generator = Generator(options, engine)
+    return Stage(
+        "generate",
+        records.check_prompt,
+        generator.process,
+        generator.config(),
+        cost=lambda record: options.n,
+        budget=options.n if options.samples_alone() else options.batch_size,
+        close=generator.close,
+    )
+
+
+SCORE_POOL = 4
+"""Engine batches of candidates per score-stage batch: the engine sorts the pool by length into
+its own batches of `batch_size`, and cached rescoring pays each batch's fixed costs less often."""
+
+
+def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
+    """The score stage; `engine`, when given, is shared instead of loaded (and left open)."""
+    reranker = Reranker(options, engine)
+    return Stage(
+        "score",
+        lambda record: (records.check_candidates(record), reranker.check(record)),
+        reranker.process,
+        reranker.config(),
+        cost=lambda record: len(records.candidates(record)),
+        budget=SCORE_POOL * options.batch_size,
+        close=reranker.close,
+        summary=reranker.summary,
+    )
+
+
+def select_stage(options: SelectOptions) -> Stage:
+    def process(batch: list[dict]) -> list[dict]:
+        return [select_record(r, options) for r in batch]
+
+    return Stage(
+        "select",
+        lambda record: records.check_scored(record, options.score_for(record)),
+        process,
+        {"stage": "select", "by": options.by, "keep_all": options.keep_all},
+        budget=64,
+    )
+
+
+def chain(first: Stage, second: Stage) -> Stage:
+    """`second` applied to what `first` returns, as one stage (input checked by `first`)."""
+
+    def process(batch: list[dict]) -> list[dict | RecordProblem]:
+        firsts = first.process(batch)
+        done = [r for r in firsts if not isinstance(r, RecordProblem)]
+        seconds = iter(second.process(done) if done else [])
+        return [r if isinstance(r, RecordProblem) else next(seconds) for r in firsts]
+
+    def close() -> None:
+        first.close()
+        second.close()
+
+    return Stage(
+        f"{first.name}+{second.name}",
+        first.check,
+        process,
+        {"stages": [first.config, second.config]},
+        cost=first.cost,
+        budget=first.budget,
+        close=close,
+        summary=lambda: {**first.summary(), **second.summary()},
+    )
