@@ -173,7 +173,7 @@ def test_a_recipe_runs_a_fitted_selector_and_new_scorers_with_their_options(tmp_
         f"mix: {ROOT / 'recipes' / 'selectors' / 'general.yaml'}\nanswer: text\n",
     )
     values = bon.load_recipe(recipe)
-    assert (values["scorers"], values["answer"]) == (["mix", "vote"], "text")
+    assert (values["scorers"], values["answer"]) == (("mix", "vote"), "text")
     bad = _recipe(tmp_path, f"prompts: {SAMPLE}\nout_dir: out\nscorers: [vote]\nanswer: median\n")
     with pytest.raises(ConfigError, match="`answer` must be one of"):
         bon.load_recipe(bad)

@@ -340,4 +340,5 @@ def test_a_server_selects_with_new_scorers_and_their_own_options(tiny_model: str
         assert -1 <= candidate["scores"]["relevance"] <= 1
         assert candidate["scores"]["vote"] in (0.0, 1 / 3, 2 / 3, 1.0)
     relevance = [c["scores"]["relevance"] for c in extra["candidates"]]
+    assert relevance == [c["score"] for c in extra["candidates"]] == extra["scores"]
     assert extra["index"] == max(range(3), key=lambda i: (relevance[i], -i))

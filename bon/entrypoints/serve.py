@@ -384,7 +384,12 @@ def _extra(answer: Answer, job: Job, batch: int, keep_all: bool) -> dict[str, An
     }
     if keep_all:
         extra["candidates"] = [
-            {"text": c["text"], "finish_reason": c["finish_reason"], "score": s}
+            {
+                "text": c["text"],
+                "finish_reason": c["finish_reason"],
+                "score": s,
+                "scores": {k: finite(v) for k, v in (c.get("scores") or {}).items()},
+            }
             for c, s in zip(answer.candidates, scores, strict=True)
         ]
     return extra
