@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.tiny_llama import build_tiny_llama
+
 SHAPES = {
     # hidden, intermediate, layers, heads, kv heads
     "smollm2-135m": (576, 1536, 30, 9, 3),
@@ -28,27 +30,18 @@ SHAPES = {
 
 
 def build_model(shape: str, tokenizer_dir: str, out: Path) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+    """A random Llama of `shape` (bf16, seeded) with the tokenizer in `tokenizer_dir`."""
     hidden, inter, layers, heads, kv = SHAPES[shape]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return build_tiny_llama(
+        out,
+        tokenizer_dir,
         hidden_size=hidden,
         intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        max_positions=4096,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from revisions import checkout, load_average, machine, revision, run_bon, versions  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from tests.tiny_llama import build_tiny_llama  # noqa: E402
+
 
 def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
     """The first records of `input` holding at least `candidates` candidates."""
@@ -43,29 +45,9 @@ def subset(input: Path, candidates: int, out: Path) -> tuple[int, int]:
 def tiny_model(folder: Path) -> str:
     """A random 2-layer Llama (hidden 64) with the SmolLM2 tokenizer: the forward pass costs
     little, the vocabulary-wide logits (49,152 wide) as much as the real model's."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from bon.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return build_tiny_llama(folder, resolve_model("smollm2-135m"), max_positions=8192)
 
 
 def peak_rss(code: Path, input: Path, args: argparse.Namespace) -> tuple[float, float]:

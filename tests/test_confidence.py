@@ -106,6 +106,7 @@ def test_records_without_the_option_are_unchanged_and_with_it_gain_two_fields(ti
     options = {"model": tiny_model, "n": 2, "max_new_tokens": 8, "seed": 3}
     plain = bon.generate_records(PROMPTS, **options)
     recorded = bon.generate_records(PROMPTS, **options, record_logprobs=True)
+    assert any(c["text"] for r in recorded for c in r["candidates"])  # some gain the fields
     for before, after in zip(plain, recorded, strict=True):
         assert "record_logprobs" not in before["generator"]
         assert after["generator"]["record_logprobs"] is True

@@ -9,6 +9,7 @@ from bon.records import (
     content_id,
     conversation,
     fingerprint,
+    validated,
 )
 
 GOOD = {"prompt": "hi"}
@@ -91,8 +92,12 @@ def test_null_scores_stand_for_nan_and_are_accepted():
 
 
 def test_integer_and_string_ids_are_accepted():
-    check_prompt({"prompt": "a", "id": 0})
-    check_prompt({"prompt": "a", "id": "x"})
+    """Integer and string ids pass the check and are kept as given (no content id replaces
+    them), while an equal prompt without an id is given one."""
+    rows = [(1, {"prompt": "a", "id": 0}), (2, {"prompt": "a", "id": "x"}), (3, {"prompt": "a"})]
+    out = list(validated("in.jsonl", rows, check_prompt))
+    assert out[:2] == rows[:2]
+    assert out[2] == (3, {"id": content_id({"prompt": "a"}), "prompt": "a"})
 
 
 def test_fingerprint_is_canonical_and_hashes_lone_surrogates():
@@ -102,7 +107,10 @@ def test_fingerprint_is_canonical_and_hashes_lone_surrogates():
 
 
 def test_empty_response_text_is_a_valid_candidate():
-    check_candidates({**GOOD, "responses": [""]})
+    """An empty response passes the check and stays one candidate with empty text."""
+    record = {**GOOD, "id": "e", "responses": [""]}
+    assert list(validated("in.jsonl", [(1, record)], check_candidates)) == [(1, record)]
+    assert candidates(record) == [{"text": ""}]
 
 
 def test_conversation_and_candidates_views():

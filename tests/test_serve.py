@@ -112,7 +112,9 @@ def test_request_fields_override_the_server_options(client: openai.OpenAI) -> No
 
 def test_stop_strings_end_every_candidate(client: openai.OpenAI) -> None:
     reply = _chat(client, "Write a sentence.", max_tokens=12, stop=[" ", "."])
-    for candidate in reply.model_extra["bon"]["candidates"]:
+    candidates = reply.model_extra["bon"]["candidates"]
+    assert len(candidates) == 2  # the server's n
+    for candidate in candidates:
         assert " " not in candidate["text"] and "." not in candidate["text"]
 
 
