@@ -90,7 +90,8 @@ def main() -> None:
         _run(args.work_dir, ("longest",))
         return
     start = time.perf_counter()
-    report = _run(args.work_dir, SCORERS, mix=SELECTOR)
+    # overwrite: the scores of the first step (a control alone) are redone; the candidates resume
+    report = _run(args.work_dir, SCORERS, mix=SELECTOR, overwrite=True)
     seconds = time.perf_counter() - start
     seen = _seen_keys()
     with (args.work_dir / "labelled.jsonl").open(encoding="utf-8") as handle:
