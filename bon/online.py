@@ -78,9 +78,13 @@ class _Meter(EngineProxy):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine.options)
-        self.inner = engine
+        self._metered = engine
         self.read = 0
         self.written = 0
+
+    @property
+    def inner(self) -> Engine:
+        return self._metered
 
     def generate(
         self,
@@ -147,7 +151,7 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
 
 
-Outcome = dict | BaseException
+Outcome = dict | Exception
 
 
 class BestOfN:
@@ -201,7 +205,7 @@ class BestOfN:
             records.check_prompt({"messages": messages})
         except RecordProblem as problem:
             raise RecordError(str(problem)) from None
-        given = {
+        given: dict[str, Any] = {
             "n": n,
             "temperature": temperature,
             "top_p": top_p,
@@ -230,8 +234,10 @@ class BestOfN:
             generator = Generator(jobs[members[0]].generate, engine=self._generator())
             generated = settle(generator.process, [jobs[i].record() for i in members])
             for i, outcome in zip(members, generated, strict=True):
-                failed = isinstance(outcome, BaseException)
-                out[i] = outcome if failed else self._finish(jobs[i], outcome)
+                if isinstance(outcome, Exception):
+                    out[i] = outcome
+                else:
+                    out[i] = self._finish(jobs[i], outcome)
         return out
 
     def close(self) -> None:
@@ -266,7 +272,7 @@ class BestOfN:
             self._rerankers[names] = Reranker(options, engine=engine)
         return self._rerankers[names]
 
-    def _finish(self, job: Job, record: dict) -> Answer | BaseException:
+    def _finish(self, job: Job, record: dict) -> Answer | Exception:
         record["candidates"] = [_cut(c, job.stop) for c in record["candidates"]]
         usage = Usage(
             generator_prompt=self._generator().prompt_tokens(job.messages),
@@ -283,7 +289,7 @@ class BestOfN:
         (scored,) = settle(reranker.process, [record])
         if meter is not None:
             usage.reranker_prompt, usage.reranker_completion = meter.take()
-        if isinstance(scored, BaseException):
+        if isinstance(scored, Exception):
             return scored
         chosen = select_record(scored, SelectOptions(by=job.by, keep_all=True))["selected"]
         index = chosen["index"]

@@ -180,10 +180,15 @@ class ResumableOutput:
         except OSError as exc:
             raise write_error(self.path, exc) from None
 
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed: open it again with `open_output`")
+        return self._fd
+
     def write(self, record: dict) -> None:
         """Append `record` as one line, written through to the file at once."""
         try:
-            _write_all(self._fd, (dumps(record) + "\n").encode("utf-8"))
+            _write_all(self._open_fd(), (dumps(record) + "\n").encode("utf-8"))
         except OSError as exc:
             raise write_error(self.path, exc) from None
         key = str(record["id"])

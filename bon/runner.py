@@ -9,7 +9,7 @@ here (`run_locally`) or on Ray actors (`bon.ray_runner`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -354,12 +354,14 @@ def _one_by_one(
     return outcomes
 
 
-def _checked(stage: Stage, batch: list[dict], results: list) -> list[dict | RecordProblem]:
+def _checked(
+    stage: Stage, batch: list[dict], results: Sequence[dict | RecordProblem]
+) -> list[dict | RecordProblem]:
     if len(results) != len(batch):
         raise RuntimeError(
             f"stage {stage.name} returned {len(results)} results for {len(batch)} records"
         )
-    return results
+    return list(results)
 
 
 def _record_level(exc: Exception) -> bool:

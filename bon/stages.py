@@ -7,7 +7,7 @@ the generator, the reranker and the selector; `chain` joins two stages into one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ class Stage:
 
     name: str
     check: Callable[[Any], None]
-    process: Callable[[list[dict]], list[dict | RecordProblem]]
+    process: Callable[[list[dict]], Sequence[dict | RecordProblem]]
     config: dict[str, Any]
     cost: Callable[[dict], int] = lambda record: 1
     budget: int = 1
@@ -64,9 +64,15 @@ its own batches of `batch_size`, and cached rescoring pays each batch's fixed co
 def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
     """The score stage; `engine`, when given, is shared instead of loaded (and left open)."""
     reranker = Reranker(options, engine)
+
+    def check(record: Any) -> None:
+        """The record's candidates, then what its scorers need."""
+        records.check_candidates(record)
+        reranker.check(record)
+
     return Stage(
         "score",
-        lambda record: (records.check_candidates(record), reranker.check(record)),
+        check,
         reranker.process,
         reranker.config(),
         cost=lambda record: len(records.candidates(record)),

@@ -119,6 +119,55 @@ def test_run_shares_device_and_dtype_with_the_reranker():
     assert score.model == "m" and generate.model == "smollm2-135m"
 
 
+def test_options_objects_are_taken_whole_and_flat_keywords_set_their_fields():
+    from bon.api import split_options
+
+    generate = bon.GenerateOptions(n=4, temperature=0.5)
+    score = ScoreOptions.from_keywords(scorers=("flip-k",), k=6, batch_size=4)
+    given = {"generate": generate, "score": score, "select": bon.SelectOptions(keep_all=True)}
+    same = split_options("run", {}, files=False, given=given)
+    assert same[0] is generate and same[1] is score and same[2].keep_all
+    built, scored, _ = split_options(
+        "run",
+        {"n": 2, "reranker_batch_size": 8, "reranker_temperature": 0.3, "dtype": "float32"},
+        files=False,
+        given=given,
+    )
+    assert (built.n, built.temperature, built.dtype) == (2, 0.5, "float32")
+    assert (scored.batch_size, scored.scorers, scored.dtype) == (8, ("flip-k",), "float32")
+    assert (scored.of("flip-k").k, scored.of("flip-k").temperature) == (6, 0.3)
+    assert (generate.n, score.batch_size, score.of("flip-k").temperature) == (4, 4, 0.7)
+    _, files = split_options("select", {"quiet": True}, files=True, given={"files": FileOptions()})
+    assert files.quiet and files.on_error == "fail"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: bon.score_records([], score=bon.SelectOptions()), "`score` must be a Score"),
+        (lambda: bon.run_records([], generate=ScoreOptions()), "`generate` must be a Generate"),
+        (lambda: bon.generate_records([], generate=bon.GenerateOptions(), nn=3), "unknown opt"),
+        (lambda: bon.select_records([], select=bon.SelectOptions(), by=""), "`by` must be"),
+    ],
+)
+def test_a_wrong_options_object_or_keyword_is_a_config_error(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_typed_and_flat_calls_give_the_same_records():
+    records = [{"id": "a", "prompt": "Pick one.", "responses": ["short", "a longer answer"]}]
+    flat = bon.rerank_records(records, scorers=["longest"], keep_all=True)
+    typed = bon.rerank_records(
+        records,
+        score=ScoreOptions(scorers=("longest",)),
+        select=bon.SelectOptions(keep_all=True),
+    )
+    assert typed == flat and flat[0]["selected"]["text"] == "a longer answer"
+    params = inspect.signature(bon.rerank).parameters
+    assert params["score"].default is None and params["files"].kind == params["files"].KEYWORD_ONLY
+
+
 def test_the_openai_base_url_from_the_environment_is_part_of_the_identity(monkeypatch):
     monkeypatch.setitem(os.environ, "OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     one = ScoreOptions(engine="openai").identity()

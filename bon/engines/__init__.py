@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,10 @@ def same_engine(first: EngineOptions, second: EngineOptions) -> bool:
 class EngineProxy(Engine):
     """An engine that hands every call to `inner`; subclasses say where `inner` comes from."""
 
-    inner: Engine
+    @property
+    @abstractmethod
+    def inner(self) -> Engine:
+        """The engine calls go to."""
 
     def __getattr__(self, name: str) -> Any:  # what one engine alone has (tokenizer, render)
         if name.startswith("_") or name == "inner":

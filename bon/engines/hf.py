@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
@@ -154,9 +154,10 @@ class HFEngine(Engine):
         """The conversation as the model's chat template formats it, ready for the reply."""
         if not self._system_role:
             conversation = merge_system(conversation)
-        return self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )
+        return cast(str, text)  # the text itself, with tokenize=False
 
     def generate(
         self,
@@ -414,16 +415,18 @@ class HFEngine(Engine):
         log-probability of its token and its self-certainty (`_step_stats`)."""
         end = next((i for i, t in enumerate(token_ids) if t in self._stop_ids), None)
         kept = len(token_ids) if end is None else end
-        text = self.tokenizer.decode(token_ids[:kept], skip_special_tokens=True)
-        means: dict[str, float | None] = {}
+        text = cast(str, self.tokenizer.decode(token_ids[:kept], skip_special_tokens=True))
+        logprob_mean = self_certainty = None
         if stats is not None:
-            means = {
-                "logprob_mean": _mean(stats[0][:kept]),
-                "self_certainty": _mean(stats[1][:kept]),
-            }
-        if end is None:
-            return Completion(text=text, finish_reason="length", tokens=len(token_ids), **means)
-        return Completion(text=text, finish_reason="stop", tokens=end + 1, **means)
+            logprob_mean, self_certainty = _mean(stats[0][:kept]), _mean(stats[1][:kept])
+        finish_reason, tokens = ("length", len(token_ids)) if end is None else ("stop", end + 1)
+        return Completion(
+            text=text,
+            finish_reason=finish_reason,
+            tokens=tokens,
+            logprob_mean=logprob_mean,
+            self_certainty=self_certainty,
+        )
 
     def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
         """The head's logits at each conversation's last token, in length-sorted micro-batches

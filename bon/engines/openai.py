@@ -169,7 +169,7 @@ class OpenAIEngine(Engine):
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
         first = self._claim_rows(len(conversations))
         jobs = [
-            (lambda row=first + i, c=c, s=s: self._chat_row(row, c, sampling, s))
+            partial(self._chat_row, first + i, c, sampling, s)
             for i, (c, s) in enumerate(zip(conversations, seeds, strict=True))
         ]
         results = self._run_all(jobs)
@@ -182,7 +182,7 @@ class OpenAIEngine(Engine):
         """As `Engine.continuation_logprobs`; a pair the server refuses is a `RecordError`."""
         first = self._claim_rows(len(conversations))
         jobs = [
-            (lambda row=first + i, c=c, t=t: self._logprobs_row(row, c, t))
+            partial(self._logprobs_row, first + i, c, t)
             for i, (c, t) in enumerate(zip(conversations, continuations, strict=True))
         ]
         results = self._run_all(jobs)
@@ -251,7 +251,7 @@ class OpenAIEngine(Engine):
     def close(self) -> None:
         self.client.close()
 
-    def _run_all(self, jobs: list[Callable[[], T]]) -> list[T]:
+    def _run_all(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
         """Run `jobs` with at most `concurrency` at once; results in input order."""
         if not jobs:
             return []

@@ -105,6 +105,8 @@ class VLLMEngine(Engine):
         ),
         "trust_remote_code": EngineArg(bool, False, "let the model's repository run its code"),
     }
+    context_length: int
+    """Most tokens (prompt and completion) one request may hold: vLLM's `max_model_len`."""
 
     @classmethod
     def model_head(cls, model: str) -> str:
@@ -175,8 +177,7 @@ class VLLMEngine(Engine):
         self._system_role = accepts_system_role(self.tokenizer)
         config = llm.llm_engine.model_config
         self._dtype = str(config.dtype).removeprefix("torch.")
-        self.context_length: int = config.max_model_len
-        """Most tokens (prompt and completion) one request may hold: vLLM's `max_model_len`."""
+        self.context_length = config.max_model_len
 
     def _start(self) -> Any:
         """A new `vllm.LLM` for the model: the pooling runner for a classifier (for the pooling

@@ -64,8 +64,8 @@ class _Command(click.Command):
             return super().parse_args(ctx, _attach_bare(args, bare))
         except click.UsageError as exc:
             hint = _bare_hint(args, bare)
-            if hint:
-                exc.message = f"{exc.message} ({hint})"
+            if hint:  # click declares `message` Final, yet its subclasses format from it
+                exc.message = f"{exc.message} ({hint})"  # type: ignore[misc]
             raise
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -162,9 +162,15 @@ def _declared(
     """Add the options a command takes (a stage's groups and the file options, or `groups`),
     derived from their one declaration."""
 
+    if groups is not None:
+        chosen = groups
+    elif command is not None:
+        chosen = [*api.COMMANDS[command], api.file_group(command)]
+    else:
+        raise TypeError("_declared takes a command or its groups")
+
     def add(fn: Callable) -> Callable:
-        chosen = groups if groups is not None else [*api.COMMANDS[command], api.file_group(command)]
-        decorators = []
+        decorators: list[Callable] = []
         for group in chosen:
             decorators.extend(_click_option(entry) for entry in group.entries())
         for decorator in reversed(decorators):

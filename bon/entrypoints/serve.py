@@ -610,8 +610,9 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
     async def health(request: Any) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(HTTPException, http_error)
+    # Starlette types a handler as taking any Exception; it passes the class it was added for.
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_route("/v1/chat/completions", chat, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
     app.add_route("/v1/models", models, methods=["GET"])
@@ -716,7 +717,7 @@ def _mirror(fn: Callable) -> Callable:
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
         for f in fields(ServeOptions)
     ]
-    fn.__signature__ = inspect.Signature(
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # inspect reads it
         [*api.keywords("run", files=False), *server],
         return_annotation=inspect.signature(fn).return_annotation,
     )

@@ -162,8 +162,9 @@ def selection_order(values: Sequence[float | None], higher_is_better: bool = Tru
 
     def key(i: int) -> tuple[bool, float, int]:
         value = values[i]
-        missing = value is None or math.isnan(value)
-        return (missing, 0.0 if missing else -sign * value, i)
+        if value is None or math.isnan(value):
+            return (True, 0.0, i)
+        return (False, -sign * value, i)
 
     return sorted(range(len(values)), key=key)
 

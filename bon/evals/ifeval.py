@@ -95,10 +95,14 @@ def checkers() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         PRIVATE_NAME, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load IFEval's checkers from {folder}: reinstall {PACKAGE}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[PRIVATE_NAME] = module
     spec.loader.exec_module(module)
-    util = sys.modules[f"{PRIVATE_NAME}.instructions_util"]
+    # Modules loaded from a path: their attributes are unknown to a type checker.
+    util: Any = sys.modules[f"{PRIVATE_NAME}.instructions_util"]
+    instructions: Any = sys.modules[f"{PRIVATE_NAME}.instructions"]
     util.nltk = _OfflineNltk()
     sentence_splitter = PunktSentenceTokenizer()
     util._get_sentence_tokenizer = lambda: sentence_splitter
@@ -106,7 +110,7 @@ def checkers() -> ModuleType:
     # value; a private generator, reseeded before each check, makes labels reproducible.
     private_random = random.Random(0)
     util.random = private_random
-    sys.modules[f"{PRIVATE_NAME}.instructions"].random = private_random
+    instructions.random = private_random
     # langdetect is random unless seeded; a fixed seed makes the language checks reproducible.
     if langdetect.DetectorFactory.seed is None:
         langdetect.DetectorFactory.seed = 0

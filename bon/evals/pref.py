@@ -279,7 +279,7 @@ def score_entries(
 
 
 def read_labelled(
-    paths: list[str | Path], subset_field: str
+    paths: Sequence[str | Path], subset_field: str
 ) -> tuple[list[tuple[str, int, dict]], list[InputError]]:
     """Labelled, prompt-checked records of every file as (file, line, record), and the ones
     skipped (`unlabelled_problem`) as `InputError`s; a malformed record or an id used twice

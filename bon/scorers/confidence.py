@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import closing
-from typing import Any
+from typing import Any, TypeGuard
 
 from bon.scorers.base import Query, Scored, Scorer, regroup
 
@@ -105,7 +105,7 @@ def recorded_means(query: Query) -> list[Scored] | None:
     return out
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -74,11 +74,11 @@ class MbrScorer(Scorer):
         values = iter(self._similarity(predictions, references) if predictions else [])
         out = []
         for query in clipped:
-            others = len(query.candidates) - 1
+            count = len(query.candidates) - 1
             row = []
             for text in query.candidates:
-                agreement = [next(values) for _ in range(others)]
-                mean = sum(agreement) / others if others and text.strip() else 0.0
+                agreement = [next(values) for _ in range(count)]
+                mean = sum(agreement) / count if count and text.strip() else 0.0
                 row.append(Scored(mean))
             out.append(row)
         return out

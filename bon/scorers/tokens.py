@@ -155,7 +155,7 @@ def reduce_tokens(
     return [float(v) for v in values]
 
 
-def standardise(values: Sequence[float]) -> np.ndarray:
+def standardise(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """`values` minus their mean, over their standard deviation (all 0 when they are equal)."""
     array = np.asarray(values, dtype=float)
     spread = array.std()
