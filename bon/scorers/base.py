@@ -184,7 +184,6 @@ class ScoreOptions(EngineOptions):
         object.__setattr__(self, "scorers", tuple(self.scorers))
         object.__setattr__(self, "scorer_options", _own_options(self.scorer_options))
         super().__post_init__()
-        self._check_weight_by()
         for name in _registry().names():
             _registered(name).check_options(self)
 
@@ -224,16 +223,6 @@ class ScoreOptions(EngineOptions):
         return dataclasses.replace(
             self, **shared, scorer_options={**self.scorer_options, scorer: changed}
         )
-
-    def _check_weight_by(self) -> None:
-        """vote's `weight_by` names a score computed before vote (vote's options alone are
-        checked by `VoteOptions`)."""
-        order, name = self.scorers, self.of("vote").weight_by
-        if "vote" in order and name in order and order.index(name) > order.index("vote"):
-            raise ConfigError(
-                f"`weight_by` score {name!r} is computed after vote: list {name} before vote "
-                "in `scorers`"
-            )
 
 
 @dataclass(frozen=True)
@@ -375,6 +364,9 @@ class Scorer(ABC):
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         self.options = options
+        given = options.scorer_options.get(self.name)
+        self.own = given if given is not None else self.Options()
+        """This scorer's own options (an instance of `Options`)."""
         self._engine = engine
 
     @classmethod
@@ -390,11 +382,6 @@ class Scorer(ABC):
     @property
     def engine(self) -> Engine:
         return self._engine()
-
-    @property
-    def own(self) -> Any:
-        """This scorer's own options (an instance of `Options`)."""
-        return self.options.of(self.name)
 
     def describe(self) -> dict[str, Any]:
         """What determines this scorer's values (recorded per record, part of its cache keys):

@@ -149,6 +149,17 @@ class VoteScorer(Scorer):
     uses_model = False
     independent = False
 
+    @classmethod
+    def check_options(cls, options: ScoreOptions) -> None:
+        """`weight_by` names a score computed before vote (vote's options alone are checked by
+        `VoteOptions`)."""
+        order, name = options.scorers, options.of(cls.name).weight_by
+        if cls.name in order and name in order and order.index(name) > order.index(cls.name):
+            raise ConfigError(
+                f"`weight_by` score {name!r} is computed after vote: list {name} before vote "
+                "in `scorers`"
+            )
+
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:
         super().__init__(options, engine)
         pattern = self.own.answer_pattern
