@@ -47,11 +47,17 @@ def test_n_completions_per_conversation_with_per_request_seeds(probe):
             assert c["finish_reason"] in ("stop", "length")
             assert 1 <= c["tokens"] <= 12
             assert c["finish_reason"] == "stop" or c["tokens"] == 12
-    assert probe["sampled_again"] == sampled
     assert probe["sampled_other_seeds"] != sampled
-    # A row's samples depend on its seed, not on the other rows of the call; only batch
-    # numerics can part them late (bf16 kernels over a batch of another make-up).
-    assert [c["text"][:12] for c in probe["last_alone"][0]] == [c["text"][:12] for c in sampled[2]]
+    # A row's samples depend on its seed alone, not on the other rows of the call nor on an
+    # earlier call; in bf16 only numerics can part them late (a repeated call reads the prompt's
+    # keys and values from the prefix cache, a lone row runs in a batch of another make-up), so
+    # the starts of the texts are compared.
+    assert _starts(probe["sampled_again"]) == _starts(sampled)
+    assert _starts(probe["last_alone"]) == _starts(sampled[2:])
+
+
+def _starts(rows: list[list[dict]]) -> list[list[str]]:
+    return [[c["text"][:12] for c in row] for row in rows]
 
 
 def test_many_seeded_requests_in_one_call(probe):
@@ -102,7 +108,8 @@ def test_continuation_logprobs_one_per_token(probe, smollm2_path):
 
 
 def test_close_frees_the_engine_for_the_next_one(probe):
-    assert probe["after_close"] == probe["greedy"][:1]
+    # A second engine loads and decodes the same greedy start (alone, so bf16 may part it late).
+    assert _starts(probe["after_close"]) == _starts(probe["greedy"][:1])
 
 
 NEAR_TIE = 0.5
