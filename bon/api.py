@@ -274,6 +274,7 @@ COMMANDS: dict[str, list[Group]] = {
 TOOLS: dict[str, list[Group]] = {
     "export": [Group(ExportOptions)],
     "fit": [Group(FitOptions), Group(ScoreOptions, skip=("mix",))],
+    "eval ifeval": COMMANDS["run"],
 }
 """Commands outside the pipeline's stages (no records function, no file options)."""
 

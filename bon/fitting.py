@@ -218,7 +218,7 @@ def fit_files(
             f"`folds` must be at most the number of usable records ({len(entries)}), got "
             f"{options.folds}: lower --folds or add labelled records"
         )
-    entries = pref.score_entries(entries, **score_options.keywords())
+    entries = pref.score_entries(entries, score_options)
     examples = [_example(source, line, record, names) for source, line, record in entries]
     fitted = fit_examples(examples, names, options)
     fitted.output = str(output)

@@ -9,8 +9,9 @@ options enter a scorer's recorded configuration and cache key (`used_by`).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from bon.errors import ConfigError
@@ -67,6 +68,18 @@ def types_of(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def value_type(hint: Any) -> Any:
+    """The type of an option's values: `X | None` is X, `tuple[str, ...]` is tuple, a mapping
+    type is `Mapping`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        hint = args[0]
+    origin = typing.get_origin(hint) or hint
+    if origin in (Mapping, dict):
+        return Mapping
+    return origin
+
+
 def validate(obj: Any) -> None:
     """Check every declared option of `obj` against its constraint and choices."""
     for field in fields(type(obj)):
@@ -93,6 +106,44 @@ def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def aliases(cls: type) -> dict[str, str]:
+    """Alias -> name for the options whose flag names them differently (`--scorer` is the flag
+    of `scorers`): front ends that take keywords (requests, model_args) accept either."""
+    out = {}
+    for field in fields(cls):
+        flag = field.metadata.get("flag")
+        alias = flag.removeprefix("--").replace("-", "_") if flag else field.name
+        if alias != field.name:
+            out[alias] = field.name
+    return out
+
+
+def unaliased(values: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """`values` with each alias of `cls` (`aliases`) under its option's name; a single value
+    for a tuple option becomes a one-item tuple, a list a tuple. Giving both is an error."""
+    out = dict(values)
+    hints = types_of(cls)
+    for alias, name in aliases(cls).items():
+        if alias not in out:
+            continue
+        if name in out:
+            raise ConfigError(f"give `{alias}` or `{name}`, not both")
+        value = out.pop(alias)
+        if typing.get_origin(hints[name]) is tuple:
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        out[name] = value
+    return out
+
+
+def own(cls: type, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`values` split into the options `cls` declares and the rest."""
+    names = {f.name for f in fields(cls)}
+    return (
+        {k: v for k, v in values.items() if k in names},
+        {k: v for k, v in values.items() if k not in names},
+    )
 
 
 def defaults(cls: type) -> dict[str, Any]:

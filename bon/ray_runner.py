@@ -33,21 +33,22 @@ class RayRunner:
     `build` makes the stage (it must pickle: each actor calls it once and keeps the model);
     `address` is `local` (a new cluster in this process, sized to this machine) or anything
     `ray.init(address=...)` takes ("auto", "ray://head:10001"); `actors` actors reserve `cpus`
-    CPUs and `gpus` GPUs each. The batch spool goes to `spool_dir` (the output's folder, which
-    a multi-machine cluster must share, like the input), or a temporary folder. Ray Data
-    restarts a dead actor and reruns its batch (its default for actor pools); results are
-    keyed by batch, so a batch that comes back twice is written once.
+    CPUs and `gpus` GPUs each. These have no defaults here: `bon.api.FileOptions` declares
+    them (`ray`, `ray_actors`, `ray_cpus`, `ray_gpus`). The batch spool goes to `spool_dir`
+    (the output's folder, which a multi-machine cluster must share, like the input), or a
+    temporary folder. Ray Data restarts a dead actor and reruns its batch (its default for
+    actor pools); results are keyed by batch, so a batch that comes back twice is written once.
     """
 
     def __init__(
         self,
         build: Callable[[], Stage],
         *,
-        address: str = LOCAL,
-        actors: int = 2,
-        cpus: float = 0.5,
-        gpus: float = 0.0,
-        quiet: bool = False,
+        address: str,
+        actors: int,
+        cpus: float,
+        gpus: float,
+        quiet: bool,
         spool_dir: str | Path | None = None,
     ) -> None:
         self.build = build

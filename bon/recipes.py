@@ -23,14 +23,14 @@ import yaml
 
 from bon import api
 from bon.errors import ConfigError
-from bon.options import non_negative, positive
+from bon.evals.ifeval import IfevalOptions
+from bon.options import fields, own
 
 COMMANDS = ("run", "eval ifeval")
-OWN_KEYS = {
-    "run": ("prompts", "out_dir"),
-    "eval ifeval": ("out_dir", "limit", "prompt_seed"),
-}
-"""Each command's keys beside the run options."""
+OWN_KEYS = {"run": ("prompts", "out_dir"), "eval ifeval": ("out_dir",)}
+"""Each command's paths, its keys beside its declared options."""
+OWN_OPTIONS: dict[str, type | None] = {"run": None, "eval ifeval": IfevalOptions}
+"""Each command's options class beside `bon run`'s."""
 ALIASES = {"output": "out_dir"}
 
 
@@ -43,26 +43,32 @@ def load_recipe(path: str | Path, command: str | None = None) -> dict[str, Any]:
     """
     path = str(path)
     values = dict(_read(path))
-    own = values.pop("command", "run")
-    if own not in COMMANDS:
-        raise ConfigError(f"{path}: `command` must be one of {', '.join(COMMANDS)}, got {own!r}")
-    if command is not None and own != command:
+    named = values.pop("command", "run")
+    if named not in COMMANDS:
+        raise ConfigError(f"{path}: `command` must be one of {', '.join(COMMANDS)}, got {named!r}")
+    if command is not None and named != command:
         raise ConfigError(
-            f"{path} is a recipe for `bon {own}`: run it with `bon {own} --recipe {path}`"
+            f"{path} is a recipe for `bon {named}`: run it with `bon {named} --recipe {path}`"
         )
     values = _unaliased(path, values)
-    known = {*OWN_KEYS[own], *(p.name for p in api.keywords("run", files=True))}
-    known -= set(api.FILE_SKIPS.get(own, ()))
+    extra = OWN_OPTIONS[named]
+    known = {*OWN_KEYS[named], *(p.name for p in api.keywords(named, files=True))}
+    if extra is not None:
+        known |= {f.name for f in fields(extra)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(
             f"{path}: unknown key {', '.join(f'`{k}`' for k in unknown)}; the keys of a "
-            f"`bon {own}` recipe are: {', '.join(sorted(known))}"
+            f"`bon {named}` recipe are: {', '.join(sorted(known))}"
         )
     values = {key: _coerced(key, value) for key, value in values.items()}
     try:
-        _check_own(values)
-        api.validate_options("run", {k: v for k, v in values.items() if k not in OWN_KEYS[own]})
+        _check_paths(values)
+        rest = {k: v for k, v in values.items() if k not in OWN_KEYS[named]}
+        if extra is not None:
+            mine, rest = own(extra, rest)
+            extra(**mine)
+        api.validate_options(named, rest)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return values
@@ -111,12 +117,7 @@ def _run_types() -> dict[str, Any]:
     return {p.name: p.annotation for p in api.keywords("run", files=True)}
 
 
-def _check_own(values: dict[str, Any]) -> None:
+def _check_paths(values: dict[str, Any]) -> None:
     for key in ("prompts", "out_dir"):
         if key in values and not (isinstance(values[key], str) and values[key].strip()):
             raise ConfigError(f"`{key}` must be a file path, got {values[key]!r}")
-    if "limit" in values and values["limit"] is not None and not positive(values["limit"]):
-        raise ConfigError(f"`limit` must be an integer >= 1 (or null), got {values['limit']!r}")
-    seed = values.get("prompt_seed", 0)
-    if not (non_negative(seed) and isinstance(seed, int)):
-        raise ConfigError(f"`prompt_seed` must be an integer >= 0, got {seed!r}")

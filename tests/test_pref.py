@@ -122,17 +122,19 @@ def many_items(n=60):
 
 
 def test_bootstrap_interval_contains_estimate_and_is_reproducible():
-    report = accuracy(many_items(), ["a", "b"], bootstrap=500, seed=3)
+    report = accuracy(many_items(), ["a", "b"], bootstrap=500, bootstrap_seed=3)
     a = report.overall.scorers["a"]
     assert a.accuracy == pytest.approx(2 / 3)
     assert a.low < a.accuracy < a.high
     assert a.low > 0.4 and a.high < 0.85
-    again = accuracy(many_items(), ["a", "b"], bootstrap=500, seed=3)
+    again = accuracy(many_items(), ["a", "b"], bootstrap=500, bootstrap_seed=3)
     assert again.to_dict() == report.to_dict()
-    other_seed = accuracy(many_items(), ["a", "b"], bootstrap=500, seed=4).overall.scorers["a"]
+    other_seed = accuracy(
+        many_items(), ["a", "b"], bootstrap=500, bootstrap_seed=4
+    ).overall.scorers["a"]
     assert (other_seed.low, other_seed.high) != (a.low, a.high)
     # A scorer's interval does not depend on which other scorers are evaluated with it.
-    alone = accuracy(many_items(), ["a"], bootstrap=500, seed=3).overall.scorers["a"]
+    alone = accuracy(many_items(), ["a"], bootstrap=500, bootstrap_seed=3).overall.scorers["a"]
     assert alone == a
 
 
@@ -181,7 +183,7 @@ def test_bad_options_are_config_errors():
 
 def test_markdown_and_dict():
     records = [item([1, 0], [1, 0], subset="x"), item([1, 0], [0, 1], subset="y")] * 5
-    report = accuracy(records, ["s"], bootstrap=200, seed=0)
+    report = accuracy(records, ["s"], bootstrap=200, bootstrap_seed=0)
     table = report.to_markdown()
     header, _, row, baseline = table.splitlines()[:4]
     assert header == "| scorer | all (n=10) | x (n=5) | y (n=5) | ties |"

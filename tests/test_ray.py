@@ -11,7 +11,7 @@ import ray
 import bon
 from bon import api, stages
 from bon.generator import GenerateOptions
-from bon.ray_runner import RayRunner
+from bon.ray_runner import LOCAL, RayRunner
 from bon.runner import run_file
 from tests.conftest import write_jsonl
 
@@ -81,7 +81,9 @@ def test_a_killed_actor_is_restarted_without_losing_or_duplicating_records(
     options = GenerateOptions(model=tiny_model, n=2, batch_size=2, max_new_tokens=6)
     marker = tmp_path / "crashed"
     build = partial(_crashing_stage, str(marker), options)
-    runner = RayRunner(build, actors=2, cpus=0.5, quiet=True, spool_dir=tmp_path)
+    runner = RayRunner(
+        build, address=LOCAL, actors=2, cpus=0.5, gpus=0.0, quiet=True, spool_dir=tmp_path
+    )
     report = run_file(build(), prompts, tmp_path / "ray.jsonl", runner=runner, quiet=True)
     assert marker.exists()  # an actor did die mid-run
     assert report.written == len(PROMPTS)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bon.chat import Message
-from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
+from bon.engines.base import Completion, Engine, EngineArgs, EngineOptions, SamplingOptions
 from bon.registry import Registry
 
 engines: Registry[type[Engine]] = Registry("engine", "bon.engines")
@@ -137,7 +137,7 @@ _register_builtins()
 __all__ = [
     "Completion",
     "Engine",
-    "EngineArg",
+    "EngineArgs",
     "EngineOptions",
     "EngineProxy",
     "SamplingOptions",

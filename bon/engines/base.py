@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from bon.chat import Message
 from bon.errors import ConfigError, EngineError, RecordError, require
 from bon.models import DEFAULT_MODEL, fingerprint
-from bon.options import option, positive, validate
+from bon.options import fields, option, positive, types_of, validate, value_type
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -103,10 +103,10 @@ ENGINE_ARG_HELP = (
 class EngineOptions:
     """Which model an engine loads and how; the base of every stage's options that runs a model.
 
-    `engine_args` holds options only one engine understands (e.g. vllm's `gpu_memory_utilization`,
-    openai's `base_url`); each engine lists the ones it accepts in `Engine.args`, and any other key
-    is a `ConfigError`. Values may be strings ("true", "0.4"), as the command line gives them; they
-    are converted to the declared type.
+    `engine_args` holds options only one engine understands (e.g. vllm's
+    `gpu_memory_utilization`, openai's `base_url`); each engine declares the ones it accepts in
+    `Engine.Args`, and any other key is a `ConfigError`. Values may be strings ("true", "0.4"),
+    as the command line gives them; they are converted to the declared type.
     """
 
     model: str = option(
@@ -170,31 +170,38 @@ class EngineOptions:
 
 
 @dataclass(frozen=True)
-class EngineArg:
-    """One engine-specific option: its type (bool, int, float or str), default and meaning."""
+class EngineArgs:
+    """Base of an engine's own options class (`Engine.Args`): frozen, its fields made with
+    `bon.options.option` and checked when built, given as `--engine-arg KEY=VALUE`. This one,
+    with no fields, is the class of an engine that has none."""
 
-    type: type
-    default: Any
-    help: str
+    def __post_init__(self) -> None:
+        validate(self)
 
-    def convert(self, engine: str, name: str, value: Any) -> Any:
-        """`value` as `self.type`; strings from the command line are parsed."""
-        wanted = f"{self.type.__name__} (engine arg of the {engine} engine: {self.help})"
-        if isinstance(value, str) and self.type is not str:
-            text = value.strip().lower()
-            if self.type is bool:
-                if text not in _BOOLS:
-                    raise ConfigError(f"`{name}` must be true or false, got {value!r}")
-                return _BOOLS[text]
-            try:
-                return self.type(text)
-            except ValueError:
-                raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}") from None
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}")
-        return value
+
+def engine_arg(engine: str, cls: type, name: str, value: Any) -> Any:
+    """`value` of the engine arg `name` of `cls` as its declared type (bool, int, float or
+    str, or None where the default is None); strings from the command line are parsed."""
+    field = next(f for f in fields(cls) if f.name == name)
+    kind = value_type(types_of(cls)[name])
+    wanted = f"{kind.__name__} (engine arg of the {engine} engine: {field.metadata['help']})"
+    if value is None and field.default is None:
+        return None
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool:
+            if text not in _BOOLS:
+                raise ConfigError(f"`{name}` must be true or false, got {value!r}")
+            return _BOOLS[text]
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"`{name}` must be a {wanted}, got {value!r}")
+    return value
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -291,27 +298,28 @@ class Engine(ABC):
     """A text-generation backend. Subclasses register with `bon.engines.register`."""
 
     name: ClassVar[str]
-    args: ClassVar[Mapping[str, EngineArg]] = {}
+    Args: ClassVar[type[EngineArgs]] = EngineArgs
     """The engine-specific options this engine accepts in `EngineOptions.engine_args`."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
-        self.engine_args: dict[str, Any] = {
-            **{name: arg.default for name, arg in self.args.items()},
-            **(options.engine_args or {}),
-        }
+        self.engine_args: dict[str, Any] = dataclasses.asdict(
+            self.Args(**(options.engine_args or {}))
+        )
 
     @classmethod
     def check_args(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        """`given` validated against `cls.args` and converted to the declared types."""
-        unknown = sorted(set(given) - set(cls.args))
+        """`given` converted to the declared types and checked against `cls.Args`."""
+        names = [f.name for f in fields(cls.Args)]
+        unknown = sorted(set(given) - set(names))
         if unknown:
-            allowed = ", ".join(sorted(cls.args)) or "none"
             raise ConfigError(
                 f"unknown engine arg(s) {', '.join(unknown)} for the {cls.name} engine; "
-                f"it accepts: {allowed}"
+                f"it accepts: {', '.join(sorted(names)) or 'none'}"
             )
-        return {key: cls.args[key].convert(cls.name, key, value) for key, value in given.items()}
+        out = {key: engine_arg(cls.name, cls.Args, key, value) for key, value in given.items()}
+        cls.Args(**out)
+        return out
 
     @classmethod
     def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:

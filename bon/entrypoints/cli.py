@@ -9,18 +9,19 @@ import logging
 import os
 import signal
 import sys
-import types
-import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from bon import api, recipes
+from bon.engines import engines
 from bon.entrypoints.serve import ServeOptions
 from bon.errors import BonError
+from bon.evals.ifeval import IfevalOptions
+from bon.evals.pref import PrefOptions
 from bon.export import FORMATS, ExportOptions
-from bon.options import choices_of
+from bon.options import choices_of, fields, types_of, value_type
 from bon.outputs import Report
 from bon.ray_runner import LOCAL
 from bon.scorers import ScoreOptions
@@ -79,6 +80,29 @@ class _Command(click.Command):
             title = "Options" if section is None else f"Options of scorer {section}"
             with formatter.section(title):
                 formatter.write_dl(records)
+        if any(p.name and p.name.endswith("engine_args") for p in self.params):
+            for engine, records in _engine_arg_help():
+                with formatter.section(f"Engine args of {engine} (--engine-arg KEY=VALUE)"):
+                    formatter.write_dl(records)
+
+
+def _engine_arg_help() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each installed engine's own options as `--help` lists them, from their declarations."""
+    out = []
+    for name in engines.names():
+        args = engines.get(name).Args
+        hints = types_of(args)
+        records = [
+            (
+                f"{f.name}={value_type(hints[f.name]).__name__.upper()}",
+                f"{f.metadata['help'][:1].upper()}{f.metadata['help'][1:]}. "
+                f"[default: {'unset' if f.default is None else repr(f.default)}]",
+            )
+            for f in fields(args)
+        ]
+        if records:
+            out.append((name, records))
+    return out
 
 
 class _Group(click.Group):
@@ -121,7 +145,7 @@ def _click_option(entry: api.Entry) -> Callable:
     help = meta["help"]
     if meta["used_by"]:
         help += f" [{', '.join(meta['used_by'])}]"
-    base = _base_type(hint)
+    base = value_type(hint)
     kwargs: dict[str, Any] = {"default": field.default, "help": help, "show_default": True}
     choices = choices_of(field)
     if base is bool:  # both spellings, so a flag can undo a recipe's value
@@ -143,17 +167,6 @@ class _Option(click.Option):
     def __init__(self, *args: Any, section: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.section = section
-
-
-def _base_type(hint: Any) -> Any:
-    """The type of an option's values: `X | None` is X, `tuple[str, ...]` is tuple."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
-        hint = args[0]
-    origin = typing.get_origin(hint) or hint
-    if origin in (Mapping, dict):
-        return Mapping
-    return origin
 
 
 def _declared(
@@ -424,16 +437,8 @@ def eval_group() -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table."
 )
-@click.option(
-    "--subset-field",
-    default="subset",
-    show_default=True,
-    help="Record field that names an item's subset (a file's stem when absent).",
-)
-@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
-@click.option("--bootstrap-seed", default=0, show_default=True, help="Seed of the resamples.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
-@_declared(groups=[api.Group(ScoreOptions)])
+@_declared(groups=[api.Group(PrefOptions), api.Group(ScoreOptions)])
 @_reported
 def eval_pref(files: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
     """Accuracy of scorers on labelled candidates: a preferred candidate must score strictly
@@ -500,14 +505,10 @@ def fit(files: tuple[str, ...], output: str, as_json: bool, quiet: bool, **optio
     required=True,
     help="Folder for the run's files, labelled.jsonl, ifeval.json, ifeval.md and curve PNGs.",
 )
-@click.option(
-    "--limit", type=int, default=None, help="A seeded subset of this many prompts [default: all]."
-)
-@click.option("--prompt-seed", default=0, show_default=True, help="Seed of the --limit subset.")
 @_recipe("eval ifeval")
-@_declared(groups=[*api.COMMANDS["run"], api.file_group("eval ifeval")])
+@_declared(groups=[api.Group(IfevalOptions), *api.option_groups("eval ifeval", files=True)])
 @_reported
-def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: Any) -> None:
+def eval_ifeval(out_dir: str, **options: Any) -> None:
     """Best-of-N on IFEval: the packaged prompts through generate, score and select, each
     candidate checked by IFEval's own checkers (offline); prints prompt- and instruction-level
     strict and loose accuracy for N' = 1, 2, 4 ... N per scorer, beside the oracle and random.
@@ -517,7 +518,7 @@ def eval_ifeval(out_dir: str, limit: int | None, prompt_seed: int, **options: An
     """
     from bon.evals.ifeval import eval_ifeval as run_eval
 
-    report = run_eval(out_dir, limit=limit, prompt_seed=prompt_seed, **options)
+    report = run_eval(out_dir, **options)
     click.echo(report.to_markdown())
 
 

@@ -43,6 +43,8 @@ from tqdm import tqdm
 from bon import api
 from bon.errors import ConfigError, RecordError
 from bon.online import Answer, BestOfN, Job
+from bon.options import unaliased
+from bon.scorers import ScoreOptions
 
 try:
     import lm_eval.models  # noqa: F401  (lm-eval's own models register first)
@@ -66,17 +68,6 @@ LIKELIHOOD = (
 )
 HONOURED = ("until", "max_gen_toks")
 LM_EVAL_DEFAULT_DEVICE = "cuda:0"
-
-
-def _options(model_args: dict[str, Any]) -> dict[str, Any]:
-    """`model_args` as `bon run`'s keywords: `scorer` (one name) or `scorers` becomes a tuple."""
-    options = dict(model_args)
-    if "scorer" in options and "scorers" in options:
-        raise ConfigError("give `scorer` or `scorers` in model_args, not both")
-    names = options.pop("scorer", options.pop("scorers", None))
-    if names is not None:
-        options["scorers"] = (names,) if isinstance(names, str) else tuple(names)
-    return options
 
 
 def _prompts_per_call(batch_size: Any) -> int | None:
@@ -103,7 +94,7 @@ class BonLM(LM):
         **model_args: Any,
     ) -> None:
         super().__init__()
-        options = _options(model_args)
+        options = unaliased(model_args, ScoreOptions)
         # lm-eval's CLI always sends its default, cuda:0; bon's own default (auto) already
         # takes CUDA when there is one, and a machine without it still runs.
         if device is not None and device != LM_EVAL_DEFAULT_DEVICE:

