@@ -8,7 +8,7 @@ from typing import Any
 
 from bon import records
 from bon.engines import Completion, Engine, EngineOptions, SamplingOptions, load_engine
-from bon.options import non_negative, option, positive
+from bon.options import checked_as, option, positive
 from bon.records import RecordProblem
 
 
@@ -24,27 +24,19 @@ class GenerateOptions(EngineOptions):
         check=positive,
         constraint="an integer >= 1",
     )
-    n: int = option(
-        8, "Candidates per prompt.", check=positive, constraint="an integer >= 1", short="-n"
-    )
+    n: int = option(8, "Candidates per prompt.", short="-n", **checked_as(SamplingOptions, "n"))
     temperature: float = option(
-        0.8, "Sampling temperature; 0 is greedy.", check=non_negative, constraint=">= 0"
+        0.8, "Sampling temperature; 0 is greedy.", **checked_as(SamplingOptions, "temperature")
     )
-    top_p: float = option(
-        0.95,
-        "Nucleus sampling mass.",
-        check=lambda v: non_negative(v) and 0 < v <= 1,
-        constraint="in (0, 1]",
-    )
+    top_p: float = option(0.95, "Nucleus sampling mass.", **checked_as(SamplingOptions, "top_p"))
     max_new_tokens: int = option(
-        256, "Cap on tokens per candidate.", check=positive, constraint="an integer >= 1"
+        256, "Cap on tokens per candidate.", **checked_as(SamplingOptions, "max_new_tokens")
     )
     seed: int = option(
         0,
         "Base seed; each record's seed derives from it and the record's id (bon serve: "
         "requests without a seed draw theirs from a generator seeded with it).",
-        check=lambda v: non_negative(v) and isinstance(v, int),
-        constraint="an integer >= 0",
+        **checked_as(SamplingOptions, "seed"),
     )
     record_logprobs: bool = option(
         False,

@@ -50,6 +50,13 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def checked_as(cls: type, name: str) -> dict[str, Any]:
+    """The check, constraint and choices of the option `name` of `cls`, for an option declared
+    elsewhere with another default or help that must hold to the same limits."""
+    field = next(f for f in fields(cls) if f.name == name)
+    return {k: field.metadata[k] for k in ("check", "constraint", "choices")}
+
+
 def fields(cls: type) -> Iterator[dataclasses.Field]:
     """The declared options of an options class, in declaration order."""
     return (f for f in dataclasses.fields(cls) if "help" in f.metadata)

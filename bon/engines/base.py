@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
-from bon.errors import ConfigError, EngineError, RecordError, require
+from bon.errors import ConfigError, EngineError, RecordError
 from bon.models import DEFAULT_MODEL, fingerprint
-from bon.options import fields, option, positive, types_of, validate, value_type
+from bon.options import (
+    defaults,
+    fields,
+    non_negative,
+    option,
+    positive,
+    types_of,
+    validate,
+    value_type,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -45,31 +54,40 @@ class SamplingOptions:
             (hf), its self-certainty (`Completion.self_certainty`).
     """
 
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
-    json_schema: Mapping[str, Any] | None = None
-    record_logprobs: bool = False
+    n: int = option(
+        1, "completions to sample per conversation", check=positive, constraint="an integer >= 1"
+    )
+    temperature: float = option(1.0, "0 is greedy", check=non_negative, constraint=">= 0")
+    top_p: float = option(
+        1.0,
+        "nucleus sampling mass",
+        check=lambda v: non_negative(v) and 0 < v <= 1,
+        constraint="in (0, 1]",
+    )
+    max_new_tokens: int = option(
+        256, "cap on generated tokens", check=positive, constraint="an integer >= 1"
+    )
+    seed: int = option(
+        0,
+        "base random seed",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
+    json_schema: Mapping[str, Any] | None = option(
+        None,
+        "a JSON schema the output must follow",
+        check=lambda v: v is None or isinstance(v, Mapping),
+        constraint="a JSON schema object (a dict) or None",
+    )
+    record_logprobs: bool = option(False, "record each completion's log-probabilities")
 
     def __post_init__(self) -> None:
-        require(self.n >= 1, "n", "an integer >= 1", self.n)
-        require(self.temperature >= 0, "temperature", ">= 0", self.temperature)
+        validate(self)
         if self.temperature == 0 and self.n > 1:
             raise ConfigError(
                 "`n` must be 1 when `temperature` is 0 (greedy decoding gives n identical "
                 f"candidates), got {self.n}; set --temperature > 0 or --n 1"
             )
-        require(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
-        require(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        require(
-            self.json_schema is None or isinstance(self.json_schema, Mapping),
-            "json_schema",
-            "a JSON schema object (a dict) or None",
-            self.json_schema,
-        )
 
     @property
     def greedy(self) -> bool:
@@ -303,9 +321,11 @@ class Engine(ABC):
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
-        self.engine_args: dict[str, Any] = dataclasses.asdict(
-            self.Args(**(options.engine_args or {}))
-        )
+        # Checked by `EngineOptions`; a proxy keeps the args of the engine it wraps.
+        self.engine_args: dict[str, Any] = {
+            **defaults(self.Args),
+            **(options.engine_args or {}),
+        }
 
     @classmethod
     def check_args(cls, given: Mapping[str, Any]) -> dict[str, Any]:
