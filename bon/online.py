@@ -7,6 +7,11 @@ call. A call takes several `Job`s: jobs with equal sampling options share one ge
 and each job's candidates are then scored as one batch of their own, so the reranker tokens a
 job reports are exactly those spent on it.
 
+A job may override some options for itself (N, sampling, scorers, stop strings). `OVERRIDES`
+is the one list of them, naming each option's declaration; a job's options are the
+instance's rebuilt with `dataclasses.replace`, so a bad value gets the declaration's own
+message, the one `bon run` gives.
+
 Not thread-safe: use one `BestOfN` from one thread (the score cache is a SQLite connection).
 """
 
@@ -15,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from bon import records
 from bon.chat import Message
@@ -31,12 +38,99 @@ from bon.engines import (
 )
 from bon.errors import BonError, ConfigError, RecordError
 from bon.generator import GenerateOptions, Generator
+from bon.options import fields, option, refuse_unknown, types_of, validate
 from bon.records import RecordProblem
 from bon.reranker import Reranker
 from bon.scorers import ScoreOptions, scorers
 from bon.select import SelectOptions, select_record
 
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch; setup.cfg names it for Python 3.10
+    from typing_extensions import Unpack
+
 log = logging.getLogger(__name__)
+
+MAX_STOPS = 16
+
+
+def _stops(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) <= MAX_STOPS
+        and all(isinstance(s, str) and s for s in value)
+    )
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job sets beside the generator's and the reranker's options."""
+
+    stop: tuple[str, ...] = option(
+        (),
+        "Strings that end each candidate early: its text is cut before the first one it "
+        "contains (finish reason stop), before it is scored.",
+        check=_stops,
+        constraint=f"a list of at most {MAX_STOPS} non-empty strings",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class Override:
+    """An option that a job may set for itself: the options class that declares it, its name
+    there, and the names a request body gives it under (OpenAI's first)."""
+
+    owner: type
+    name: str
+    request: tuple[str, ...]
+
+    @property
+    def field(self) -> dataclasses.Field:
+        """The option's declaration."""
+        return next(f for f in fields(self.owner) if f.name == self.name)
+
+    @property
+    def hint(self) -> Any:
+        """The option's type."""
+        return types_of(self.owner)[self.name]
+
+    def value(self, given: Any) -> Any:
+        """`given` as the option holds it: a list or a lone string becomes a tuple for a tuple
+        option (a request sends `stop: "."` or `scorer: ["a", "b"]`)."""
+        if typing.get_origin(self.hint) is tuple:
+            if isinstance(given, str):
+                return (given,)
+            if isinstance(given, list):
+                return tuple(given)
+        return given
+
+
+OVERRIDES: tuple[Override, ...] = (
+    Override(GenerateOptions, "n", ("best_of", "bon_n")),
+    Override(GenerateOptions, "temperature", ("temperature",)),
+    Override(GenerateOptions, "top_p", ("top_p",)),
+    Override(GenerateOptions, "max_new_tokens", ("max_tokens", "max_completion_tokens")),
+    Override(GenerateOptions, "seed", ("seed",)),
+    Override(ScoreOptions, "scorers", ("scorer",)),
+    Override(JobOptions, "stop", ("stop",)),
+)
+"""The options a job may override, the one list of them: `BestOfN.job` takes their names,
+`bon serve`'s request model their request names (see `bon.entrypoints.request`)."""
+
+
+class Overrides(TypedDict, total=False):
+    """`BestOfN.job`'s keywords, one per `OVERRIDES` entry (None: the instance's value)."""
+
+    n: int | None
+    temperature: float | None
+    top_p: float | None
+    max_new_tokens: int | None
+    seed: int | None
+    scorers: Sequence[str] | None
+    stop: Sequence[str] | None
 
 
 @dataclass
@@ -187,40 +281,34 @@ class BestOfN:
         if _uses_model(self.score.scorers):
             self._meter()
 
-    def job(
-        self,
-        messages: list[Message],
-        *,
-        n: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_new_tokens: int | None = None,
-        seed: int | None = None,
-        scorers: Sequence[str] | None = None,
-        stop: Sequence[str] = (),
-    ) -> Job:
-        """A validated job; options left None take this instance's defaults. Raises
-        `ConfigError` for a bad option and `RecordError` for bad messages."""
+    def job(self, messages: list[Message], **overrides: Unpack[Overrides]) -> Job:
+        """A validated job; each keyword (an `OVERRIDES` name) left out or None takes this
+        instance's value. The options objects are rebuilt with `dataclasses.replace`, so a bad
+        value raises the declaration's own `ConfigError` (the message `bon run` gives); bad
+        messages raise `RecordError`."""
         try:
             records.check_prompt({"messages": messages})
         except RecordProblem as problem:
             raise RecordError(str(problem)) from None
-        given: dict[str, Any] = {
-            "n": n,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
+        given = {k: v for k, v in overrides.items() if v is not None}
+        refuse_unknown(given, (o.name for o in OVERRIDES))
+        changes: dict[type, dict[str, Any]] = {
+            GenerateOptions: {},
+            ScoreOptions: {},
+            JobOptions: {},
         }
-        changes = {k: v for k, v in given.items() if v is not None}
-        generate = dataclasses.replace(self.generate, **changes) if changes else self.generate
-        names = tuple(scorers) if scorers is not None else self.score.scorers
-        if names != self.score.scorers:
-            dataclasses.replace(self.score, scorers=names)  # validates the names
+        for override in OVERRIDES:
+            if override.name in given:
+                changes[override.owner][override.name] = override.value(given[override.name])
+        generate = self.generate
+        if changes[GenerateOptions]:
+            generate = dataclasses.replace(generate, **changes[GenerateOptions])
+        names = self.score.scorers
+        if changes[ScoreOptions]:
+            names = dataclasses.replace(self.score, **changes[ScoreOptions]).scorers
+        job = JobOptions(**changes[JobOptions])
         by = self.select.by if self.select.by in names else names[0]
-        if not all(isinstance(s, str) and s for s in stop):
-            raise ConfigError(f"`stop` must be a list of non-empty strings, got {list(stop)!r}")
-        return Job([dict(m) for m in messages], generate, names, by, tuple(stop))
+        return Job([dict(m) for m in messages], generate, names, by, job.stop)
 
     def answer(self, jobs: Sequence[Job]) -> list[Answer | BonError | Exception]:
         """An `Answer` per job, in order, or the error of a job that failed alone:

@@ -90,20 +90,24 @@ def value_type(hint: Any) -> Any:
 def validate(obj: Any) -> None:
     """Check every declared option of `obj` against its constraint and choices."""
     for field in fields(type(obj)):
-        value = getattr(obj, field.name)
-        allowed = choices_of(field)
-        if allowed is not None:
-            values = value if isinstance(value, tuple) else (value,)
-            for item in values:
-                if item not in allowed:
-                    raise ConfigError(
-                        f"`{field.name}` must be one of {', '.join(allowed)}, got {item!r}"
-                    )
-        check = field.metadata.get("check")
-        if check is not None and not check(value):
-            raise ConfigError(
-                f"`{field.name}` must be {field.metadata['constraint']}, got {value!r}"
-            )
+        check_value(field, getattr(obj, field.name))
+
+
+def check_value(field: dataclasses.Field, value: Any) -> None:
+    """Check one value of a declared option (as `validate` does for each); raises `ConfigError`
+    "`name` must be <constraint>, got <value>". Front ends that take one option at a time (the
+    server's request fields) call it to give the same message."""
+    allowed = choices_of(field)
+    if allowed is not None:
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            if item not in allowed:
+                raise ConfigError(
+                    f"`{field.name}` must be one of {', '.join(allowed)}, got {item!r}"
+                )
+    check = field.metadata.get("check")
+    if check is not None and not check(value):
+        raise ConfigError(f"`{field.name}` must be {field.metadata['constraint']}, got {value!r}")
 
 
 def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:

@@ -68,3 +68,16 @@ def records() -> list[dict]:
 
 def recipe(path: str) -> list[bon.Report]:
     return bon.run(**bon.load_recipe(path))
+
+
+def serve_typed() -> None:
+    from bon.entrypoints.serve import ServeOptions, start
+
+    with start(
+        generate=GenerateOptions(n=4),
+        server=ServeOptions(port=0),
+        scorers=["longest"],
+        batch_wait_ms=10.0,
+        reranker_batch_size=8,
+    ) as running:
+        print(running.url)

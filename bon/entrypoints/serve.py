@@ -7,46 +7,58 @@ once, before the server listens. Requests that arrive together are batched: the 
 batch runs as one `BestOfN.answer` call in a single worker thread (so the event loop keeps
 accepting requests while the models work).
 
-Per request, extra body fields override the server's options: `best_of` (or `bon_n`) is N,
-`scorer` a scorer name or list; `temperature`, `top_p`, `max_tokens`, `seed` and `stop` are
-OpenAI's. A request without `seed` takes the next seed of a generator seeded with the server's
-`seed` option, so repeated requests sample afresh; the seed used is returned, and sending it
-back reproduces the answer. Fields nested under `extra_body` (a client that sent the OpenAI
-SDK's argument as it is) count as given at the top level.
+Request bodies are checked by pydantic models derived from the option declarations (see
+`bon.entrypoints.request`): the options a request may override (`bon.online.OVERRIDES`:
+`best_of`/`bon_n`, `temperature`, `top_p`, `max_tokens`, `seed`, `scorer`, `stop`) get the
+message `bon run` gives for the same bad value, OpenAI's fields that cannot change the answer
+are accepted at their no-op values (`NO_OPS`), and unknown fields are refused. A request
+without `seed` takes the next seed of a generator seeded with the server's `seed` option, so
+repeated requests sample afresh; the seed used is returned, and sending it back reproduces the
+answer. `usage` counts the generator's prompt and all N completions plus the reranker's tokens;
+the body's `bon` field holds the breakdown, the selected index, the scores, the seed and the
+batch size. Errors come in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 
-OpenAI's other fields are accepted where they cannot change a best-of-N answer: `NO_OPS` lists
-each with the values that leave the answer as it is (`n` 1, `stream` false, penalties 0, ...);
-any other value is refused, never silently ignored. `usage` counts the generator's prompt and
-all N completions plus the reranker's tokens; the body's `bon` field holds the breakdown, the
-selected index, the scores, the seed and the batch size. Errors come in OpenAI's shape,
-`{"error": {"message", "type", "param", "code"}}`.
+`stream: true` sends the selected answer as server-sent events in OpenAI's chunk format, once
+selection is done (best-of-N cannot know the answer before): a failure before that is a plain
+error response with its status; one while streaming is an error event that ends the stream.
+Streaming the survivors' tokens while candidates are pruned is not built.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
-import inspect
 import json
 import logging
 import random
+import re
+import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from bon import api
+from bon.entrypoints.request import ApiError, Parsed, parse, request_model
 from bon.errors import BonError, ConfigError, EngineError, RecordError
+from bon.generator import GenerateOptions
+from bon.keywords import RunRecordsArgs
 from bon.online import Answer, BestOfN, Job, finite
-from bon.options import fields, non_negative, option, positive, validate
+from bon.options import fields, non_negative, option, positive, refuse_unknown, validate
+from bon.scorers import ScoreOptions
+from bon.select import SelectOptions
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch; setup.cfg names it for Python 3.10
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
-
-MAX_STOPS = 16
 
 
 @dataclass(frozen=True)
@@ -89,281 +101,19 @@ class ServeOptions:
         validate(self)
 
 
-class ApiError(Exception):
-    """A request the server refuses: an HTTP status and OpenAI's error fields."""
+class ServeKeywords(TypedDict, total=False):
+    """`ServeOptions` as flat keywords (a test checks them against the declarations)."""
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        }
+    host: str
+    port: int
+    served_model_name: str
+    batch_wait_ms: float
+    max_request_bytes: int
 
 
-# --- Request bodies -----------------------------------------------------------------------
-
-
-def _bad(param: str, constraint: str, value: Any) -> ApiError:
-    # Values are cut short: a bad field may hold most of a megabyte.
-    return ApiError(400, f"`{param}` must be {constraint}, got {value!r:.200}", param=param)
-
-
-def _number(body: dict, name: str, check: Callable[[float], bool], constraint: str) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value):
-        raise _bad(name, constraint, value)
-    return value
-
-
-def _integer(body: dict, name: str, minimum: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(name, f"an integer >= {minimum}", value)
-    return value
-
-
-def _stops(body: dict) -> tuple[str, ...]:
-    value = body.get("stop")
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(stops, list)
-        or len(stops) > MAX_STOPS
-        or not all(isinstance(s, str) and s for s in stops)
-    ):
-        raise _bad("stop", f"a non-empty string or a list of at most {MAX_STOPS}", value)
-    return tuple(stops)
-
-
-def _scorers(body: dict) -> list[str] | None:
-    value = body.get("scorer")
-    if value is None:
-        return None
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise _bad("scorer", "a scorer name or a non-empty list of names", value)
-    return names
-
-
-def _best_of(body: dict) -> int | None:
-    best_of, bon_n = _integer(body, "best_of", 1), _integer(body, "bon_n", 1)
-    if best_of is not None and bon_n is not None and best_of != bon_n:
-        raise ApiError(
-            400, f"`best_of` ({best_of}) and `bon_n` ({bon_n}) differ; send one", param="best_of"
-        )
-    return best_of if best_of is not None else bon_n
-
-
-ANY = None
-"""A `NO_OPS` entry that takes any value: the field cannot change the answer."""
-
-# OpenAI fields bon does not honour: (the values, besides null, at which the answer is the same
-# as without the field, or ANY; why other values are refused).
-NO_OPS: dict[str, tuple[tuple[Any, ...] | None, str]] = {
-    "n": (
-        (1,),
-        "the server returns the one selected candidate; set the number of candidates with "
-        "`best_of` (or `bon_n`)",
-    ),
-    "stream": ((False,), "responses are not streamed"),
-    "stream_options": (ANY, ""),
-    "presence_penalty": ((0,), "penalties are not applied"),
-    "frequency_penalty": ((0,), "penalties are not applied"),
-    "logit_bias": (({},), "logit biases are not applied"),
-    "logprobs": ((False,), "log-probabilities are not returned"),
-    "top_logprobs": ((0,), "log-probabilities are not returned"),
-    "response_format": (({"type": "text"},), "answers are free text, not held to a format"),
-    "tools": (([],), "tools are not called"),
-    "functions": (([],), "functions are not called"),
-    "tool_choice": (("none", "auto"), "tools are not called"),
-    "function_call": (("none", "auto"), "functions are not called"),
-    "parallel_tool_calls": (ANY, ""),
-    "modalities": ((["text"],), "answers are text only"),
-    "store": ((False,), "completions are not stored"),
-    "metadata": (ANY, ""),
-    "user": (ANY, ""),
-    "service_tier": (ANY, ""),
-    "prompt_cache_key": (ANY, ""),
-    "safety_identifier": (ANY, ""),
-    "echo": ((False,), "the prompt is not echoed"),
-    "suffix": (("",), "suffixes are not supported"),
-}
-HONOURED = {
-    "model", "max_tokens", "temperature", "top_p", "seed", "stop", "best_of", "bon_n", "scorer",
-}  # fmt: skip
-CHAT = HONOURED | set(NO_OPS) | {"messages", "max_completion_tokens", "extra_body"}
-COMPLETIONS = HONOURED | set(NO_OPS) | {"prompt", "extra_body"}
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)[:200]
-
-
-def _no_ops(body: dict) -> None:
-    """Refuse an OpenAI field set to a value that would change the answer (see `NO_OPS`)."""
-    for name, (allowed, why) in NO_OPS.items():
-        value = body.get(name)
-        if value is None or allowed is ANY or value in allowed:
-            continue
-        constraint = " or ".join(_json(v) for v in allowed)
-        raise ApiError(400, f"`{name}` must be {constraint}, got {_json(value)}: {why}", param=name)
-
-
-def _merged(body: dict, known: set[str]) -> dict:
-    """The body with the fields of `extra_body` at its top level, as the OpenAI SDK sends them."""
-    extra = body.get("extra_body")
-    if extra is None:
-        return body
-    if not isinstance(extra, dict):
-        raise _bad("extra_body", "an object of request fields", extra)
-    allowed = known - {"extra_body"}
-    unknown = sorted(set(extra) - allowed)
-    if unknown:
-        raise ApiError(
-            400,
-            f"unknown field(s) in `extra_body`: {', '.join(unknown)}; it may hold: "
-            f"{', '.join(sorted(allowed))}",
-            param="extra_body",
-        )
-    rest = {k: v for k, v in body.items() if k != "extra_body"}
-    clash = sorted(k for k in extra if k in rest and rest[k] != extra[k])
-    if clash:
-        raise ApiError(
-            400,
-            f"`{clash[0]}` differs between the body and its `extra_body`; send it once",
-            param=clash[0],
-        )
-    return {**rest, **extra}
-
-
-def _checked(body: dict, known: set[str], served: str) -> dict:
-    """The body (with `extra_body` merged) after the checks shared by both endpoints: the
-    fields, the model name, the OpenAI fields bon does not honour."""
-    body = _merged(body, known)
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise ApiError(
-            400,
-            f"unknown field(s) {', '.join(unknown)}; this server accepts: "
-            f"{', '.join(sorted(known))}",
-            param=unknown[0],
-        )
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise _bad("model", f"the served model name {served!r}", model)
-    if model != served:
-        raise ApiError(
-            404,
-            f"the model {model!r} does not exist; this server serves {served!r}",
-            param="model",
-            code="model_not_found",
-        )
-    _no_ops(body)
-    return body
-
-
-def _job(
-    bon: BestOfN, body: dict, messages: list[dict], max_tokens: str, seeds: random.Random
-) -> Job:
-    """The job of a checked body: its messages and the fields that override the options; an
-    unseeded body takes the next seed of `seeds`."""
-    temperature = _number(body, "temperature", lambda v: v >= 0, "a number >= 0")
-    top_p = _number(body, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
-    n = _best_of(body)
-    greedy = temperature == 0 if temperature is not None else bon.generate.temperature == 0
-    if greedy and (n if n is not None else bon.generate.n) > 1:
-        raise ApiError(
-            400,
-            f"`temperature` 0 is greedy decoding: all {n or bon.generate.n} candidates would be "
-            "the same; send a temperature > 0, or best_of=1",
-            param="temperature",
-        )
-    try:
-        return bon.job(
-            messages,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=_integer(body, max_tokens, 1),
-            seed=_seed(body, seeds),
-            scorers=_scorers(body),
-            stop=_stops(body),
-        )
-    except BonError as exc:
-        raise ApiError(400, str(exc)) from None
-
-
-def _seed(body: dict, seeds: random.Random) -> int:
-    seed = _integer(body, "seed", 0)
-    return seeds.randrange(2**31) if seed is None else seed
-
-
-def _text_part(part: Any, where: str) -> str:
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    raise ApiError(400, f"`{where}` must be a text part ({{type: text, text}})", param="messages")
-
-
-def _chat_messages(body: dict) -> list[dict]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "a non-empty list of {role, content} objects", messages)
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _bad(f"messages[{i}]", "an object with role and content", message)
-        role, content = message.get("role"), message.get("content")
-        role = "system" if role == "developer" else role
-        if isinstance(content, list):
-            content = "".join(
-                _text_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(content)
-            )
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise _bad(
-                f"messages[{i}]", "a system, user or assistant turn with text content", message
-            )
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _prompt(body: dict) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise _bad("prompt", "a string (one prompt per request)", prompt)
-    return prompt
-
-
-def chat_job(bon: BestOfN, body: dict, options: ServeOptions, seeds: random.Random) -> Job:
-    """The job of a `/v1/chat/completions` body; raises `ApiError` for a bad one. An unseeded
-    body takes the next seed of `seeds`."""
-    body = _checked(body, CHAT, options.served_model_name)
-    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
-        raise ApiError(400, "send `max_tokens` or `max_completion_tokens`, not both")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _job(bon, body, _chat_messages(body), key, seeds)
-
-
-def completion_job(bon: BestOfN, body: dict, options: ServeOptions, seeds: random.Random) -> Job:
-    """The job of a `/v1/completions` body; the prompt is sent as one user turn (bon's engines
-    apply the model's chat template). An unseeded body takes the next seed of `seeds`."""
-    body = _checked(body, COMPLETIONS, options.served_model_name)
-    messages = [{"role": "user", "content": _prompt(body)}]
-    return _job(bon, body, messages, "max_tokens", seeds)
+class ServeArgs(RunRecordsArgs, ServeKeywords, total=False):
+    """The flat keywords of `serve` and `start`: `bon run`'s (without its file options) and the
+    server's."""
 
 
 # --- Responses ------------------------------------------------------------------------------
@@ -404,8 +154,8 @@ def _usage(answer: Answer) -> dict[str, int]:
     }
 
 
-def chat_response(answer: Answer, job: Job, name: str, batch: int, keep_all: bool) -> dict:
-    """The chat.completion body of an answer."""
+def chat_response(answer: Answer, name: str, extra: dict[str, Any]) -> dict:
+    """The chat.completion body of an answer; `extra` is its `bon` field."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -420,12 +170,12 @@ def chat_response(answer: Answer, job: Job, name: str, batch: int, keep_all: boo
             }
         ],
         "usage": _usage(answer),
-        "bon": _extra(answer, job, batch, keep_all),
+        "bon": extra,
     }
 
 
-def completion_response(answer: Answer, job: Job, name: str, batch: int, keep_all: bool) -> dict:
-    """The text_completion body of an answer."""
+def completion_response(answer: Answer, name: str, extra: dict[str, Any]) -> dict:
+    """The text_completion body of an answer; `extra` is its `bon` field."""
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -440,8 +190,88 @@ def completion_response(answer: Answer, job: Job, name: str, batch: int, keep_al
             }
         ],
         "usage": _usage(answer),
-        "bon": _extra(answer, job, batch, keep_all),
+        "bon": extra,
     }
+
+
+# --- Streaming ------------------------------------------------------------------------------
+
+PIECE = re.compile(r"\s*\S+|\s+")
+"""A streamed piece of the answer: a word with the white space before it."""
+
+
+def pieces(text: str) -> list[str]:
+    """`text` cut into the pieces it is streamed in (joined, they are `text`)."""
+    return PIECE.findall(text)
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The chunks of one streamed answer, in OpenAI's format for the endpoint (`chat`:
+    `chat.completion.chunk` objects whose `delta` holds the role first, then the text; else
+    `text_completion` objects); the last choice chunk has the finish reason."""
+
+    chat: bool
+    id: str
+    created: int
+    name: str
+    include_usage: bool
+
+    def chunk(self, choices: list[dict], **more: Any) -> dict:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.name,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = None
+        return {**body, **more}
+
+    def choice(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict:
+        if not self.chat:
+            return {
+                "index": 0,
+                "text": text or "",
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+    def all(self, answer: Answer, extra: dict[str, Any]) -> Iterator[dict]:
+        """Every chunk of `answer`; `extra` (the `bon` field) rides on the last."""
+        if self.chat:
+            yield self.chunk([self.choice("", None, role=True)])
+        for piece in pieces(answer.text):
+            yield self.chunk([self.choice(piece, None)])
+        last = self.choice(None if self.chat else "", answer.finish_reason)
+        if not self.include_usage:
+            yield self.chunk([last], bon=extra)
+            return
+        yield self.chunk([last])
+        yield self.chunk([], usage=_usage(answer), bon=extra)
+
+
+def _event(data: dict | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+async def _events(chunks: Chunks, answer: Answer, extra: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed answer, `data: [DONE]` last; a failure while
+    streaming (the status, 200, is sent) becomes an error event that ends the stream."""
+    try:
+        for chunk in chunks.all(answer, extra):
+            yield _event(chunk)
+    except Exception as exc:
+        log.exception("streaming an answer failed")
+        yield _event(_failure(exc).body())
+        return
+    yield _event("[DONE]")
 
 
 # --- Batching -------------------------------------------------------------------------------
@@ -572,6 +402,9 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
     seeds = random.Random(bon.generate.seed)  # unseeded requests: a fresh seed each
     name = options.served_model_name
     keep_all = bon.select.keep_all
+    requests = {
+        endpoint: request_model(endpoint, bon, name) for endpoint in ("chat", "completions")
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -589,19 +422,24 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
         error = ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code))
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    async def run(request: Any, parse: Callable, respond: Callable) -> JSONResponse:
-        job = parse(bon, await _read_json(request, options.max_request_bytes), options, seeds)
+    async def run(request: Any, endpoint: str) -> Any:
+        body = await _read_json(request, options.max_request_bytes)
+        parsed = parse(requests[endpoint], body, bon, name, seeds)
         try:
-            answer, batch = await batcher.submit(job)
+            answer, batch = await batcher.submit(parsed.job)
         except Exception as exc:
             raise _failure(exc) from None
-        return JSONResponse(respond(answer, job, name, batch, keep_all))
+        extra = _extra(answer, parsed.job, batch, keep_all)
+        if parsed.stream:
+            return _stream(parsed, answer, extra, endpoint == "chat", name)
+        respond = chat_response if endpoint == "chat" else completion_response
+        return JSONResponse(respond(answer, name, extra))
 
-    async def chat(request: Any) -> JSONResponse:
-        return await run(request, chat_job, chat_response)
+    async def chat(request: Any) -> Any:
+        return await run(request, "chat")
 
-    async def completions(request: Any) -> JSONResponse:
-        return await run(request, completion_job, completion_response)
+    async def completions(request: Any) -> Any:
+        return await run(request, "completions")
 
     async def models(request: Any) -> JSONResponse:
         entry = {"id": name, "object": "model", "created": started, "owned_by": "bon"}
@@ -620,7 +458,21 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
     return app
 
 
-SERVE_EXTRA = ("fastapi", "starlette", "uvicorn")
+def _stream(parsed: Parsed, answer: Answer, extra: dict[str, Any], chat: bool, name: str) -> Any:
+    """The streamed response of a selected answer."""
+    from starlette.responses import StreamingResponse
+
+    prefix = "chatcmpl" if chat else "cmpl"
+    identifier = f"{prefix}-{uuid.uuid4().hex}"
+    chunks = Chunks(chat, identifier, int(time.time()), name, parsed.include_usage)
+    return StreamingResponse(
+        _events(chunks, answer, extra),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+SERVE_EXTRA = ("fastapi", "starlette", "uvicorn", "pydantic")
 
 
 def _require_extra() -> None:
@@ -638,13 +490,28 @@ def _require_extra() -> None:
             ) from None
 
 
-def _build(options: dict[str, Any]) -> tuple[BestOfN, ServeOptions]:
-    """Split keyword options into the stages' objects and the server's."""
-    names = {f.name for f in fields(ServeOptions)}
-    server = ServeOptions(**{k: v for k, v in options.items() if k in names})
-    generate, score, select = api.split_options(
-        "run", {k: v for k, v in options.items() if k not in names}, files=False
-    )
+def _build(
+    generate: GenerateOptions | None,
+    score: ScoreOptions | None,
+    select: SelectOptions | None,
+    server: ServeOptions | None,
+    options: dict[str, Any],
+) -> tuple[BestOfN, ServeOptions]:
+    """The stages' options and the server's: the objects given, their fields set by the flat
+    keywords `options` (as `bon.api`'s functions take them); an unknown keyword is an error."""
+    server_names = {f.name for f in fields(ServeOptions)}
+    groups = api.option_groups("run", files=False)
+    refuse_unknown(options, [*server_names, *(kw for g in groups for kw in g.names())])
+    if server is not None and not isinstance(server, ServeOptions):
+        raise ConfigError(
+            f"`server` must be a ServeOptions, got {server!r}: build it with "
+            "bon.entrypoints.serve.ServeOptions(...) or give its options as keywords"
+        )
+    mine = {k: v for k, v in options.items() if k in server_names}
+    server = ServeOptions(**mine) if server is None else dataclasses.replace(server, **mine)
+    given = {"generate": generate, "score": score, "select": select}
+    stages = {k: v for k, v in options.items() if k not in server_names}
+    generate, score, select = api.split_options("run", stages, files=False, given=given)
     return BestOfN(generate, score, select), server
 
 
@@ -656,17 +523,31 @@ def _config(app: Any, server: ServeOptions, log_level: str) -> Any:
     )
 
 
-def serve(**options: Any) -> None:
-    """Load the models, then serve until interrupted. Takes `bon run`'s options (sampling,
-    scorers, selection) and `ServeOptions`' (host, port, served_model_name, batch_wait_ms,
-    max_request_bytes)."""
+def serve(
+    *,
+    generate: GenerateOptions | None = None,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    server: ServeOptions | None = None,
+    **options: Unpack[ServeArgs],
+) -> None:
+    """Load the models, then serve until interrupted.
+
+    Takes the stages' options objects (`generate`, `score`, `select`, as `bon.run` does) and the
+    server's (`server=ServeOptions(host, port, served_model_name, batch_wait_ms,
+    max_request_bytes)`), or any of their fields as flat keywords (`ServeArgs`: `bon run`'s
+    names, `reranker_` before the reranker's), which override the fields of a given object;
+    `bon serve`'s flags are these keywords.
+    """
     _require_extra()
     import uvicorn
 
-    bon, server = _build(options)
+    bon, settings = _build(generate, score, select, server, dict(options))
     bon.load()
-    log.info("serving %r on http://%s:%d/v1", server.served_model_name, server.host, server.port)
-    uvicorn.Server(_config(create_app(bon, server), server, "info")).run()
+    log.info(
+        "serving %r on http://%s:%d/v1", settings.served_model_name, settings.host, settings.port
+    )
+    uvicorn.Server(_config(create_app(bon, settings), settings, "info")).run()
 
 
 @dataclass
@@ -688,41 +569,31 @@ class Running:
         self.stop()
 
 
-def start(**options: Any) -> Running:
+def start(
+    *,
+    generate: GenerateOptions | None = None,
+    score: ScoreOptions | None = None,
+    select: SelectOptions | None = None,
+    server: ServeOptions | None = None,
+    **options: Unpack[ServeArgs],
+) -> Running:
     """Load the models and serve them from a background thread of this process; returns once
     the server listens. Same options as `serve`; `url` is the base URL (…/v1)."""
     _require_extra()
     import uvicorn
 
-    bon, server = _build(options)
+    bon, settings = _build(generate, score, select, server, dict(options))
     bon.load()
-    runner = uvicorn.Server(_config(create_app(bon, server), server, "warning"))
+    runner = uvicorn.Server(_config(create_app(bon, settings), settings, "warning"))
     thread = threading.Thread(target=runner.run, name="bon-serve", daemon=True)
     thread.start()
     while not runner.started:
         if not thread.is_alive():
             bon.close()
             raise ConfigError(
-                f"the server could not listen on {server.host}:{server.port} (in use?); "
+                f"the server could not listen on {settings.host}:{settings.port} (in use?); "
                 "choose another port"
             )
         time.sleep(0.02)
     port = runner.servers[0].sockets[0].getsockname()[1]
-    return Running(f"http://{server.host}:{port}/v1", runner, thread)
-
-
-def _mirror(fn: Callable) -> Callable:
-    """Give `serve`/`start` the keyword signature `bon serve` takes (as `bon.api` does)."""
-    server = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-        for f in fields(ServeOptions)
-    ]
-    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # inspect reads it
-        [*api.keywords("run", files=False), *server],
-        return_annotation=inspect.signature(fn).return_annotation,
-    )
-    return fn
-
-
-serve = _mirror(serve)
-start = _mirror(start)
+    return Running(f"http://{settings.host}:{port}/v1", runner, thread)
