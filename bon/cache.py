@@ -166,6 +166,10 @@ class CachedScorer:
         self.name = scorer.name
         self.hits = 0
         self.misses = 0
+        self.computed: list[int] = []
+        """Per query of the last `score` call: how many of its candidates the scorer computed
+        (the rest came from the cache, or from an equal candidate computed for an earlier
+        query of the call)."""
         self._config: dict[str, Any] | None = None
         self._key_maker: KeyMaker
 
@@ -193,6 +197,12 @@ class CachedScorer:
         lasting = {k: s for k, s in fresh.items() if not refused(s.evidence)}
         if lasting:
             self.cache.put_many(lasting)
+        counted: set[str] = set()
+        self.computed = []
+        for row in keys:
+            mine = {k for k in row if k in fresh and k not in counted}
+            counted |= mine
+            self.computed.append(len(mine))
         found.update(fresh)
         total = sum(len(row) for row in keys)
         self.misses += len(fresh)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bon import records
+from bon import cost, records
 from bon.engines import Completion, Engine, EngineOptions, SamplingOptions, load_engine
 from bon.options import checked_as, option, positive
-from bon.records import RecordProblem
+from bon.records import COST, RecordProblem
+
+if TYPE_CHECKING:
+    from bon.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,18 @@ class GenerateOptions(EngineOptions):
 
 
 def _with_candidates(
-    record: dict, completions: list[Completion], meta: dict[str, Any]
+    record: dict,
+    completions: list[Completion],
+    meta: dict[str, Any],
+    spent: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> dict | RecordProblem:
     errors = [c.error for c in completions if c.error]
     if errors:
         return RecordProblem(f"the generator could not answer this prompt: {errors[0]}")
-    return {**record, "candidates": [c.to_record() for c in completions], "generator": meta}
+    part, shares = spent
+    candidates = [{**c.to_record(), COST: s} for c, s in zip(completions, shares, strict=True)]
+    out = {**record, "candidates": candidates, "generator": meta}
+    return cost.with_part(out, cost.GENERATE, part)
 
 
 def request_seed(seed: int, record_id: str) -> int:
@@ -103,6 +114,8 @@ class Generator:
         self._sampling = options.sampling()
         self._engine: Engine | None = engine
         self._owns_engine = engine is None
+        self.progress: Progress | None = None
+        """Where to report decoded tokens while a batch runs (set by the runner's bar)."""
 
     @property
     def engine(self) -> Engine:
@@ -116,15 +129,28 @@ class Generator:
         return {"stage": "generate", **self.options.identity(), **self._sampling.to_dict()}
 
     def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
-        """Each record with its candidates, or a `RecordProblem` when the engine refused it."""
+        """Each record with its candidates and what they cost (`bon.cost`), or a
+        `RecordProblem` when the engine refused it."""
         seeds = [request_seed(self.options.seed, seed_key(r)) for r in batch]
         conversations = [records.conversation(r) for r in batch]
-        outputs = self.engine.generate(conversations, self._sampling, seeds)
-        meta = {**self.engine.describe(), **self._sampling.to_dict()}
+        engine = self.engine  # loaded before the clock starts
+        prompts = [engine.prompt_tokens(c) for c in conversations]
+        progress = self.progress
+        watching = engine.decoding(progress.decoding) if progress else nullcontext()
+        if progress:
+            progress.clock()
+        started = time.perf_counter()
+        with watching:
+            outputs = engine.generate(conversations, self._sampling, seeds)
+        elapsed = time.perf_counter() - started
+        if progress:
+            progress.spent(sum(c.tokens for row in outputs for c in row))
+        meta = {**engine.describe(), **self._sampling.to_dict()}
         meta["batch_size"] = self.options.batch_size
+        spent = cost.generation_costs(prompts, outputs, elapsed)
         return [
-            _with_candidates(record, completions, {**meta, "request_seed": seed})
-            for record, completions, seed in zip(batch, outputs, seeds, strict=True)
+            _with_candidates(record, completions, {**meta, "request_seed": seed}, one)
+            for record, completions, seed, one in zip(batch, outputs, seeds, spent, strict=True)
         ]
 
     def close(self) -> None:

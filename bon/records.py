@@ -6,6 +6,7 @@ One record per prompt travels through every stage and is enriched, never rebuilt
     + "candidates": [{"text", "finish_reason", "tokens"[, "error"]}], "generator": {...}  (generate)
     + per candidate "scores": {name: float} and evidence under the scorer's name   (score)
     + "selected": {"index", "text", "score", "by"}                                 (select)
+    + "cost": what each stage spent (tokens, seconds), per candidate too   (bon.cost)
 
 Validators raise `RecordProblem` with a message that says what to fix; `validated` checks a
 stream of records with one, gives each record its id, and adds the file and line to a problem.
@@ -22,6 +23,9 @@ from bon.codec import canonical
 from bon.errors import InputError
 
 ROLES = ("system", "user", "assistant")
+COST = "cost"
+"""The field of a record, and of each of its candidates, that holds what the stages spent on
+it (`bon.cost`)."""
 
 
 class RecordProblem(ValueError):
@@ -178,6 +182,32 @@ def fingerprint(record: dict) -> str:
     text = canonical(record)
     # surrogatepass: a lone surrogate (legal as a JSON escape) still hashes instead of failing.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def input_fingerprint(record: dict) -> str:
+    """The fingerprint of a stage's input record as resume compares it: `fingerprint` of the
+    record without the costs bon measured (`cost`, on the record and on its candidates), which
+    differ from run to run. A record without them fingerprints as it always did."""
+    return fingerprint(without_cost(record))
+
+
+def without_cost(record: dict) -> dict:
+    """`record` without the `cost` objects on it and on its candidates."""
+    candidates = record.get("candidates")
+    if not isinstance(candidates, list):
+        candidates = []
+    costly = any(isinstance(c, dict) and isinstance(c.get(COST), dict) for c in candidates)
+    if not isinstance(record.get(COST), dict) and not costly:
+        return record
+    out = {k: v for k, v in record.items() if not (k == COST and isinstance(v, dict))}
+    if costly:
+        out["candidates"] = [
+            {k: v for k, v in c.items() if not (k == COST and isinstance(v, dict))}
+            if isinstance(c, dict)
+            else c
+            for c in candidates
+        ]
+    return out
 
 
 def validated(

@@ -1,20 +1,26 @@
 """The reranker stage: every configured scorer scores every candidate of a record.
 
 Each scorer sits behind the score cache (`bon.cache`) unless `no_cache` is set, so candidates
-scored before, by any run with the same scorer configuration, cost no model call.
+scored before, by any run with the same scorer configuration, cost no model call. The scorers'
+engine is a `bon.cost.Meter`, so each scorer's tokens and seconds are recorded per record
+under `cost.score` (see `bon.cost` for how a batch's cost is shared among its records).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from bon import records
+from bon import cost, records
 from bon.cache import CachedScorer, ScoreCache
 from bon.engines import Engine, load_engine
-from bon.records import RecordProblem
+from bon.records import COST, RecordProblem
 from bon.scorers import Query, ScoreOptions, Scorer, scorers
 from bon.scorers.base import refused
+
+if TYPE_CHECKING:
+    from bon.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,13 @@ class Reranker:
         self.options = options
         self._engine: Engine | None = engine
         self._owns_engine = engine is None
+        self.meter = cost.Meter(self._get_engine, options)
+        """The scorers' engine: the reranker's, loaded when first called, counting tokens."""
         self.scorers: list[Scorer] = [
-            scorers.get(name)(options, self._get_engine) for name in options.scorers
+            scorers.get(name)(options, lambda: self.meter) for name in options.scorers
         ]
+        self.progress: Progress | None = None
+        """Where to report scored candidates and tokens read (set by the runner's bar)."""
         self.parse_counts: dict[str, dict[str, int]] = {}
         self.cache: ScoreCache | None = None
         self._scoring: list[Scorer | CachedScorer] = list(self.scorers)
@@ -63,11 +73,28 @@ class Reranker:
         """Each record with its scores, or a `RecordProblem` when the engine refused one of its
         candidates. Each scorer sees the scores of those before it (`Query.scores`)."""
         out = [{**r, "candidates": [dict(c) for c in records.candidates(r)]} for r in batch]
+        sizes = [len(r["candidates"]) for r in out]
         for scorer in self._scoring:
-            results = scorer.score([_query(r) for r in out])
+            queries = [_query(r) for r in out]
+            self.meter.take()
+            started = time.perf_counter()
+            results = scorer.score(queries)
+            elapsed = time.perf_counter() - started
+            reading = self.meter.take()
+            computed = scorer.computed if isinstance(scorer, CachedScorer) else sizes
+            spent = reading.scoring_costs(
+                [q.messages for q in queries],
+                elapsed,
+                computed,
+                [size - done for size, done in zip(sizes, computed, strict=True)],
+            )
+            if self.progress:
+                self.progress.advance(sum(sizes))
+                self.progress.spent(reading.read + reading.generated)
             description = scorer.describe()
-            for record, scored in zip(out, results, strict=True):
+            for record, scored, part in zip(out, results, spent, strict=True):
                 record["scoring"] = {**record.get("scoring", {}), scorer.name: description}
+                _add_cost(record, scorer.name, part)
                 for candidate, item in zip(record["candidates"], scored, strict=True):
                     candidate["scores"] = {**candidate.get("scores", {}), scorer.name: item.value}
                     if item.evidence:
@@ -104,13 +131,25 @@ class Reranker:
         self._engine = None
 
 
+def _add_cost(record: dict, scorer: str, part: dict[str, Any]) -> None:
+    """Set `cost.score[scorer]` of `record` (in place; the other scorers' costs kept)."""
+    old = record.get(COST)
+    scores = old.get(cost.SCORE) if isinstance(old, dict) else None
+    merged = {**(scores if isinstance(scores, dict) else {}), scorer: part}
+    record.update(cost.with_part(record, cost.SCORE, merged))
+
+
+_NOT_RECORDED = ("text", "scores", COST)
+"""Candidate fields a scorer does not see as `Query.recorded`."""
+
+
 def _query(record: dict) -> Query:
     candidates = records.candidates(record)
     return Query(
         records.conversation(record),
         [c["text"] for c in candidates],
         tuple(dict(c["scores"]) if isinstance(c.get("scores"), dict) else {} for c in candidates),
-        tuple({k: v for k, v in c.items() if k not in ("text", "scores")} for c in candidates),
+        tuple({k: v for k, v in c.items() if k not in _NOT_RECORDED} for c in candidates),
     )
 
 

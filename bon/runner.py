@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from bon import records
 from bon.codec import STDIO, dumps, read_lines, stdout_sink
+from bon.cost import has_parts, strip
 from bon.errors import BonError, ConfigError, InputError, RecordError, require
 from bon.follow import follow_lines
 from bon.outputs import (
@@ -29,6 +28,7 @@ from bon.outputs import (
     replace_atomically,
     write_error,
 )
+from bon.progress import Progress
 from bon.records import RecordProblem, validated
 from bon.shards import Shard
 from bon.stages import Stage
@@ -51,7 +51,8 @@ def run_records(stage: Stage, items: Iterable[dict], *, quiet: bool = True) -> l
         valid.append((line, item))
     out: list[dict] = []
     try:
-        for number, batch in enumerate(_batches(valid, stage, quiet)):
+        total = sum(stage.units(record) for _, record in valid)
+        for number, batch in enumerate(_batches(valid, stage, quiet, total=total)):
             outcomes = run_batch(stage, [r for _, r in batch], first=number == 0)
             for (line, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, RecordProblem):
@@ -190,7 +191,7 @@ def _run_to_stdout(job: _Job, lines: Iterable[tuple[int, Any]]) -> Report:
                 if isinstance(outcome, RecordProblem):
                     job.fail_or_skip(InputError(job.source, line, str(outcome)), report)
                     continue
-                stamped = _stamped(outcome, stage.name, records.fingerprint(record))
+                stamped = _stamped(outcome, stage.name, records.input_fingerprint(record))
                 try:
                     sink.write((dumps(stamped) + "\n").encode("utf-8"))
                     sink.flush()
@@ -211,7 +212,13 @@ def _follow(job: _Job) -> int:
     """
     stage = job.stage
     written = 0
-    with open_output(job.output, stage.config, overwrite=job.overwrite) as out:
+    costs = _CostFormat(stage)
+
+    def keep(key: str, record: dict) -> bool:
+        costs.saw(record)
+        return True
+
+    with open_output(job.output, stage.config, overwrite=job.overwrite, keep=keep) as out:
         pending = (
             (line, record)
             for line, record in validated(job.source, follow_lines(job.input), stage.check)
@@ -226,19 +233,21 @@ def _follow(job: _Job) -> int:
                     if job.on_error == "fail":
                         raise InputError(job.source, line, str(outcome))
                     continue
-                out.write(_stamped(outcome, stage.name, records.fingerprint(record)))
+                fingerprint = records.input_fingerprint(record)
+                out.write(_stamped(costs(outcome), stage.name, fingerprint))
                 written += 1
     return written
 
 
 def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Report:
     stage, output = job.stage, job.output
-    wanted, bad = _precheck(job, lines())
+    wanted, units, bad = _precheck(job, lines())
     report = Report(output=output, errors=len(bad))
     errors = _ErrorFile(output, report)
     errors.start(bad)
     unselected: set[str] = set()
-    keep = _keeper(stage, wanted, unselected)
+    costs = _CostFormat(stage)
+    keep = _keeper(stage, wanted, unselected, costs)
     with open_output(output, stage.config, overwrite=job.overwrite, keep=keep) as out:
         _log_resume(output, out.dropped, wanted, report)
         report.resumed = len(out.done)
@@ -250,7 +259,7 @@ def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Re
             and str(r["id"]) in wanted
             and str(r["id"]) not in out.done
         )
-        total = len(wanted) - report.resumed
+        total = sum(n for key, n in units.items() if key not in out.done)
         batches = _batches(pending, stage, job.quiet, total=total, desc=stage.name)
         for batch, outcomes in job.runner(stage, batches):
             for (line, record), outcome in zip(batch, outcomes, strict=True):
@@ -260,7 +269,7 @@ def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Re
                         raise problem
                     errors.add(problem, record["id"])
                     continue
-                out.write(_stamped(outcome, stage.name, wanted[str(record["id"])]))
+                out.write(_stamped(costs(outcome), stage.name, wanted[str(record["id"])]))
                 report.written += 1
                 report.unselected += _unselected(outcome)
         if out.finish(list(wanted)):
@@ -271,19 +280,41 @@ def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Re
 
 
 def _keeper(
-    stage: Stage, wanted: dict[str, str], unselected: set[str]
+    stage: Stage, wanted: dict[str, str], unselected: set[str], costs: _CostFormat
 ) -> Callable[[str, dict], bool]:
     """Whether an output record of an earlier run still stands: its input is unchanged.
-    Notes the ids of those kept with a null selection in `unselected`."""
+    Notes the ids of those kept with a null selection in `unselected`, and shows `costs` the
+    records kept."""
 
     def keep(key: str, record: dict) -> bool:
         stamps = record.get("fingerprints")
         ok = isinstance(stamps, dict) and key in wanted and stamps.get(stage.name) == wanted[key]
         if ok and _unselected(record):
             unselected.add(key)
+        if ok:
+            costs.saw(record)
         return ok
 
     return keep
+
+
+class _CostFormat:
+    """Whether a file run writes its stage's costs (`Stage.cost_parts`, `bon.cost`): always,
+    unless it resumes an output whose records were written without them (by a bon that kept no
+    accounting), so a file never mixes the two and an old output resumes as the old code would
+    have finished it. Calling it gives the record to write."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.parts = stage.cost_parts
+        self.without = False
+
+    def saw(self, record: dict) -> None:
+        """An earlier run's record, kept in the output."""
+        if self.parts and not has_parts(record, self.parts):
+            self.without = True
+
+    def __call__(self, record: dict) -> dict:
+        return strip(record, self.parts) if self.without else record
 
 
 def _log_resume(output: str, dropped: list[str], wanted: dict[str, str], report: Report) -> None:
@@ -382,10 +413,12 @@ def _same_unexpected(failures: list[Exception]) -> bool:
 
 def _precheck(
     job: _Job, lines: Iterable[tuple[int, Any]]
-) -> tuple[dict[str, str], list[InputError]]:
+) -> tuple[dict[str, str], dict[str, int], list[InputError]]:
     """Validate the whole input: fingerprints of the good records of this run's shard by id (in
-    input order), and the bad ones (raised at once under "fail")."""
+    input order), their progress units (`Stage.units`), and the bad ones (raised at once under
+    "fail")."""
     wanted: dict[str, str] = {}
+    units: dict[str, int] = {}
     bad: list[InputError] = []
     for _, item in validated(job.source, lines, job.stage.check):
         if isinstance(item, InputError):
@@ -393,8 +426,9 @@ def _precheck(
                 raise item
             bad.append(item)
         elif job.takes(item):
-            wanted[str(item["id"])] = records.fingerprint(item)
-    return wanted, bad
+            wanted[str(item["id"])] = records.input_fingerprint(item)
+            units[str(item["id"])] = job.stage.units(item)
+    return wanted, units, bad
 
 
 class _ErrorFile:
@@ -431,18 +465,27 @@ def _entry(error: InputError) -> dict[str, Any]:
 def _batches(
     items: Iterable[Pair], stage: Stage, quiet: bool, total: int | None = None, desc: str = ""
 ) -> Iterator[list[Pair]]:
-    """(line, record) pairs in batches of at most `stage.budget` cost."""
-    bar = tqdm(total=total, desc=desc, unit="rec", disable=quiet, dynamic_ncols=True)
-    batch: list[Pair] = []
-    used = 0
-    for item in items:
-        batch.append(item)
-        used += stage.cost(item[1])
-        if used >= stage.budget:
-            yield batch
-            bar.update(len(batch))
-            batch, used = [], 0
-    if batch:
+    """(line, record) pairs in batches of at most `stage.budget` cost, with the stage's
+    progress bar (`total` of its units), which the stage moves while a batch runs."""
+    progress = Progress(total, desc, stage.unit, quiet)
+    stage.watch(None if quiet else progress)
+
+    def release(batch: list[Pair]) -> Iterator[list[Pair]]:
+        progress.start_batch(sum(stage.units(record) for _, record in batch))
         yield batch
-        bar.update(len(batch))
-    bar.close()
+        progress.end_batch()
+
+    try:
+        batch: list[Pair] = []
+        used = 0
+        for item in items:
+            batch.append(item)
+            used += stage.cost(item[1])
+            if used >= stage.budget:
+                yield from release(batch)
+                batch, used = [], 0
+        if batch:
+            yield from release(batch)
+    finally:
+        stage.watch(None)
+        progress.close()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bon import cost
 from bon.options import option, validate
 from bon.scorers import ScoreOptions, higher_is_better
 
@@ -82,7 +83,8 @@ def _missing(value: float | None) -> bool:
 
 def select_record(record: dict, options: SelectOptions) -> dict:
     """Return `record` with `selected` added (and its candidates dropped unless `keep_all`),
-    in the direction the score's scorer declares.
+    in the direction the score's scorer declares, and `cost.total`, the sum of what generating
+    and scoring it cost (when it carries those costs; `bon.cost.total`).
 
     A record whose scores are all NaN or null gets `selected` with null index, text and score.
     """
@@ -100,7 +102,8 @@ def select_record(record: dict, options: SelectOptions) -> dict:
         "score": None if index is None else values[index],
         "by": name,
     }
-    return out
+    spent = cost.total(out)
+    return out if spent is None else cost.with_part(out, cost.TOTAL, spent)
 
 
 def _as_float(value: float | None) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bon import records
+from bon.cost import GENERATE, SCORE, TOTAL
 from bon.generator import GenerateOptions, Generator
 from bon.records import RecordProblem
 from bon.reranker import Reranker
@@ -20,6 +21,7 @@ from bon.select import SelectOptions, select_record
 
 if TYPE_CHECKING:
     from bon.engines import Engine
+    from bon.progress import Progress
 
 
 @dataclass
@@ -30,6 +32,10 @@ class Stage:
     element per record of its batch, in order: the output record, or a `RecordProblem` when
     that record failed (it may also raise `RecordError` for a batch it cannot finish); `cost`
     is a record's share of `budget`, the work per batch (sequences decoded at once).
+
+    The progress bar counts `unit`s, `units(record)` per record; `watch` hands the stage the
+    bar to report to while a batch runs (None: nothing to report to). `cost_parts` names the
+    parts of a record's `cost` the stage adds (`bon.cost`).
     """
 
     name: str
@@ -40,11 +46,19 @@ class Stage:
     budget: int = 1
     close: Callable[[], None] = lambda: None
     summary: Callable[[], dict[str, Any]] = dict
+    unit: str = "rec"
+    units: Callable[[dict], int] = lambda record: 1
+    watch: Callable[[Progress | None], None] = lambda progress: None
+    cost_parts: tuple[str, ...] = ()
 
 
 def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
     """The generate stage; `engine`, when given, is shared instead of loaded (and left open)."""
     generator = Generator(options, engine)
+
+    def watch(progress: Progress | None) -> None:
+        generator.progress = progress
+
     return Stage(
         "generate",
         records.check_prompt,
@@ -53,6 +67,8 @@ def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> St
         cost=lambda record: options.n,
         budget=options.n if options.samples_alone() else options.batch_size,
         close=generator.close,
+        watch=watch,
+        cost_parts=(GENERATE,),
     )
 
 
@@ -70,6 +86,9 @@ def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
         records.check_candidates(record)
         reranker.check(record)
 
+    def watch(progress: Progress | None) -> None:
+        reranker.progress = progress
+
     return Stage(
         "score",
         check,
@@ -79,6 +98,10 @@ def score_stage(options: ScoreOptions, engine: Engine | None = None) -> Stage:
         budget=SCORE_POOL * options.batch_size,
         close=reranker.close,
         summary=reranker.summary,
+        unit="score",
+        units=lambda record: len(records.candidates(record)) * len(options.scorers),
+        watch=watch,
+        cost_parts=(SCORE,),
     )
 
 
@@ -92,6 +115,7 @@ def select_stage(options: SelectOptions) -> Stage:
         process,
         {"stage": "select", "by": options.by, "keep_all": options.keep_all},
         budget=64,
+        cost_parts=(TOTAL,),
     )
 
 
@@ -108,6 +132,10 @@ def chain(first: Stage, second: Stage) -> Stage:
         first.close()
         second.close()
 
+    def watch(progress: Progress | None) -> None:
+        first.watch(progress)
+        second.watch(None)  # the bar counts the first stage's units
+
     return Stage(
         f"{first.name}+{second.name}",
         first.check,
@@ -117,4 +145,8 @@ def chain(first: Stage, second: Stage) -> Stage:
         budget=first.budget,
         close=close,
         summary=lambda: {**first.summary(), **second.summary()},
+        unit=first.unit,
+        units=first.units,
+        watch=watch,
+        cost_parts=first.cost_parts + second.cost_parts,
     )

@@ -8,8 +8,9 @@ reconstructs turn k). Turn k+1 is built from turn k's selections, so it is sampl
 selected answer, never after a rejected one. In `bon run OUT`, turn k's files are
 `OUT/turn-k/{prompts,candidates,scored,selected}.jsonl` (each resumes as usual) and
 `OUT/selected.jsonl` holds one record per question with `answers`: per turn, its `selected`
-(plus `candidates` under `keep_all`), `generator` and `scoring`. A turn whose scores are all NaN
-(or whose generation failed under `on_error="skip"`) ends that record's conversation early.
+(plus `candidates` under `keep_all`), `generator`, `scoring` and `cost`. A turn whose scores
+are all NaN (or whose generation failed under `on_error="skip"`) ends that record's
+conversation early.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from bon.errors import InputError
 from bon.outputs import Report, replace_atomically
 from bon.stages import Stage
 
-STAGE_FIELDS = ("candidates", "responses", "generator", "scoring", "selected", "fingerprints")
+STAGE_FIELDS = (
+    "candidates",
+    "responses",
+    "generator",
+    "scoring",
+    "selected",
+    "fingerprints",
+    "cost",
+)
 """Fields the stages add to a turn's record; none of them carries over to the next turn."""
-ANSWER_FIELDS = ("selected", "candidates", "generator", "scoring")
+ANSWER_FIELDS = ("selected", "candidates", "generator", "scoring", "cost")
 """A turn's fields kept in the merged record's `answers`."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,6 +57,22 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+SECONDS = re.compile(rb'"seconds": ?-?[0-9][0-9.eE+-]*')
+
+
+def without_seconds(path: Path) -> bytes:
+    """The bytes of a bon output with every measured `seconds` (of `cost`, see bon.cost) set to
+    0: what two runs of the same job share byte for byte."""
+    return SECONDS.sub(b'"seconds":0', Path(path).read_bytes())
+
+
+def costless(rows: list[dict]) -> list[dict]:
+    """Records without the `cost` bon measured (on them and on their candidates)."""
+    from bon.records import without_cost
+
+    return [without_cost(r) for r in rows]
 
 
 def run_bon(*args, timeout: float = 900) -> subprocess.CompletedProcess:

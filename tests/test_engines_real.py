@@ -72,8 +72,12 @@ def test_contract(tmp_path, engine_args, smollm2_path):
         assert record["generator"]["engine"] == engine
         assert record["generator"]["model"] == "smollm2-135m"
         assert len(record["candidates"]) == N
+        spent = record["cost"]["generate"]  # the openai engine does not see the template
+        assert (spent["prompt_tokens"] > 0) == (engine != "openai") and spent["seconds"] > 0
+        assert spent["completion_tokens"] == sum(c["tokens"] for c in record["candidates"])
         for c in record["candidates"]:
-            assert set(c) == {"text", "finish_reason", "tokens"}
+            assert set(c) == {"text", "finish_reason", "tokens", "cost"}
+            assert c["cost"]["completion_tokens"] == c["tokens"]
             assert c["text"].strip()
             assert c["finish_reason"] in ("stop", "length")
             assert 1 <= c["tokens"] <= MAX_NEW_TOKENS
@@ -81,6 +85,10 @@ def test_contract(tmp_path, engine_args, smollm2_path):
     statuses = []
     for record in read_jsonl(scored):
         assert record["scoring"]["flip"]["engine"] == engine
+        spent = record["cost"]["score"]["flip"]
+        if not spent.get("cached"):  # scores from an earlier run's cache cost nothing here
+            assert (spent["read_tokens"] > 0) == (engine != "openai")
+            assert spent["generated_tokens"] > 0
         for c in record["candidates"]:
             assert 0.0 <= c["scores"]["flip"] <= 1.0
             assert c["flip"]["inferred"] or c["scores"]["flip"] == 0.0

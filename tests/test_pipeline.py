@@ -13,7 +13,7 @@ import bon
 from bon import api
 from bon.entrypoints.cli import main
 from bon.outputs import manifest_path
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import costless, read_jsonl, write_jsonl
 
 PROMPTS = [
     {"id": "a", "prompt": "Name a colour.", "source": "team"},
@@ -47,7 +47,7 @@ def test_generate_records_adds_candidates_and_provenance(fast):
     assert out[2]["id"] == f"{out[1]['id']}-2"
     for record in out:
         assert len(record["candidates"]) == 3
-        assert set(record["candidates"][0]) == {"text", "finish_reason", "tokens"}
+        assert set(record["candidates"][0]) == {"text", "finish_reason", "tokens", "cost"}
         meta = record["generator"]
         assert (meta["engine"], meta["n"], meta["seed"], meta["max_new_tokens"]) == ("hf", 3, 5, 6)
         assert isinstance(meta["request_seed"], int)
@@ -57,7 +57,7 @@ def test_generation_is_reproducible_for_a_seed(fast):
     first = bon.generate_records(PROMPTS[:2], n=2, seed=1, **fast)
     again = bon.generate_records(PROMPTS[:2], n=2, seed=1, **fast)
     other = bon.generate_records(PROMPTS[:2], n=2, seed=2, **fast)
-    assert first == again
+    assert costless(first) == costless(again)  # what it cost in seconds differs
     assert [r["candidates"] for r in first] != [r["candidates"] for r in other]
 
 

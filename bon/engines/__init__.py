@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from bon.chat import Message
@@ -72,6 +73,11 @@ class EngineProxy(Engine):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    @contextmanager
+    def decoding(self, on_tokens: Callable[[int], None]) -> Iterator[None]:
+        with self.inner.decoding(on_tokens):
+            yield
 
     def with_batch_size(self, batch_size: int) -> Engine:
         """A view that reaches `inner` only when called (a shared engine loads no sooner),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -429,6 +430,14 @@ class Engine(ABC):
             f"the {self.name} engine cannot give per-token classification logits (process "
             "reward models): use the hf or vllm engine"
         )
+
+    @contextmanager
+    def decoding(self, on_tokens: Callable[[int], None]) -> Iterator[None]:
+        """While inside, `on_tokens(k)` is called as the engine decodes about `k` more tokens
+        (summed over the rows of a batch; rows that already stopped may still count), so a
+        progress bar can move during a long call. An estimate: what a call generated is in its
+        completions. The default calls nothing (the engine cannot tell)."""
+        yield
 
     def with_batch_size(self, batch_size: int) -> Engine:
         """This engine, its loaded model shared, calling in batches of `batch_size` (so stages

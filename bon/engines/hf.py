@@ -39,7 +39,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -535,6 +535,25 @@ class HFEngine(Engine):
                 "whose head scores every token"
             )
         return [logits.tolist()]
+
+    # Progress (bon.cost, the runner's bar): kept apart from the sampling code on purpose.
+    @contextmanager
+    def decoding(self, on_tokens: Callable[[int], None]) -> Iterator[None]:
+        """Calls `on_tokens(rows)` on each forward pass of the model while inside: every
+        decoding step of a batch gives each of its rows one token (finished rows included)."""
+
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None:
+                ids = kwargs.get("inputs_embeds")
+            rows = ids.shape[0] if ids is not None and getattr(ids, "ndim", 0) >= 2 else 1
+            on_tokens(int(rows))
+
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 CB_PAGE_TOKENS = 128

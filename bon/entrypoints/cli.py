@@ -455,23 +455,51 @@ def eval_pref(files: tuple[str, ...], as_json: bool, quiet: bool, **options: Any
 
 
 @main.command("curve")
-@click.argument("scored", type=INPUT)
+@click.argument("scored", nargs=-1, required=True, type=INPUT)
 @click.option(
     "--metric", required=True, help="Candidate field to average, a dotted path (e.g. label)."
 )
 @click.option("--by", multiple=True, help="Score to select by; repeat for several [default: all].")
+@click.option(
+    "--x",
+    "x",
+    type=click.Choice(["n", "tokens", "seconds"]),
+    default="n",
+    show_default=True,
+    help="Place the points by N', or by the mean tokens or seconds spent per prompt "
+    "(generator + scorer, from the records' `cost`).",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Name of each SCORED file's curve, in order [default: the file names].",
+)
 @click.option("--plot", "plot", default=None, help="Also draw the curves into this PNG file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
 @_reported
-def curve(scored: str, metric: str, by: tuple[str, ...], plot: str | None, as_json: bool) -> None:
-    """Best-of-N' for N' = 1, 2, 4 ... N from one scored file, by the exact expectation over all
+def curve(
+    scored: tuple[str, ...],
+    metric: str,
+    by: tuple[str, ...],
+    x: str,
+    labels: tuple[str, ...],
+    plot: str | None,
+    as_json: bool,
+) -> None:
+    """Best-of-N' for N' = 1, 2, 4 ... N from scored files, by the exact expectation over all
     subsets of N' candidates (ties broken as the selector does), beside the oracle and random.
+    `--x tokens` or `--x seconds` draws quality against the compute spent per prompt
+    (generator + scorer); several files (runs of the same prompts) share one plot. With
+    several files, --json prints {"curves": [...]}, one per file.
 
-    Example: bon curve scored.jsonl --metric ifeval.prompt_strict --plot curve.png
+    Example: bon curve scored.jsonl --metric ifeval.prompt_strict --x tokens --plot curve.png
     """
-    from bon.evals.curve import curve_file
+    from bon.evals.curve import curve_files
 
-    result = curve_file(scored, metric, by=list(by) or None, plot=plot)
+    result = curve_files(
+        list(scored), metric, by=list(by) or None, x=x, labels=list(labels) or None, plot=plot
+    )
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())
 
 

@@ -10,10 +10,20 @@ scorers' curves differ only by how they rank.
 Reference lines: "oracle" ranks by the metric itself (higher is better), the ceiling of every
 scorer; "random" is the mean metric, the expected value of one uniform pick (equal to every
 line at N'=1).
+
+Against compute (`x="tokens"` or `"seconds"`), each point sits at what best-of-N' costs per
+prompt, from the records' `cost` (`bon.cost`): the generator's prompt once, plus N'/N of what
+generating the record's N candidates cost and of what the line's scorer spent on them, the
+exact expectation over uniform size-N' subsets of a cost that is a sum over candidates.
+Scorers that compare candidates (pairwise and listwise judges) cost more than linearly in N';
+their points are that linear share. The oracle and random lines spend no scorer compute. A
+record's cost is what making and scoring all of its candidates took, so a file whose candidate
+lists were cut afterwards overstates its points' compute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -31,6 +41,13 @@ log = logging.getLogger(__name__)
 
 ORACLE, RANDOM = "oracle", "random"
 RECORDS = "<records>"
+X_AXES = ("n", "tokens", "seconds")
+"""What a curve's points are placed by: N', or the mean tokens or seconds spent per prompt."""
+X_LABELS = {
+    "n": "N' (candidates per prompt)",
+    "tokens": "tokens per prompt (generator + scorer)",
+    "seconds": "seconds per prompt (generator + scorer)",
+}
 
 
 @dataclass
@@ -44,6 +61,10 @@ class Curve:
             named like a reference line is keyed "<name> (scorer)".
         records: how many records the curve averages over.
         notes: remarks on the data (e.g. records of different N).
+        x: "n", or "tokens" or "seconds" when the points sit at their compute (`costs`).
+        costs: per line, the mean tokens or seconds per prompt spent at each size (empty
+            when `x` is "n").
+        label: the curve's name beside others (its file's name, or one given).
     """
 
     metric: str
@@ -51,6 +72,13 @@ class Curve:
     lines: dict[str, list[float]]
     records: int
     notes: list[str] = field(default_factory=list)
+    x: str = "n"
+    costs: dict[str, list[float]] = field(default_factory=dict)
+    label: str | None = None
+
+    def xs(self, name: str) -> list[float]:
+        """Where the points of line `name` sit on the x axis."""
+        return [float(k) for k in self.sizes] if self.x == "n" else self.costs[name]
 
     def to_markdown(self) -> str:
         """A table with a row per line and a column per N'."""
@@ -62,60 +90,138 @@ class Curve:
             "",
             markdown_table(header, rows),
         ]
+        if self.x != "n":
+            header = ["line", *(f"N'={k}" for k in self.sizes)]
+            rows = [[name, *(_amount(v) for v in values)] for name, values in self.costs.items()]
+            text += [
+                "",
+                f"Mean {self.x} per prompt spent for best-of-N' (generator, plus the line's "
+                "scorer).",
+                "",
+                markdown_table(header, rows),
+            ]
         text += ["", *(f"Note: {note}" for note in self.notes)] if self.notes else []
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:
-        """The curve as plain JSON-serialisable data."""
-        return {
+        """The curve as plain JSON-serialisable data (`x` and `costs` when placed by compute,
+        `label` when it has one)."""
+        out: dict[str, Any] = {
             "metric": self.metric,
             "sizes": list(self.sizes),
             "lines": {name: list(values) for name, values in self.lines.items()},
             "records": self.records,
             "notes": list(self.notes),
         }
+        if self.x != "n":
+            out["x"] = self.x
+            out["costs"] = {name: list(values) for name, values in self.costs.items()}
+        if self.label is not None:
+            out["label"] = self.label
+        return out
 
     def plot(self, path: str | Path) -> Path:
-        """Write the curve as a PNG at `path`: N' on a log2 axis, reference lines dashed."""
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ConfigError(
-                'plotting needs matplotlib (the plot extra): pip install "bon[plot]"'
-            ) from None
-        figure = Figure(figsize=(6.4, 4.2), dpi=120)
-        axes = figure.add_subplot()
-        for name, values in self.lines.items():
+        """Write the curve as a PNG at `path` (see `plot_curves`)."""
+        return plot_curves([self], path)
+
+
+@dataclass
+class Curves:
+    """Curves of several files (runs of the same prompts), drawn on one plot."""
+
+    curves: list[Curve]
+
+    def to_markdown(self) -> str:
+        """Each curve's tables under its label."""
+        if len(self.curves) == 1:
+            return self.curves[0].to_markdown()
+        return "\n\n".join(f"## {c.label}\n\n{c.to_markdown()}" for c in self.curves)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One curve's dict (`Curve.to_dict`), or `{"curves": [...]}` for several."""
+        if len(self.curves) == 1:
+            return self.curves[0].to_dict()
+        return {"curves": [c.to_dict() for c in self.curves]}
+
+    def plot(self, path: str | Path) -> Path:
+        return plot_curves(self.curves, path)
+
+
+def plot_curves(curves: Sequence[Curve], path: str | Path) -> Path:
+    """Write `curves` as one PNG at `path`: N' on a log2 axis, or the compute spent on a log
+    axis, each scorer line's points marked with their N'; reference lines dashed. With several
+    curves each line is named after its curve's label (alone for a curve's only scorer line)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError(
+            'plotting needs matplotlib (the plot extra): pip install "bon[plot]"'
+        ) from None
+    if not curves or len({c.x for c in curves}) != 1:
+        raise ConfigError("`curves` must be one or more curves placed on the same x axis")
+    x = curves[0].x
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)
+    axes = figure.add_subplot()
+    several = len(curves) > 1
+    for curve in curves:
+        scorers = [n for n in curve.lines if n not in (ORACLE, RANDOM)]
+        for name, values in curve.lines.items():
             reference = name in (ORACLE, RANDOM)
+            label = name
+            if several:
+                alone = not reference and len(scorers) == 1
+                label = str(curve.label) if alone else f"{curve.label}: {name}"
+            color = None
+            if not several and reference:
+                color = "grey" if name == RANDOM else "black"
+            xs = curve.xs(name)
             axes.plot(
-                self.sizes,
+                xs,
                 values,
                 linestyle="--" if reference else "-",
                 marker=None if reference else "o",
-                color="grey" if name == RANDOM else ("black" if name == ORACLE else None),
-                label=name,
+                color=color,
+                label=label,
             )
+            if x != "n" and not reference:
+                for k, at, value in zip(curve.sizes, xs, values, strict=True):
+                    axes.annotate(
+                        str(k), (at, value), textcoords="offset points", xytext=(3, 3), fontsize=7
+                    )
+    if x == "n":
+        sizes = sorted({k for c in curves for k in c.sizes})
         axes.set_xscale("log", base=2)
-        axes.set_xticks(self.sizes, [str(k) for k in self.sizes])
-        axes.set_xlabel("N' (candidates per prompt)")
-        axes.set_ylabel(self.metric)
-        axes.set_title(f"Best-of-N' over {self.records} records")
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png")
-        return path
+        axes.set_xticks(sizes, [str(k) for k in sizes])
+    else:
+        axes.set_xscale("log")
+    axes.set_xlabel(X_LABELS[x])
+    axes.set_ylabel(curves[0].metric)
+    records = curves[0].records
+    title = f"Best-of-N' over {records} records" if not several else "Best-of-N'"
+    axes.set_title(title + ("" if x == "n" else f" against {x} spent"))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8 if several else None)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
 
 
-def curve(records: Iterable[dict], metric: str, by: Sequence[str] | None = None) -> Curve:
+def _amount(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def curve(
+    records: Iterable[dict], metric: str, by: Sequence[str] | None = None, x: str = "n"
+) -> Curve:
     """The best-of-N' curve of scored `records` for the candidate field `metric`.
 
-    `by` names the scores to draw (default: every score name found). Errors name the record's
-    position and id.
+    `by` names the scores to draw (default: every score name found); `x` places the points by
+    N' ("n") or by the mean "tokens" or "seconds" spent per prompt (from the records' `cost`).
+    Errors name the record's position and id.
     """
-    return _curve([(RECORDS, i, r) for i, r in enumerate(records, start=1)], metric, by)
+    return _curve([(RECORDS, i, r) for i, r in enumerate(records, start=1)], metric, by, x)
 
 
 def curve_file(
@@ -123,17 +229,55 @@ def curve_file(
     metric: str,
     by: Sequence[str] | None = None,
     plot: str | Path | None = None,
+    x: str = "n",
 ) -> Curve:
     """`curve` over the JSONL file `input`; with `plot`, also writes the PNG there."""
+    result = _curve(_entries(input), metric, by, x)
+    if plot is not None:
+        result.plot(plot)
+    return result
+
+
+def curve_files(
+    inputs: Sequence[str | Path],
+    metric: str,
+    *,
+    by: Sequence[str] | None = None,
+    x: str = "n",
+    labels: Sequence[str] | None = None,
+    plot: str | Path | None = None,
+) -> Curves:
+    """`curve` over each JSONL file of `inputs` (say a full run and a cheaper one over the
+    same prompts), each labelled by `labels` (default: the file's name, or its path where two
+    names are equal; none for one file alone); with `plot`, all drawn on one PNG there."""
+    if not inputs:
+        raise ConfigError("`inputs` must name at least one scored file")
+    if labels is not None and len(labels) != len(inputs):
+        raise ConfigError(
+            f"`labels` must give one label per file ({len(inputs)}), got {len(labels)}"
+        )
+    names = [Path(str(i)).name for i in inputs]
+    given: list[str | None] = list(labels) if labels is not None else []
+    if not given and len(inputs) > 1:
+        given = [n if names.count(n) == 1 else str(i) for n, i in zip(names, inputs, strict=True)]
+    result = Curves(
+        [
+            dataclasses.replace(_curve(_entries(input), metric, by, x), label=label)
+            for input, label in zip(inputs, given or [None], strict=True)
+        ]
+    )
+    if plot is not None:
+        result.plot(plot)
+    return result
+
+
+def _entries(input: str | Path) -> list[tuple[str, int, Any]]:
     entries = []
     for line, value in read_lines(input):
         if isinstance(value, InputError):
             raise value
         entries.append((str(input), line, value))
-    result = _curve(entries, metric, by)
-    if plot is not None:
-        result.plot(plot)
-    return result
+    return entries
 
 
 def pick_probabilities(n: int, k: int) -> list[float]:
@@ -182,9 +326,13 @@ def sizes_up_to(n: int) -> list[int]:
     return sizes if sizes[-1] == n else [*sizes, n]
 
 
-def _curve(entries: list[tuple[str, int, Any]], metric: str, by: Sequence[str] | None) -> Curve:
+def _curve(
+    entries: list[tuple[str, int, Any]], metric: str, by: Sequence[str] | None, x: str = "n"
+) -> Curve:
     if not isinstance(metric, str) or not metric.strip("."):
         raise ConfigError(f"`metric` must be a dotted field path such as 'label', got {metric!r}")
+    if x not in X_AXES:
+        raise ConfigError(f"`x` must be one of {', '.join(X_AXES)}, got {x!r}")
     if not entries:
         raise ConfigError("no records to draw a curve from: the input is empty")
     for source, line, record in entries:
@@ -201,6 +349,8 @@ def _curve(entries: list[tuple[str, int, Any]], metric: str, by: Sequence[str] |
         log.warning(notes[-1])
     keys = _line_keys(names)
     totals = {key: [0.0] * len(sizes) for key in [ORACLE, RANDOM, *keys.values()]}
+    spent = {key: [0.0] * len(sizes) for key in totals} if x != "n" else {}
+    cached: dict[str, int] = {}
     for source, line, record in entries:
         values = [
             _metric(source, line, record, i, metric) for i in range(len(record["candidates"]))
@@ -214,8 +364,85 @@ def _curve(entries: list[tuple[str, int, Any]], metric: str, by: Sequence[str] |
             totals[RANDOM][j] += mean
             for key, order in orders.items():
                 totals[key][j] += expected_best(values, order, k)
+        if x != "n":
+            fixed, generating, scoring = _record_cost(source, line, record, x, names, cached)
+            share = [k / len(values) for k in sizes]
+            for j, part in enumerate(share):
+                spent[ORACLE][j] += fixed + part * generating
+                spent[RANDOM][j] += fixed + part * generating
+                for name in names:
+                    spent[keys[name]][j] += fixed + part * (generating + scoring[name])
     lines = {key: [t / len(entries) for t in values] for key, values in totals.items()}
-    return Curve(metric, sizes, lines, len(entries), notes)
+    costs = {key: [t / len(entries) for t in values] for key, values in spent.items()}
+    for name, count in cached.items():
+        notes.append(
+            f"{count} candidate scores of {name} came from the score cache and cost nothing in "
+            "this run; rescore with no_cache (--no-cache) to count what computing them costs"
+        )
+    return Curve(metric, sizes, lines, len(entries), notes, x=x, costs=costs)
+
+
+def _record_cost(
+    source: str, line: int, record: dict, x: str, names: Sequence[str], cached: dict[str, int]
+) -> tuple[float, float, dict[str, float]]:
+    """A record's cost in `x` (tokens or seconds): what it costs once (the generator's prompt),
+    what generating all its candidates cost, and what each scorer of `names` spent on them;
+    counts each scorer's cached candidates into `cached`."""
+    cost = record.get("cost")
+    generate = cost.get("generate") if isinstance(cost, dict) else None
+    if not isinstance(generate, dict):
+        raise _fail(
+            source,
+            line,
+            record,
+            f"`cost.generate` is missing: --x {x} needs candidates made by `bon generate`, "
+            "which records what they cost (or use --x n)",
+        )
+    if x == "tokens":
+        fixed = _number(source, line, record, generate, "generate", "prompt_tokens")
+        generating = _number(source, line, record, generate, "generate", "completion_tokens")
+    else:
+        fixed, generating = 0.0, _number(source, line, record, generate, "generate", "seconds")
+    scores = cost.get("score") if isinstance(cost, dict) else None
+    scoring = {}
+    for name in names:
+        part = scores.get(name) if isinstance(scores, dict) else None
+        if not isinstance(part, dict):
+            raise _fail(
+                source,
+                line,
+                record,
+                f"`cost.score.{name}` is missing: score with `{name}` to record what it costs, "
+                "leave it out of `by`, or use --x n",
+            )
+        where = f"score.{name}"
+        if x == "tokens":
+            scoring[name] = _number(source, line, record, part, where, "read_tokens") + _number(
+                source, line, record, part, where, "generated_tokens"
+            )
+        else:
+            scoring[name] = _number(source, line, record, part, where, "seconds")
+        hits = part.get("cached")
+        if isinstance(hits, int) and hits > 0:
+            cached[name] = cached.get(name, 0) + hits
+    return fixed, generating, scoring
+
+
+def _number(source: str, line: int, record: dict, part: dict, where: str, key: str) -> float:
+    value = part.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise _fail(
+            source,
+            line,
+            record,
+            f"`cost.{where}.{key}` must be a number >= 0, got {value!r}",
+        )
+    return float(value)
 
 
 def _line_keys(names: Sequence[str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any, TypeGuard
 
+from bon.cost import rows_of
 from bon.scorers.base import Query, Scored, Scorer, regroup
 
 RECORDED = "logprob_mean"
@@ -81,7 +82,8 @@ class TeacherForced(Scorer):
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         pairs = [(q.messages, t) for q in queries for t in q.candidates]
-        rows = self.engine.continuation_logprobs([m for m, _ in pairs], [t for _, t in pairs])
+        with rows_of(self.engine, [m for m, _ in pairs]):
+            rows = self.engine.continuation_logprobs([m for m, _ in pairs], [t for _, t in pairs])
         flat = [
             Scored(_mean(row), {"source": "teacher-forced", "tokens": len(row)}) for row in rows
         ]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bon.chat import Message
+from bon.cost import rows_of
 from bon.engines import Engine, SamplingOptions
 from bon.errors import ConfigError
 from bon.options import non_negative, option, positive
@@ -161,12 +162,16 @@ def reconstruction_messages(
 
 
 class FlipItem:
-    """One candidate to score: its response, its target and the context turns."""
+    """One candidate to score: its response, its target and the context turns; `owner`, the
+    `messages` of the query it comes from, names whose engine rows it makes (`rows_of`)."""
 
-    __slots__ = ("context", "response", "target")
+    __slots__ = ("context", "owner", "response", "target")
 
-    def __init__(self, response: str, target: str, context: list[Message]) -> None:
+    def __init__(
+        self, response: str, target: str, context: list[Message], owner: object = None
+    ) -> None:
         self.response, self.target, self.context = response, target, context
+        self.owner = owner
 
 
 class _FlipBase(Scorer):
@@ -225,7 +230,7 @@ class _FlipBase(Scorer):
             for text in query.candidates:
                 check = self.guard.inspect(text, target)
                 checks.append(check)
-                items.append(FlipItem(check.text, target, context))
+                items.append(FlipItem(check.text, target, context, query.messages))
         flat = self.score_items(items, [len(q.candidates) for q in queries]) if items else []
         guarded = [
             Scored(self.guard.apply(scored.value, check), {**scored.evidence, **check.evidence})
@@ -255,7 +260,8 @@ class FlipScorer(_FlipBase):
     def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
         todo = [i for i, item in enumerate(items) if item.response.strip()]
         prompts = [self.messages(items[i]) for i in todo]
-        outputs = self.engine.generate(prompts, self._sampling) if prompts else []
+        with rows_of(self.engine, [items[i].owner for i in todo]):
+            outputs = self.engine.generate(prompts, self._sampling) if prompts else []
         parsed = [
             ("", f"error: {out[0].error}")
             if out[0].error
@@ -312,7 +318,8 @@ class FlipKScorer(_FlipBase):
             seed=self.options.seed,
         )
         seeds = [text_seed(self.options.seed, items[i].target, items[i].response) for i in todo]
-        outputs = self.engine.generate(prompts, sampling, seeds) if prompts else []
+        with rows_of(self.engine, [items[i].owner for i in todo]):
+            outputs = self.engine.generate(prompts, sampling, seeds) if prompts else []
         parsed = [[parse_reconstruction(c.text, self.prompt) for c in out] for out in outputs]
         values = self._similarity(
             [p[0] for group in parsed for p in group],
@@ -345,9 +352,10 @@ class FlipLikelihoodScorer(_FlipBase):
         return {"decoding": "teacher-forced", "reduce": "mean-token-logprob"}
 
     def score_items(self, items: list[FlipItem], sizes: Sequence[int]) -> list[Scored]:
-        rows = self.engine.continuation_logprobs(
-            [self.messages(item) for item in items], [item.target for item in items]
-        )
+        with rows_of(self.engine, [item.owner for item in items]):
+            rows = self.engine.continuation_logprobs(
+                [self.messages(item) for item in items], [item.target for item in items]
+            )
         flat = []
         for row in rows:
             total = float(sum(row))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bon.chat import Message
+from bon.cost import rows_of
 from bon.engines import Engine, SamplingOptions
 from bon.options import option
 from bon.scorers.base import Query, Scored, ScoreOptions, Scorer, ScorerOptions, json_object
@@ -234,10 +235,13 @@ class _Judge(Scorer):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "prompt": PROMPT_VERSION, "decoding": "greedy"}
 
-    def _judge(self, prompts: list[list[Message]]) -> list[str]:
+    def _judge(self, prompts: list[list[Message]], owners: Sequence[object]) -> list[str]:
+        """The verdict on each prompt; `owners[i]` is the `messages` of the query prompt i
+        judges (`rows_of`)."""
         if not prompts:
             return []
-        return [out[0].text for out in self.engine.generate(prompts, self._sampling)]
+        with rows_of(self.engine, owners):
+            return [out[0].text for out in self.engine.generate(prompts, self._sampling)]
 
 
 class PointwiseJudge(_Judge):
@@ -248,7 +252,7 @@ class PointwiseJudge(_Judge):
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         queries = self.clipped(queries)
         prompts = [pointwise_messages(q, text) for q in queries for text in q.candidates]
-        outputs = iter(self._judge(prompts))
+        outputs = iter(self._judge(prompts, [q.messages for q in queries for _ in q.candidates]))
         out = []
         for query in queries:
             row = []
@@ -284,7 +288,8 @@ class PairwiseJudge(_Judge):
             [
                 pairwise_messages(queries[qi], queries[qi].candidates[a], queries[qi].candidates[b])
                 for qi, a, b in games
-            ]
+            ],
+            [queries[qi].messages for qi, _, _ in games],
         )
         wins = [[0.0] * len(q.candidates) for q in queries]
         failed = [[0] * len(q.candidates) for q in queries]
@@ -329,7 +334,8 @@ class PairwiseJudge(_Judge):
                         queries[qi], queries[qi].candidates[a], queries[qi].candidates[b]
                     )
                     for qi, a, b in matches
-                ]
+                ],
+                [queries[qi].messages for qi, _, _ in matches],
             )
             winners: dict[int, list[int]] = {}
             for (qi, a, b), output in zip(matches, verdicts, strict=True):
@@ -365,7 +371,9 @@ class ListwiseJudge(_Judge):
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         queries = self.clipped(queries)
         multi = [qi for qi, q in enumerate(queries) if len(q.candidates) > 1]
-        outputs = self._judge([listwise_messages(queries[qi]) for qi in multi])
+        outputs = self._judge(
+            [listwise_messages(queries[qi]) for qi in multi], [queries[qi].messages for qi in multi]
+        )
         out = [[Scored(1.0, {"parse": "single"}) for _ in q.candidates] for q in queries]
         for qi, output in zip(multi, outputs, strict=True):
             index, status = parse_index(output, len(queries[qi].candidates))

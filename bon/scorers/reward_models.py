@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bon.chat import Message
+from bon.cost import rows_of
 from bon.engines import Engine, engines
 from bon.engines.base import CAUSAL_LM
 from bon.errors import ConfigError, RecordError
@@ -65,7 +66,8 @@ class RewardModelScorer(Scorer):
 
     def score(self, queries: Sequence[Query]) -> list[list[Scored]]:
         conversations = [with_response(q.messages, t) for q in queries for t in q.candidates]
-        rows = self.engine.sequence_scores(conversations) if conversations else []
+        with rows_of(self.engine, [q.messages for q in queries for _ in q.candidates]):
+            rows = self.engine.sequence_scores(conversations) if conversations else []
         flat = [self._scored(row) for row in rows]
         return regroup(flat, [len(q.candidates) for q in queries])
 
@@ -141,7 +143,8 @@ class ProcessRewardScorer(Scorer):
         items = [(q.messages, split_steps(t, sep, tag)) for q in queries for t in q.candidates]
         todo = [i for i, (_, steps) in enumerate(items) if steps]
         conversations = [with_response(items[i][0], tag_steps(items[i][1], sep, tag)) for i in todo]
-        rows = self.engine.tag_logits(conversations, tag) if todo else []
+        with rows_of(self.engine, [items[i][0] for i in todo]):
+            rows = self.engine.tag_logits(conversations, tag) if todo else []
         flat = [Scored(0.0, {"steps": []}) for _ in items]
         for i, row in zip(todo, rows, strict=True):
             flat[i] = self._scored(items[i][1], row)

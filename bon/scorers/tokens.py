@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bon.cost import rows_of
 from bon.options import non_negative, option
 from bon.scorers.base import Scored, ScorerOptions
 from bon.scorers.flip import FlipItem, FlipLikelihoodScorer
@@ -191,13 +192,14 @@ class FlipTokensScorer(FlipLikelihoodScorer):
         starts = [int(s) for s in np.cumsum([0, *sizes])[:-1]]
         # One prior per record: the instruction after an empty response, in the record's context.
         priors = [
-            FlipItem("", items[s].target, items[s].context)
+            FlipItem("", items[s].target, items[s].context, items[s].owner)
             for s, n in zip(starts, sizes, strict=True)
             if n
         ]
         conversations = [self.messages(item) for item in [*items, *priors]]
         targets = [item.target for item in [*items, *priors]]
-        rows = self.engine.continuation_logprobs(conversations, targets)
+        with rows_of(self.engine, [item.owner for item in [*items, *priors]]):
+            rows = self.engine.continuation_logprobs(conversations, targets)
         spans = iter(self.spans([prior.target for prior in priors]))
         flat: list[Scored] = []
         prior_rows = iter(rows[len(items) :])
