@@ -211,7 +211,7 @@ def _follow(job: _Job) -> int:
     """
     stage = job.stage
     written = 0
-    with open_output(job.output, stage.config, overwrite=job.overwrite) as out:
+    with open_output(job.output, stage.config, overwrite=job.overwrite, **_resumes(stage)) as out:
         pending = (
             (line, record)
             for line, record in validated(job.source, follow_lines(job.input), stage.check)
@@ -231,6 +231,11 @@ def _follow(job: _Job) -> int:
     return written
 
 
+def _resumes(stage: Stage) -> dict[str, Any]:
+    """`open_output`'s arguments for the earlier configurations `stage` knows of."""
+    return {"older": stage.older_configs, "advice": stage.config_advice}
+
+
 def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Report:
     stage, output = job.stage, job.output
     wanted, bad = _precheck(job, lines())
@@ -239,7 +244,9 @@ def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Re
     errors.start(bad)
     unselected: set[str] = set()
     keep = _keeper(stage, wanted, unselected)
-    with open_output(output, stage.config, overwrite=job.overwrite, keep=keep) as out:
+    with open_output(
+        output, stage.config, overwrite=job.overwrite, keep=keep, **_resumes(stage)
+    ) as out:
         _log_resume(output, out.dropped, wanted, report)
         report.resumed = len(out.done)
         report.unselected = len(unselected & out.done)

@@ -30,6 +30,9 @@ class Stage:
     element per record of its batch, in order: the output record, or a `RecordProblem` when
     that record failed (it may also raise `RecordError` for a batch it cannot finish); `cost`
     is a record's share of `budget`, the work per batch (sequences decoded at once).
+    `older_configs` are configurations earlier versions recorded for what `config` makes (an
+    output recorded with one resumes as this stage); `config_advice` pairs configurations of
+    outputs made some other way with how to resume them (`bon.outputs.open_output`).
     """
 
     name: str
@@ -40,6 +43,8 @@ class Stage:
     budget: int = 1
     close: Callable[[], None] = lambda: None
     summary: Callable[[], dict[str, Any]] = dict
+    older_configs: Sequence[dict[str, Any]] = ()
+    config_advice: Sequence[tuple[dict[str, Any], str]] = ()
 
 
 def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
@@ -53,6 +58,8 @@ def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> St
         cost=lambda record: options.n,
         budget=options.n if options.samples_alone() else options.batch_size,
         close=generator.close,
+        older_configs=generator.older_configs(),
+        config_advice=generator.config_advice(),
     )
 
 
@@ -117,4 +124,8 @@ def chain(first: Stage, second: Stage) -> Stage:
         budget=first.budget,
         close=close,
         summary=lambda: {**first.summary(), **second.summary()},
+        older_configs=[{"stages": [older, second.config]} for older in first.older_configs]
+        + [{"stages": [first.config, older]} for older in second.older_configs],
+        config_advice=[({"stages": [c, second.config]}, a) for c, a in first.config_advice]
+        + [({"stages": [first.config, c]}, a) for c, a in second.config_advice],
     )
