@@ -131,8 +131,8 @@ class EngineOptions:
     )
     batch_size: int = option(
         32,
-        "Most sequences decoded at once (the hf engine samples each candidate from a random "
-        "stream of its own, so that it depends on its prompt's seed alone, whatever the batch).",
+        "Most sequences decoded at once (the hf engine draws each candidate from a random "
+        "stream of its own, seeded by its prompt's seed and its index, whatever the batch).",
         check=positive,
         constraint="an integer >= 1",
     )

@@ -12,9 +12,11 @@ finished rows and raw logits (`record_logprobs`) work unchanged. A sample then d
 conversation's seed and its index alone: not on the batch it lands in, the batch size, `n`
 (sample j is the same at n=4 and n=8) or where a killed run resumed, as far as the logits
 themselves do not change with the batch. At float32 they differ in the last bits at most, which
-flips a pick only when two noisy scores tie that closely; at bfloat16, padding and batch shape
-change the rounding more, and a share of samples drift apart after some tokens
-(`benchmarks/results/seeded_sampling.md`).
+flips a pick only when two noisy scores tie that closely (no sample changed in the tests or
+the benchmark). At bfloat16 they do change: the kernels round differently for other batch
+shapes and padding, and half of the samples of records generated alone differed from those
+of the same records in a batch of 32 (`benchmarks/results/seeded_sampling.md`): there,
+`prompt` is the bit-exact mode.
 
 `sample_batching=prompt` runs each conversation's `n` samples as one `generate` call seeded
 with that conversation's own seed (under a forked RNG, so the caller's random state is
@@ -92,9 +94,9 @@ class HFEngine(Engine):
             "how sampled conversations share `generate` calls: seeded (length-sorted calls of "
             "up to batch_size sequences, each sample drawing from its own random stream, "
             "seeded by its record's seed and its index: it depends on them alone as far as "
-            "padding leaves the logits alone, nearly always at float32, mostly at bfloat16), "
-            "prompt (one call per conversation, bit-exact at "
-            "any precision, slower; the default before seeded), grouped (length-sorted calls, "
+            "the batch leaves the logits alone, as at float32, not at bfloat16), prompt (one "
+            "call per conversation, bit-exact at any precision, slower; the default before "
+            "seeded), grouped (length-sorted calls, "
             "one seed per call) or continuous (transformers' continuous batching); with grouped "
             "and continuous a record's samples depend on the other records generated with it",
         )
