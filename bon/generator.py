@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bon import cost, records
 from bon.engines import Completion, Engine, EngineOptions, SamplingOptions, load_engine
+from bon.engines.base import RecordedArgs
 from bon.options import checked_as, option, positive
 from bon.records import COST, RecordProblem
 
@@ -23,9 +24,12 @@ class GenerateOptions(EngineOptions):
 
     batch_size: int = option(
         32,
-        "Sequences decoded at once (a prompt counts N times); the hf engine samples each "
-        "prompt's N candidates in a call of their own (unless --engine-arg "
-        "sample_batching=grouped or continuous) and batches greedy prompts.",
+        "Sequences decoded at once (a prompt counts N times). The hf engine batches "
+        "length-sorted prompts, each candidate drawn from its own random stream (seeded by "
+        "its record's seed and its index, whatever the batch: --engine-arg "
+        "sample_batching=seeded, the default); --engine-arg sample_batching=prompt samples "
+        "each prompt's N in a call of their own, grouped and continuous batch prompts under "
+        "one seed per call.",
         check=positive,
         constraint="an integer >= 1",
     )
@@ -124,9 +128,33 @@ class Generator:
         return self._engine
 
     def config(self) -> dict[str, Any]:
-        """What determines the candidates (the resume manifest's configuration). Device and
-        batch size are left out: each record is sampled from its own seed."""
-        return {"stage": "generate", **self.options.identity(), **self._sampling.to_dict()}
+        """What determines the candidates (the resume manifest's configuration), with the
+        engine args as the engine records them (`Engine.recorded_args`). Device and batch size
+        are left out: each record is sampled from its own seed."""
+        return self._config(self._recorded_args().args)
+
+    def older_configs(self) -> list[dict[str, Any]]:
+        """Configurations that earlier versions recorded for the candidates `config` makes:
+        an output recorded with one resumes as this run."""
+        return [self._config(args) for args in self._recorded_args().older]
+
+    def config_advice(self) -> list[tuple[dict[str, Any], str]]:
+        """(configuration, how to resume): outputs recorded with such a configuration were made
+        some other way (e.g. under an engine's earlier default) and are refused with the advice."""
+        return [(self._config(args), advice) for args, advice in self._recorded_args().advice]
+
+    def _recorded_args(self) -> RecordedArgs:
+        from bon.engines import engines
+
+        engine = engines.get(self.options.engine)
+        return engine.recorded_args(self.options.engine_args or {}, not self._sampling.greedy)
+
+    def _config(self, engine_args: dict[str, Any]) -> dict[str, Any]:
+        identity = self.options.identity()
+        identity.pop("engine_args", None)
+        if engine_args:
+            identity["engine_args"] = dict(sorted(engine_args.items()))
+        return {"stage": "generate", **identity, **self._sampling.to_dict()}
 
     def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
         """Each record with its candidates and what they cost (`bon.cost`), or a

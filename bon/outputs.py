@@ -239,8 +239,14 @@ def open_output(
     *,
     overwrite: bool = False,
     keep: Callable[[str, dict], bool] | None = None,
+    older: Sequence[dict] = (),
+    advice: Sequence[tuple[dict, str]] = (),
 ) -> ResumableOutput:
     """Open `path` for a run with `config`, resuming what an earlier identical run left.
+
+    `older` configurations are other spellings of `config` that earlier versions recorded: a
+    file recorded with one resumes too (its manifest keeps what it recorded). `advice` pairs
+    configurations with how to resume a file recorded with them, which a refusal then says.
 
     `keep(id, record)` says whether a record written before is still wanted (default: all
     are); the others, and repeated ids, are dropped from the file. Raises `ConfigError` when
@@ -254,7 +260,7 @@ def open_output(
     keep = keep or (lambda key, record: True)
     if path.exists():
         try:
-            _check_manifest(path, manifest_path(path), config)
+            _check_manifest(path, manifest_path(path), config, older, advice)
             mark_complete(path, False)
             return _resume(path, keep)
         except ConfigError:
@@ -329,7 +335,13 @@ def _shown(value: Any) -> str:
     return "unset" if value is _UNSET else json.dumps(value, sort_keys=True)
 
 
-def _check_manifest(path: Path, manifest: Path, config: dict) -> None:
+def _check_manifest(
+    path: Path,
+    manifest: Path,
+    config: dict,
+    older: Sequence[dict] = (),
+    advice: Sequence[tuple[dict, str]] = (),
+) -> None:
     if not manifest.exists():
         raise ConfigError(
             f"{path} exists but was not written by this command (no {manifest.name}); "
@@ -347,16 +359,18 @@ def _check_manifest(path: Path, manifest: Path, config: dict) -> None:
         raise ConfigError(
             f"{manifest} is not valid JSON; pass --overwrite to start over or restore it"
         )
-    if found["config_hash"] != config_hash(config):
-        changes = config_changes(found.get("config"), config)
-        shown = "; ".join(changes[:MAX_CHANGES_SHOWN])
-        if len(changes) > MAX_CHANGES_SHOWN:
-            shown += f"; and {len(changes) - MAX_CHANGES_SHOWN} more"
-        raise ConfigError(
-            f"{path} was written with a different configuration (see {manifest.name}): "
-            f"{shown or 'unknown changes'}. Rerun with the earlier options to resume, or pass "
-            "--overwrite to start over"
-        )
+    if found["config_hash"] in {config_hash(c) for c in (config, *older)}:
+        return
+    changes = config_changes(found.get("config"), config)
+    shown = "; ".join(changes[:MAX_CHANGES_SHOWN])
+    if len(changes) > MAX_CHANGES_SHOWN:
+        shown += f"; and {len(changes) - MAX_CHANGES_SHOWN} more"
+    how = next((a for c, a in advice if config_hash(c) == found["config_hash"]), None)
+    raise ConfigError(
+        f"{path} was written with a different configuration (see {manifest.name}): "
+        f"{shown or 'unknown changes'}. "
+        + (how or "Rerun with the earlier options to resume, or pass --overwrite to start over")
+    )
 
 
 MAX_CHANGES_SHOWN = 8

@@ -218,7 +218,9 @@ def _follow(job: _Job) -> int:
         costs.saw(record)
         return True
 
-    with open_output(job.output, stage.config, overwrite=job.overwrite, keep=keep) as out:
+    with open_output(
+        job.output, stage.config, overwrite=job.overwrite, keep=keep, **_resumes(stage)
+    ) as out:
         pending = (
             (line, record)
             for line, record in validated(job.source, follow_lines(job.input), stage.check)
@@ -239,6 +241,11 @@ def _follow(job: _Job) -> int:
     return written
 
 
+def _resumes(stage: Stage) -> dict[str, Any]:
+    """`open_output`'s arguments for the earlier configurations `stage` knows of."""
+    return {"older": stage.older_configs, "advice": stage.config_advice}
+
+
 def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Report:
     stage, output = job.stage, job.output
     wanted, units, bad = _precheck(job, lines())
@@ -248,7 +255,9 @@ def _run_locked(job: _Job, lines: Callable[[], Iterable[tuple[int, Any]]]) -> Re
     unselected: set[str] = set()
     costs = _CostFormat(stage)
     keep = _keeper(stage, wanted, unselected, costs)
-    with open_output(output, stage.config, overwrite=job.overwrite, keep=keep) as out:
+    with open_output(
+        output, stage.config, overwrite=job.overwrite, keep=keep, **_resumes(stage)
+    ) as out:
         _log_resume(output, out.dropped, wanted, report)
         report.resumed = len(out.done)
         report.unselected = len(unselected & out.done)

@@ -36,6 +36,9 @@ class Stage:
     The progress bar counts `unit`s, `units(record)` per record; `watch` hands the stage the
     bar to report to while a batch runs (None: nothing to report to). `cost_parts` names the
     parts of a record's `cost` the stage adds (`bon.cost`).
+    `older_configs` are configurations earlier versions recorded for what `config` makes (an
+    output recorded with one resumes as this stage); `config_advice` pairs configurations of
+    outputs made some other way with how to resume them (`bon.outputs.open_output`).
     """
 
     name: str
@@ -50,6 +53,8 @@ class Stage:
     units: Callable[[dict], int] = lambda record: 1
     watch: Callable[[Progress | None], None] = lambda progress: None
     cost_parts: tuple[str, ...] = ()
+    older_configs: Sequence[dict[str, Any]] = ()
+    config_advice: Sequence[tuple[dict[str, Any], str]] = ()
 
 
 def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
@@ -69,6 +74,8 @@ def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> St
         close=generator.close,
         watch=watch,
         cost_parts=(GENERATE,),
+        older_configs=generator.older_configs(),
+        config_advice=generator.config_advice(),
     )
 
 
@@ -149,4 +156,8 @@ def chain(first: Stage, second: Stage) -> Stage:
         units=first.units,
         watch=watch,
         cost_parts=first.cost_parts + second.cost_parts,
+        older_configs=[{"stages": [older, second.config]} for older in first.older_configs]
+        + [{"stages": [first.config, older]} for older in second.older_configs],
+        config_advice=[({"stages": [c, second.config]}, a) for c, a in first.config_advice]
+        + [({"stages": [first.config, c]}, a) for c, a in second.config_advice],
     )

@@ -92,20 +92,25 @@ def test_threads_follow_omp_num_threads_when_set(tiny_model, monkeypatch):
 # Progress and work kept within what used to be one batch.
 
 
-def test_hf_sampling_batches_one_record_at_a_time():
-    sampled = generate_stage(GenerateOptions(n=4, batch_size=32))
-    assert sampled.budget == sampled.cost({}) == 4
-    grouped = GenerateOptions(n=4, batch_size=32, engine_args={"sample_batching": "grouped"})
-    assert generate_stage(grouped).budget == 32
+def test_hf_sampling_batches_one_record_at_a_time_only_when_each_has_a_call_of_its_own():
+    alone = GenerateOptions(n=4, batch_size=32, engine_args={"sample_batching": "prompt"})
+    assert generate_stage(alone).budget == generate_stage(alone).cost({}) == 4
+    for mode in ("seeded", "grouped"):  # seeded, the default, batches records' rows together
+        batched = GenerateOptions(n=4, batch_size=32, engine_args={"sample_batching": mode})
+        assert generate_stage(batched).budget == 32
+    assert generate_stage(GenerateOptions(n=4, batch_size=32)).budget == 32
     assert generate_stage(GenerateOptions(n=1, temperature=0, batch_size=32)).budget == 32
 
 
 @pytest.mark.slow
-def test_sigterm_keeps_the_records_done_within_the_default_batch(tmp_path, tiny_model):
+def test_sigterm_keeps_the_records_of_the_batches_done(tmp_path, tiny_model):
+    """Two records a batch (the default seeded sampling batches records, up to --batch-size
+    sequences): a SIGTERM keeps the batches written, not only a whole run's."""
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(12)])
     out = tmp_path / "c.jsonl"
     command = [sys.executable, "-m", "bon", "generate", str(prompts), "-o", str(out)]
     command += ["--model", tiny_model, "--n", "2", "--max-new-tokens", "96", "-q"]
+    command += ["--batch-size", "4"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or not out.read_bytes().strip()):

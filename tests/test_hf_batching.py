@@ -1,5 +1,6 @@
-"""The hf engine's opt-in sample batching (`sample_batching` engine arg) on a tiny random Llama:
-shapes and order, seeds, the context cap, fewer `generate` calls, bad values."""
+"""The hf engine's sample batching modes (`sample_batching` engine arg) on a tiny random Llama:
+shapes and order, seeds, the context cap, fewer `generate` calls, bad values. The default mode,
+seeded, has tests of its own in test_seeded_sampling.py."""
 
 import pytest
 
@@ -73,9 +74,9 @@ def test_grouped_same_call_same_samples_other_seed_other_samples(grouped):
     assert first != other
 
 
-def test_grouped_samples_several_conversations_per_generate_call(tiny_model):
+def test_batched_modes_sample_several_conversations_per_generate_call(tiny_model):
     calls = {}
-    for mode in ("prompt", "grouped"):
+    for mode in ("prompt", "grouped", "seeded"):
         engine = engine_for(tiny_model, mode, batch_size=6)  # two conversations of n=3 per call
         real = engine.model.generate
 
@@ -85,16 +86,18 @@ def test_grouped_samples_several_conversations_per_generate_call(tiny_model):
 
         engine.model.generate = counted
         engine.generate(CONVERSATIONS, SAMPLING, seeds=[1, 2, 3])
-    assert calls == {"prompt": 3, "grouped": 2}
+    assert calls == {"prompt": 3, "grouped": 2, "seeded": 2}
 
 
-def test_default_is_one_call_per_prompt_and_the_mode_changes_the_identity(tiny_model):
+def test_default_is_seeded_and_the_mode_changes_the_identity(tiny_model):
     default = EngineOptions(model=tiny_model)
     grouped = EngineOptions(model=tiny_model, engine_args={"sample_batching": "grouped"})
-    assert load_engine(default).engine_args["sample_batching"] == "prompt"
+    assert load_engine(default).engine_args["sample_batching"] == "seeded"
     assert default.identity() != grouped.identity()
 
 
 def test_an_unknown_mode_says_which_are_allowed(tiny_model):
-    with pytest.raises(ConfigError, match="`sample_batching` must be one of prompt, grouped"):
+    with pytest.raises(
+        ConfigError, match="`sample_batching` must be one of seeded, prompt, grouped"
+    ):
         EngineOptions(model=tiny_model, engine_args={"sample_batching": "dynamic"})

@@ -150,8 +150,8 @@ class EngineOptions:
     )
     batch_size: int = option(
         32,
-        "Most sequences decoded at once (the hf engine samples each prompt's n in a call of "
-        "their own, so that they depend on that prompt's seed alone).",
+        "Most sequences decoded at once (the hf engine draws each candidate from a random "
+        "stream of its own, seeded by its prompt's seed and its index, whatever the batch).",
         check=positive,
         constraint="an integer >= 1",
     )
@@ -224,6 +224,21 @@ def engine_arg(engine: str, cls: type, name: str, value: Any) -> Any:
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@dataclass(frozen=True)
+class RecordedArgs:
+    """The engine args a generate run records in its configuration (the resume manifest), with
+    the other records an output made by an earlier version may hold (`Engine.recorded_args`)."""
+
+    args: dict[str, Any]
+    """What this run records (usually the args as given)."""
+    older: tuple[dict[str, Any], ...] = ()
+    """Older spellings of the same outputs' args: an output recorded with one of them resumes
+    as if it held `args`."""
+    advice: tuple[tuple[dict[str, Any], str], ...] = ()
+    """(args, how to resume): an output recorded with those args was made some other way (e.g.
+    under an earlier default) and is refused with this advice."""
 
 
 @dataclass(frozen=True)
@@ -345,8 +360,19 @@ class Engine(ABC):
     @classmethod
     def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
         """Whether this engine samples each conversation in a call of its own, so that a batch
-        of several records is no faster than one record at a time."""
+        of several records is no faster than one record at a time: the generate stage then
+        batches one record at a time and writes each as soon as it is done. (Not whether a
+        record's samples depend on its seed alone: the hf engine's `seeded` mode batches
+        records and still draws each record's samples from its own seed.)"""
         return False
+
+    @classmethod
+    def recorded_args(cls, engine_args: Mapping[str, Any], sampled: bool) -> RecordedArgs:
+        """The engine args (as given, not defaulted) as a generate run records them: as given,
+        unless the engine changed a default that changes samples (`sampled`: temperature > 0),
+        whose value must then be recorded so that an output made under the old default is not
+        resumed under the new one."""
+        return RecordedArgs(dict(engine_args))
 
     @classmethod
     def identity(cls, engine_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,34 @@
 """The embedded default engine: Hugging Face transformers, on CPU or GPU.
 
-By default (`sample_batching=prompt`) sampling runs each conversation's `n` samples as one
-`generate` call seeded with that conversation's own seed (under a forked RNG, so the caller's
-random state is untouched): a record's samples then depend on its seed alone, not on which
-records share its batch or where a killed run resumed. transformers draws from the global RNG,
-so samples of several conversations in one batch cannot be seeded apart. Greedy decoding, which
-draws nothing, is always length-sorted into left-padded micro-batches of `batch_size` sequences.
+Sampling (`sample_batching`, an engine arg) runs by default as `seeded`: the rows of many
+conversations decode together in one `generate` call (length-sorted, left-padded micro-batches
+of `batch_size` sequences, as `grouped` does), but every row draws from a random stream of its
+own. Row j of a conversation seeded s (its j-th sample) draws from a `torch.Generator` seeded
+with a hash of (s, j): at each step, one uniform per vocabulary entry, turned into Gumbel noise
+and added to that step's temperature- and top-p-warped scores (the warpers transformers applies
+in the other modes, top_k=0); the argmax is a draw from their softmax. transformers decodes
+greedily over the one-hot scores this leaves (`RowSampler`), so its stop tokens, padding of
+finished rows and raw logits (`record_logprobs`) work unchanged. A sample then depends on its
+conversation's seed and its index alone: not on the batch it lands in, the batch size, `n`
+(sample j is the same at n=4 and n=8) or where a killed run resumed, as far as the logits
+themselves do not change with the batch. At float32 they differ in the last bits at most, which
+flips a pick only when two noisy scores tie that closely (no sample changed in the tests or
+the benchmark). At bfloat16 they do change: the kernels round differently for other batch
+shapes and padding, and half of the samples of records generated alone differed from those
+of the same records in a batch of 32 (`benchmarks/results/seeded_sampling.md`): there,
+`prompt` is the bit-exact mode.
 
-Two opt-in engine args trade that reproducibility for throughput (benchmarks/gen_throughput.py
-measures them): `sample_batching=grouped` samples several conversations in one length-sorted
-`generate` call of up to `batch_size` sequences, seeded once per call; `sample_batching=continuous`
-hands every conversation to transformers' continuous batching (`generate_batch`), which
-refills a finished row with a waiting one. With either, a record's samples depend on the
-other records of the call.
+`sample_batching=prompt` runs each conversation's `n` samples as one `generate` call seeded
+with that conversation's own seed (under a forked RNG, so the caller's random state is
+untouched): bit-exact at any precision, since no call ever holds another conversation, and
+slower. It was the default before `seeded`; outputs made then record no `sample_batching` and
+resume with `--engine-arg sample_batching=prompt` (`HFEngine.recorded_args`). Two more opt-in
+modes draw from transformers' global RNG, seeded once per call, so a record's samples depend on
+the other records of the call: `grouped` (length-sorted calls of up to `batch_size` sequences)
+and `continuous` (transformers' continuous batching, `generate_batch`, which refills a finished
+row with a waiting one). benchmarks/gen_throughput.py and benchmarks/seeded_sampling.py measure
+them. Greedy decoding, which draws nothing, is always length-sorted into left-padded
+micro-batches of `batch_size` sequences.
 
 A prompt with no room in the model's context gets `finish_reason="error"` completions, and
 `max_new_tokens` is capped so that every prompt and its completion fit.
@@ -34,6 +50,7 @@ vocabulary x 4 bytes: 400 MB for 8 samples of 256 tokens over a 49k vocabulary).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -53,6 +70,7 @@ from bon.engines.base import (
     Engine,
     EngineArgs,
     EngineOptions,
+    RecordedArgs,
     SamplingOptions,
     check_fits,
     check_lengths,
@@ -67,7 +85,7 @@ from bon.options import option
 log = logging.getLogger(__name__)
 
 
-SAMPLE_BATCHING = ("prompt", "grouped", "continuous")
+SAMPLE_BATCHING = ("seeded", "prompt", "grouped", "continuous")
 """Values of the `sample_batching` engine arg."""
 
 
@@ -76,12 +94,15 @@ class HFArgs(EngineArgs):
     """The hf engine's own options (`--engine-arg KEY=VALUE`)."""
 
     sample_batching: str = option(
-        "prompt",
-        "how sampled conversations share `generate` calls: prompt (one call per conversation, "
-        "its samples depend on its own seed alone), grouped (length-sorted calls of up to "
-        "batch_size sequences, one seed per call) or continuous (transformers' continuous "
-        "batching); grouped and continuous are faster, but a record's samples then depend on "
-        "the other records generated with it",
+        "seeded",
+        "how sampled conversations share `generate` calls: seeded (length-sorted calls of up to "
+        "batch_size sequences, each sample drawing from its own random stream, seeded by its "
+        "record's seed and its index: it depends on them alone as far as the batch leaves the "
+        "logits alone, as at float32, not at bfloat16), prompt (one call per conversation, "
+        "bit-exact at any precision, slower; the default before seeded), grouped "
+        "(length-sorted calls, one seed per call) or continuous (transformers' continuous "
+        "batching); with grouped and continuous a record's samples depend on the other "
+        "records generated with it",
         choices=SAMPLE_BATCHING,
     )
 
@@ -90,11 +111,36 @@ class HFEngine(Engine):
     """transformers `generate` over a causal LM with a chat template."""
 
     name = "hf"
-    Args = HFArgs
 
     @classmethod
     def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
-        return engine_args.get("sample_batching", "prompt") == "prompt"
+        return _mode(engine_args) == "prompt"
+
+    @classmethod
+    def recorded_args(cls, engine_args: Mapping[str, Any], sampled: bool) -> RecordedArgs:
+        """Sampled runs record the mode they sample with, `prompt` excepted: outputs made while
+        `prompt` was the default (and not given) record none, so a run in `prompt` mode
+        records none either (whether it was given or not) and resumes those outputs byte for
+        byte, and one that recorded `sample_batching=prompt` as given resumes as it. A `seeded`
+        run records its mode even when defaulted: it refuses to extend an output sampled in
+        `prompt` mode under the old default, saying how to resume it. Greedy runs record the
+        args as given: the mode changes nothing there."""
+        given = dict(engine_args)
+        if not sampled:
+            return RecordedArgs(given)
+        mode = _mode(given)
+        rest = {key: value for key, value in given.items() if key != "sample_batching"}
+        if mode == "prompt":
+            return RecordedArgs(rest, older=({**rest, "sample_batching": "prompt"},))
+        recorded = {**given, "sample_batching": mode}
+        if mode != "seeded":
+            return RecordedArgs(recorded)
+        advice = (
+            "It was sampled in sample_batching=prompt mode, the hf engine's default before "
+            "seeded: pass --engine-arg sample_batching=prompt (engine_args="
+            "{'sample_batching': 'prompt'} in Python) to resume it, or --overwrite to start over"
+        )
+        return RecordedArgs(recorded, advice=((rest, advice),))
 
     @classmethod
     def model_head(cls, model: str) -> str:
@@ -136,6 +182,15 @@ class HFEngine(Engine):
         if self.head == CAUSAL_LM:
             self._stop_ids = _stop_token_ids(self.model, self.tokenizer)
             self._vocab_size = self.model.get_output_embeddings().weight.shape[0]
+            unapplied = checkpoint_warpers(self.model.generation_config)
+            if unapplied and self.engine_args["sample_batching"] == "seeded":
+                log.warning(
+                    "model %r's generation config sets %s, which sample_batching=seeded does "
+                    "not apply (it warps by temperature and top_p alone); pass --engine-arg "
+                    "sample_batching=prompt to sample with them",
+                    options.model,
+                    ", ".join(unapplied),
+                )
 
     def describe(self) -> dict[str, Any]:
         """The model, device and dtype: what changes this engine's outputs."""
@@ -165,17 +220,18 @@ class HFEngine(Engine):
         sampling: SamplingOptions,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Sampled conversations run one `generate` call each, seeded with their own seed, so a
-        conversation's samples do not depend on the others in the call (unless the engine arg
-        `sample_batching` says otherwise); greedy ones are batched. A prompt with no room left
-        in the context gets error completions."""
+        """Sampled conversations run as the engine arg `sample_batching` says (module
+        docstring): by default in length-sorted batches where each sample draws from its own
+        seeded stream, so that a conversation's samples do not depend on the others in the
+        call; greedy ones are batched. A prompt with no room left in the context gets error
+        completions."""
         self._need_lm("generate")
         mode = self.engine_args["sample_batching"]
         if sampling.record_logprobs and mode == "continuous" and not sampling.greedy:
             raise EngineError(
                 "record_logprobs is not available with sample_batching=continuous (transformers' "
-                "continuous batching does not return raw logits): use sample_batching=prompt or "
-                "grouped"
+                "continuous batching does not return raw logits): use sample_batching=seeded, "
+                "prompt or grouped"
             )
         ids = [self._encode(self.render(c)) for c in conversations]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(ids)
@@ -188,6 +244,9 @@ class HFEngine(Engine):
                 fitting.append(i)
         if sampling.greedy:
             self._generate_grouped(ids, fitting, sampling, results)
+            return results
+        if mode == "seeded":
+            self._generate_grouped(ids, fitting, sampling, results, seeds)
             return results
         if mode != "prompt" and fitting:
             with _seeded(self._torch, self.device, seeds[fitting[0]]):
@@ -207,14 +266,18 @@ class HFEngine(Engine):
         fitting: list[int],
         sampling: SamplingOptions,
         results: list[list[Completion]],
+        seeds: list[int] | None = None,
     ) -> None:
         """Rows in length-sorted micro-batches of `batch_size` sequences; a row whose completion
         would overrun the context runs alone with a capped length, so no row is capped by its
-        neighbours."""
+        neighbours. With `seeds` (one per conversation), each sample draws from its own stream
+        (`RowSampler`); without, sampling draws from torch's global RNG."""
         batched = []
         for i in fitting:
             if self._room(ids[i], sampling) < sampling.max_new_tokens:
-                results[i] = self._generate_one(ids[i], sampling)
+                results[i] = self._generate_one(
+                    ids[i], sampling, None if seeds is None else seeds[i]
+                )
             else:
                 batched.append(i)
         batched.sort(key=lambda i: len(ids[i]), reverse=True)
@@ -222,7 +285,10 @@ class HFEngine(Engine):
         for start in range(0, len(batched), per_batch):
             chunk = batched[start : start + per_batch]
             outputs = self._generate_batch(
-                [ids[i] for i in chunk], sampling, sampling.max_new_tokens
+                [ids[i] for i in chunk],
+                sampling,
+                sampling.max_new_tokens,
+                None if seeds is None else [seeds[i] for i in chunk],
             )
             for i, completions in zip(chunk, outputs, strict=True):
                 results[i] = completions
@@ -282,8 +348,11 @@ class HFEngine(Engine):
             for k, i in enumerate(rows):
                 results[i] = outputs[k * sampling.n : (k + 1) * sampling.n]
 
-    def _generate_one(self, prompt: list[int], sampling: SamplingOptions) -> list[Completion]:
-        return self._generate_batch([prompt], sampling, self._room(prompt, sampling))[0]
+    def _generate_one(
+        self, prompt: list[int], sampling: SamplingOptions, seed: int | None = None
+    ) -> list[Completion]:
+        seeds = None if seed is None else [seed]
+        return self._generate_batch([prompt], sampling, self._room(prompt, sampling), seeds)[0]
 
     def _room(self, prompt: list[int], sampling: SamplingOptions) -> int:
         """`max_new_tokens`, capped so that the prompt and its completion fit the context."""
@@ -380,26 +449,46 @@ class HFEngine(Engine):
             self._torch.cuda.empty_cache()
 
     def _generate_batch(
-        self, batch: list[list[int]], sampling: SamplingOptions, max_new_tokens: int
+        self,
+        batch: list[list[int]],
+        sampling: SamplingOptions,
+        max_new_tokens: int,
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
+        """One left-padded `generate` call over `batch`, `sampling.n` rows per prompt. Sampled
+        with `seeds` (one per prompt): greedy decoding over the one-hot choices of a
+        `RowSampler` whose row k*n + j draws from the stream of (seeds[k], j); without: the
+        sampling of `generate` itself, from torch's global RNG."""
+        from transformers import LogitsProcessorList
+
         torch = self._torch
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
+        inputs: dict[str, Any] = dict(padded)
+        width = inputs["input_ids"].shape[1]
         kwargs: dict[str, Any] = {"do_sample": not sampling.greedy}
-        if not sampling.greedy:
+        copies = sampling.n
+        if not sampling.greedy and seeds is not None:
+            # Greedy search returns one sequence per input row: the rows are copied here.
+            inputs = {key: value.repeat_interleave(copies, dim=0) for key, value in inputs.items()}
+            streams = [row_seed(seed, j) for seed in seeds for j in range(copies)]
+            sampler = RowSampler(torch, streams, width, sampling, self.device)
+            kwargs.update(do_sample=False, logits_processor=LogitsProcessorList([sampler]))
+            copies = 1
+        elif not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         if sampling.record_logprobs:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
         with torch.inference_mode():
             out = self.model.generate(
-                **padded,
+                **inputs,
                 max_new_tokens=max_new_tokens,
-                num_return_sequences=sampling.n,
+                num_return_sequences=copies,
                 eos_token_id=self._stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
                 **kwargs,
             )
             sequences = out.sequences if sampling.record_logprobs else out
-            new_ids = sequences[:, padded["input_ids"].shape[1] :]
+            new_ids = sequences[:, width:]
             stats = _step_stats(torch, out.logits, new_ids) if sampling.record_logprobs else None
         new = new_ids.tolist()
         completions = [
@@ -565,6 +654,97 @@ so smaller batches cost little speed (`benchmarks/results/perf_scoring.md`); on 
 leave the card idle."""
 LOGSOFTMAX_BYTES = 16 * 2**20
 """Most float32 logits bytes normalised at once when reading log-probabilities."""
+
+
+def _mode(engine_args: Mapping[str, Any]) -> str:
+    """The `sample_batching` mode that `engine_args` (as given) ask for."""
+    return str(engine_args.get("sample_batching", HFArgs().sample_batching))
+
+
+def checkpoint_warpers(config: Any) -> list[str]:
+    """The sampling warpers beyond temperature and top-p that a checkpoint's generation config
+    turns on (transformers applies them when `generate` samples; `RowSampler` does not)."""
+    found = []
+    for name in ("min_p", "top_h"):
+        if getattr(config, name, None) is not None:
+            found.append(name)
+    typical = getattr(config, "typical_p", None)
+    if typical is not None and typical < 1.0:
+        found.append("typical_p")
+    for name in ("epsilon_cutoff", "eta_cutoff"):
+        value = getattr(config, name, None)
+        if value is not None and 0.0 < value < 1.0:
+            found.append(name)
+    return found
+
+
+def row_seed(seed: int, sample: int) -> int:
+    """The seed of sample `sample`'s random stream in a conversation seeded `seed`: a hash of
+    both, so that neighbouring seeds and indices give unrelated streams."""
+    digest = hashlib.sha256(f"bon-row:{seed}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class RowSampler:
+    """A logits processor that samples each row from its own random stream and returns scores
+    whose argmax is the sampled token (0 there, -inf elsewhere), for a greedy `generate`.
+
+    Row r's stream is a `torch.Generator` seeded with `row_seed` of its conversation's seed and
+    its sample index. Each step warps the scores as `generate` does when it samples (temperature
+    when it is not 1, then top-p when it is below 1, with transformers' own warpers), draws one
+    float64 uniform u per vocabulary entry from the row's generator, and picks the argmax of
+    the warped scores plus Gumbel noise -log(-log u): a draw from the softmax of the warped
+    scores (the Gumbel-max trick). Unlike inverting the cumulative distribution, whose sum over
+    the vocabulary gathers every rounding difference, the pick changes with the logits only
+    when the two best noisy scores lie within that difference of each other. Tokens the warpers
+    removed are never picked. Processors that transformers runs before this one (a
+    checkpoint's repetition penalty, say) act as they do when `generate` samples.
+    """
+
+    def __init__(
+        self,
+        torch: Any,
+        seeds: Sequence[int],
+        prompt_width: int,
+        sampling: SamplingOptions,
+        device: Any,
+    ) -> None:
+        """`seeds`: each row's stream seed (`row_seed`), in row order; `prompt_width`: the
+        padded prompt's length, from which the steps are counted."""
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self._torch = torch
+        self._device = torch.device(device)
+        self._generators = [
+            torch.Generator(device=self._device).manual_seed(seed) for seed in seeds
+        ]
+        self._step = prompt_width
+        self._noise: Any = None
+        self._warpers: list[Any] = []
+        if sampling.temperature != 1.0:
+            self._warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_p < 1.0:
+            self._warpers.append(TopPLogitsWarper(top_p=sampling.top_p, min_tokens_to_keep=1))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self._torch
+        if scores.shape[0] != len(self._generators) or input_ids.shape[1] != self._step:
+            raise EngineError(
+                f"sampling step {input_ids.shape[1]} of {scores.shape[0]} rows, but "
+                f"{len(self._generators)} random streams at step {self._step}: transformers "
+                "called the sampler out of order; use --engine-arg sample_batching=prompt"
+            )
+        self._step += 1
+        for warper in self._warpers:
+            scores = warper(input_ids, scores)
+        if self._noise is None:
+            self._noise = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)
+        noise = self._noise
+        for row, generator in enumerate(self._generators):
+            noise[row].uniform_(generator=generator)
+        noise.log_().neg_().log_().neg_()  # Gumbel(0, 1); u = 0 gives -inf, never picked
+        chosen = (scores.to(torch.float64) + noise).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, -math.inf).scatter_(1, chosen, 0.0)
 
 
 PAD_SHARE = 0.2
