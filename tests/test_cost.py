@@ -62,8 +62,9 @@ def prompt_tokens(tokenizer, record: dict) -> int:
 
 def test_candidates_carry_their_generation_cost(selected, tokenizer):
     """The prompt is counted once per record, as the chat template renders it; each candidate's
-    completion tokens are the engine's count (the tokenizer reads its text back to about as
-    many); the record's seconds are its candidates' shares."""
+    completion tokens are the engine's count (a random model's text does not tokenize back to
+    the same tokens, so the count is the engine's, not a re-tokenization); the record's seconds
+    are its candidates' shares."""
     for record in selected:
         generate = record["cost"]["generate"]
         assert generate["prompt_tokens"] == prompt_tokens(tokenizer, record) > 0
@@ -74,8 +75,6 @@ def test_candidates_carry_their_generation_cost(selected, tokenizer):
             assert spent["completion_tokens"] == candidate["tokens"] > 0
             if candidate["finish_reason"] == "length":
                 assert candidate["tokens"] == FAST["max_new_tokens"]
-            again = len(tokenizer(candidate["text"], add_special_tokens=False)["input_ids"])
-            assert abs(again - candidate["tokens"]) <= max(3, candidate["tokens"] // 4)
             assert spent["seconds"] >= 0
         shares = math.fsum(c["cost"]["seconds"] for c in candidates)
         assert generate["seconds"] == pytest.approx(shares, abs=1e-5)

@@ -111,6 +111,7 @@ class HFEngine(Engine):
     """transformers `generate` over a causal LM with a chat template."""
 
     name = "hf"
+    Args = HFArgs
 
     @classmethod
     def samples_alone(cls, engine_args: Mapping[str, Any]) -> bool:
