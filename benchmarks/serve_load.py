@@ -213,14 +213,17 @@ def serve_and_load(model: str, args: argparse.Namespace, mode: str) -> tuple[Loa
     from bon.entrypoints.serve import ServeOptions, start
 
     batched = mode == "batched"
+    # float32: seeded batched sampling gives each request the samples it gets alone (bf16
+    # kernels round differently by batch shape), so the answers can be compared.
     generate = GenerateOptions(
         model=model,
         device="cpu",
+        dtype="float32",
         n=args.best_of,
         max_new_tokens=args.max_tokens,
         **({} if batched else {"batch_size": args.best_of}),
     )
-    score = ScoreOptions(model=model, device="cpu", no_cache=True)
+    score = ScoreOptions(model=model, device="cpu", dtype="float32", no_cache=True)
     server = ServeOptions(
         port=0,
         served_model_name=NAME,
@@ -236,7 +239,8 @@ def serve_and_load(model: str, args: argparse.Namespace, mode: str) -> tuple[Loa
         result = asyncio.run(load(running.url, good, bad))
     settings = {
         "generate": {"n": generate.n, "max_new_tokens": generate.max_new_tokens,
-                     "batch_size": generate.batch_size, "temperature": generate.temperature},
+                     "batch_size": generate.batch_size, "temperature": generate.temperature,
+                     "dtype": generate.dtype},
         "score": {"scorers": list(score.scorers), "no_cache": True},
         "server": {"batch_wait_ms": server.batch_wait_ms,
                    "max_request_bytes": server.max_request_bytes},
@@ -350,11 +354,10 @@ def markdown(report: dict[str, Any]) -> str:
         "each answer the same batched as in a call of its own: "
         f"{report['checks']['same_answers_batched_and_alone']}.",
         "",
-        "Batching shares a `BestOfN.answer` call, not the sampling itself: requests with "
-        "different seeds are sampled in generator calls of their own (each candidate set "
-        "depends on its request's seed alone, and the hf engine samples each prompt's N in a "
-        "call of its own by default), so a batch saves little compute and its requests wait for "
-        "one another.",
+        "A batch of requests is sampled in one generator call (the hf engine's seeded mode: "
+        "each request's candidates drawn from its own seed's streams) and scored in one "
+        "reranker call; one-at-a-time runs each request alone. Models at float32, where a "
+        "request's answer is the same batched and alone.",
         "",
     ]
     return "\n".join(lines)

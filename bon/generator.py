@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,10 +157,15 @@ class Generator:
             identity["engine_args"] = dict(sorted(engine_args.items()))
         return {"stage": "generate", **identity, **self._sampling.to_dict()}
 
-    def process(self, batch: list[dict]) -> list[dict | RecordProblem]:
+    def process(
+        self, batch: list[dict], base_seeds: Sequence[int] | None = None
+    ) -> list[dict | RecordProblem]:
         """Each record with its candidates and what they cost (`bon.cost`), or a
-        `RecordProblem` when the engine refused it."""
-        seeds = [request_seed(self.options.seed, seed_key(r)) for r in batch]
+        `RecordProblem` when the engine refused it. `base_seeds` gives each record a base seed
+        of its own (a server batching requests of different seeds); by default every record's
+        is the options' `seed`."""
+        bases = list(base_seeds) if base_seeds is not None else [self.options.seed] * len(batch)
+        seeds = [request_seed(base, seed_key(r)) for base, r in zip(bases, batch, strict=True)]
         conversations = [records.conversation(r) for r in batch]
         engine = self.engine  # loaded before the clock starts
         prompts = [engine.prompt_tokens(c) for c in conversations]
@@ -177,8 +183,10 @@ class Generator:
         meta["batch_size"] = self.options.batch_size
         spent = cost.generation_costs(prompts, outputs, elapsed)
         return [
-            _with_candidates(record, completions, {**meta, "request_seed": seed}, one)
-            for record, completions, seed, one in zip(batch, outputs, seeds, spent, strict=True)
+            _with_candidates(record, completions, {**meta, "seed": base, "request_seed": seed}, one)
+            for record, completions, base, seed, one in zip(
+                batch, outputs, bases, seeds, spent, strict=True
+            )
         ]
 
     def close(self) -> None:

@@ -320,7 +320,11 @@ class BestOfN:
             groups.setdefault(_sampling_key(job.generate), []).append(i)
         for members in groups.values():
             generator = Generator(jobs[members[0]].generate, engine=self._generator())
-            generated = settle(generator.process, [jobs[i].record() for i in members])
+            generated = _sampled(
+                generator,
+                [jobs[i].record() for i in members],
+                [jobs[i].generate.seed for i in members],
+            )
             for i, outcome in zip(members, generated, strict=True):
                 if isinstance(outcome, Exception):
                     out[i] = outcome
@@ -399,8 +403,16 @@ def _uses_model(names: Sequence[str]) -> bool:
     return any(scorers.get(name).uses_model for name in names)
 
 
+def _sampled(generator: Generator, batch: list[dict], seeds: list[int]) -> list[Outcome]:
+    """`batch` through the generator in one call (`settle`), each record sampled from its own
+    job's seed: jobs that differ in seed alone share the call."""
+    seed_of = {id(record): seed for record, seed in zip(batch, seeds, strict=True)}
+    return settle(lambda part: generator.process(part, [seed_of[id(r)] for r in part]), batch)
+
+
 def _sampling_key(options: GenerateOptions) -> str:
-    return repr(sorted(options.sampling().to_dict().items()))
+    """What jobs sampled in one call must share: every sampling option but the seed."""
+    return repr(sorted(dataclasses.replace(options.sampling(), seed=0).to_dict().items()))
 
 
 def _cut(candidate: dict, stop: tuple[str, ...]) -> dict:

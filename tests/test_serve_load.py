@@ -34,8 +34,10 @@ def test_64_concurrent_requests_are_each_answered_once(tiny_model: str) -> None:
     bench = _benchmark()
     good = bench.good_requests(64, max_tokens=4)
     bad = bench.bad_bodies(LIMIT, repeat=1)
-    generate = GenerateOptions(model=tiny_model, device="cpu", n=2, max_new_tokens=4)
-    score = ScoreOptions(model=tiny_model, device="cpu", no_cache=True)
+    # float32: a request's seeded samples are then the same batched and alone.
+    cpu = {"model": tiny_model, "device": "cpu", "dtype": "float32"}
+    generate = GenerateOptions(**cpu, n=2, max_new_tokens=4)
+    score = ScoreOptions(**cpu, no_cache=True)
     server = ServeOptions(port=0, served_model_name=bench.NAME, max_request_bytes=LIMIT)
     with start(generate=generate, score=score, server=server) as running:
         result = asyncio.run(bench.load(running.url, good, bad))
