@@ -255,6 +255,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--max-request-bytes", type=int, default=20_000)
     parser.add_argument("--bad-repeat", type=int, default=2, help="each bad body this often")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (tests/tiny_llama.py's random Llama) or any model bon takes (smollm2-135m)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.md"))
     args = parser.parse_args()
 
@@ -267,7 +272,11 @@ def main() -> None:
     from tests.tiny_llama import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as folder:
-        model = build_tiny_llama(Path(folder) / "tiny", resolve_model("smollm2-135m"))
+        model = (
+            build_tiny_llama(Path(folder) / "tiny", resolve_model("smollm2-135m"))
+            if args.model == "tiny"
+            else args.model
+        )
         results, settings = {}, {}
         for mode in MODES:
             results[mode], settings[mode] = serve_and_load(model, args, mode)
@@ -284,7 +293,12 @@ def main() -> None:
         "load_average_after": load_average(),
         "versions": versions(("torch", "transformers", "fastapi", "uvicorn", "pydantic", "openai"))
         + f", bon {bon.__version__}",
-        "model": "tests/tiny_llama.py: random Llama, 2 layers, hidden 64, SmolLM2 tokenizer, bf16",
+        "model": (
+            "tests/tiny_llama.py: random Llama, 2 layers, hidden 64, SmolLM2 tokenizer"
+            if args.model == "tiny"
+            else args.model
+        )
+        + ", float32",
         "requests": args.requests,
         "bad_bodies": len(bad),
         "modes": {
