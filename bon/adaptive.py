@@ -39,7 +39,8 @@ so `--adaptive` refuses them.
 Scoring: each wave rescores the record's whole candidate list, because scorers that compare
 candidates (vote, mbr, mix, flip-tokens) give old candidates new scores as new ones come. Old
 candidates' scores from scorers that read a candidate alone come from the score cache (no model
-call; counted as `cached` in `cost`); with `--no-cache` they are computed again, and paid for.
+call; counted as `cached` in `cost`); under `--no-cache`, from an in-memory cache that lives as
+long as the run (so nothing is written to disk, and nothing computed twice).
 
 Cost: a record's `cost` sums its waves (`cost.generate`: each wave reads the prompt again, so
 its prompt tokens count once per wave; `cost.score`: each scorer's tokens and seconds over every
@@ -54,6 +55,7 @@ and selected.jsonl is selected from scored.jsonl as in a plain run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -78,6 +80,8 @@ ADAPTIVE = "adaptive"
 NO_RULE = ("random", "judge-pairwise", "judge-listwise")
 """Selection scores with no stopping rule (module docstring)."""
 VOTE, MARGIN = "vote", "margin"
+IN_MEMORY = ":memory:"
+"""The score cache of a run under `no_cache`: SQLite's in-memory database, gone with the run."""
 
 
 def wave_ends(n: int) -> list[int]:
@@ -210,9 +214,13 @@ class _Record:
         meta = {k: v for k, v in (self.meta or {}).items() if k != "first_sample"}
         return {**self.prompt, "candidates": list(self.candidates), "generator": meta}
 
-    def scored(self, record: dict, rule: str, is_settled: bool, seen: float | None) -> dict:
-        """The output record: `record` (scored) with the summed cost and `adaptive`."""
+    def paid(self, record: dict) -> None:
+        """Add what scoring a wave (`record`, the reranker's output) cost."""
         self.spent = summed(self.spent, {SCORE: record.get(COST, {}).get(SCORE)})
+
+    def scored(self, record: dict, rule: str, is_settled: bool, seen: float | None) -> dict:
+        """The output record: `record` (the last wave, scored) with every wave's cost summed
+        and `adaptive`."""
         out = {**record, COST: self.spent}
         out["generator"] = {**out["generator"], "n": len(self.candidates)}
         out[ADAPTIVE] = {
@@ -238,6 +246,8 @@ def adaptive_stage(
     by = selection_score(score, select)
     generator = Generator(generate, engine)
     scoring_engine = None if engine is None else engine.with_batch_size(score.batch_size)
+    if score.no_cache:  # old candidates' scores are still reused, from a cache of this run's
+        score = dataclasses.replace(score, no_cache=False, cache_path=IN_MEMORY)
     reranker = Reranker(score, scoring_engine)
     ends = wave_ends(generate.n)
 
@@ -262,6 +272,7 @@ def adaptive_stage(
                 if isinstance(result, RecordProblem):
                     outcomes[i] = result
                     continue
+                states[i].paid(result)
                 remaining = generate.n - end
                 done, seen = settled(result["candidates"], by, rule, remaining, select.settle)
                 if done or end == generate.n:

@@ -246,3 +246,38 @@ def test_run_records_samples_adaptively_too(tiny_model):
     rows = bon.run_records(PROMPTS, **options)
     assert [r["adaptive"]["n_used"] for r in rows] == [2] * len(PROMPTS)
     assert all("selected" in r for r in rows)
+
+
+def test_old_candidates_scores_are_reused_even_without_the_cache(tmp_path, tiny_model):
+    """flip-likelihood reads each candidate alone: wave 2 scores its 2 new candidates only."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:2])
+    options = _options(
+        tiny_model, scorers=["flip-likelihood"], no_cache=True, record_logprobs=False
+    )
+    bon.run(prompts, tmp_path / "ad", **options, adaptive=True, settle=1e9)
+    bon.run(prompts, tmp_path / "full", **options)
+    full = {
+        r["id"]: r["cost"]["score"]["flip-likelihood"]
+        for r in read_jsonl(tmp_path / "full" / "scored.jsonl")
+    }
+    for row in read_jsonl(tmp_path / "ad" / "scored.jsonl"):
+        spent = row["cost"]["score"]["flip-likelihood"]
+        assert spent["cached"] == 2  # wave 2: the two candidates of wave 1
+        assert spent["read_tokens"] == full[row["id"]]["read_tokens"]
+    assert not (tmp_path / "scores.sqlite").exists()  # nothing written to the disk cache
+
+
+def test_the_hf_engine_draws_later_samples_only_when_seeded(tiny_model):
+    from bon.engines import SamplingOptions, load_engine
+    from bon.errors import EngineError
+
+    options = GenerateOptions(
+        model=tiny_model, dtype="float32", device="cpu", engine_args={"sample_batching": "prompt"}
+    )
+    engine = load_engine(options)
+    try:
+        sampling = SamplingOptions(n=2, max_new_tokens=4, first_sample=2)
+        with pytest.raises(EngineError, match="first_sample.*sample_batching=seeded"):
+            engine.generate([[{"role": "user", "content": "Hi"}]], sampling)
+    finally:
+        engine.close()
