@@ -281,3 +281,17 @@ def test_the_hf_engine_draws_later_samples_only_when_seeded(tiny_model):
             engine.generate([[{"role": "user", "content": "Hi"}]], sampling)
     finally:
         engine.close()
+
+
+def test_the_cli_runs_adaptively_and_reports_the_mean_n(tmp_path, tiny_model):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:2])
+    args = ["run", str(prompts), "-o", str(tmp_path / "out"), "--model", tiny_model]
+    args += ["--reranker-model", tiny_model, "--dtype", "float32", "--device", "cpu", "--n", "4"]
+    args += ["--max-new-tokens", "6", "--record-logprobs", "--scorer", "confidence"]
+    result = CliRunner().invoke(main, [*args, "--adaptive", "--settle", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "adaptive: mean N used 2.00 of 4" in result.output
+    assert len(read_jsonl(tmp_path / "out" / "selected.jsonl")) == 2
+    again = CliRunner().invoke(main, [*args, "--adaptive", "--settle", "0.7"])
+    assert again.exit_code != 0  # another settle is another configuration: no silent resume
+    assert "overwrite" in again.output
