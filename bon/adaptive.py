@@ -10,8 +10,9 @@ whether more samples could still change the pick:
   samples still to come (`n` minus those drawn). Then no later candidate can overtake or tie the
   leading answer, and since the pick is the first candidate giving it (earlier candidates never
   change), the pick is exactly the one full best-of-N would make. This is the exact form of the
-  early stopping of self-consistency in Adaptive-Consistency (Aggarwal et al., 2023, "Let's
-  Sample Step by Step: Adaptive-Consistency for Efficient Reasoning with LLMs") and
+  early stopping of self-consistency in Adaptive-Consistency (Aggarwal et al., EMNLP 2023,
+  "Let's Sample Step by Step: Adaptive-Consistency for Efficient Reasoning and Coding with
+  LLMs") and
   Early-Stopping Self-Consistency (Li et al., ICLR 2024), whose criteria stop once the majority
   is (likely) decided; here it is certain. Weighted votes (`weight_by`) renormalise every
   weight when a candidate comes, so they have no such bound and are refused.
