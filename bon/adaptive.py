@@ -12,10 +12,9 @@ whether more samples could still change the pick:
   change), the pick is exactly the one full best-of-N would make. This is the exact form of the
   early stopping of self-consistency in Adaptive-Consistency (Aggarwal et al., EMNLP 2023,
   "Let's Sample Step by Step: Adaptive-Consistency for Efficient Reasoning and Coding with
-  LLMs") and
-  Early-Stopping Self-Consistency (Li et al., ICLR 2024), whose criteria stop once the majority
-  is (likely) decided; here it is certain. Weighted votes (`weight_by`) renormalise every
-  weight when a candidate comes, so they have no such bound and are refused.
+  LLMs") and Early-Stopping Self-Consistency (Li et al., ICLR 2024), whose criteria stop once
+  the majority is (likely) decided; here it is certain. Weighted votes (`weight_by`)
+  renormalise every weight when a candidate comes, so they have no such bound and are refused.
 - **any other score**: the best score's margin over the second, in standard deviations of the
   record's current scores (sample standard deviation, in the score's direction), exceeds
   `settle`. A heuristic in the spirit of adaptive best-of-N sampling (spending more samples on
