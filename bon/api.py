@@ -25,8 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bon import records, runner, stages, turns
-from bon.codec import STDIO
+from bon import adaptive, records, runner, stages, turns
+from bon.codec import STDIO, read_lines
 from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
 from bon.export import ExportOptions, export_file
@@ -252,11 +252,16 @@ def _generator_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(GenerateOptions))
 
 
+ADAPTIVE_FIELDS = ("adaptive", "settle")
+"""`SelectOptions` that only `run` reads (adaptive best-of-N samples as it selects)."""
+SELECT_GROUP = Group(SelectOptions, skip=ADAPTIVE_FIELDS)
+"""`SelectOptions` as the commands that select what others sampled take them."""
+
 COMMANDS: dict[str, list[Group]] = {
     "generate": [Group(GenerateOptions)],
     "score": [Group(ScoreOptions)],
-    "select": [Group(SelectOptions)],
-    "rerank": [Group(ScoreOptions), Group(SelectOptions)],
+    "select": [SELECT_GROUP],
+    "rerank": [Group(ScoreOptions), SELECT_GROUP],
     "run": [
         Group(GenerateOptions),
         Group(
@@ -556,9 +561,41 @@ def run(
     if file_options.concurrent and str(prompts) == STDIO:
         raise ConfigError("`concurrent` generates in a child process: pass PROMPTS as a file")
     stage_options = (generate_options, score_options, select_options)
+    if select_options.adaptive:
+        return _run_adaptive(prompts, Path(out_dir), stage_options, file_options)
     if turns.is_multiturn(prompts):
         return _run_turns(prompts, Path(out_dir), stage_options, file_options)
     return _run_three(prompts, Path(out_dir), stage_options, file_options)
+
+
+def _run_adaptive(
+    prompts: str | Path, out_dir: Path, stage_options: RunStages, files: FileOptions
+) -> list[Report]:
+    """Adaptive best-of-N (`bon.adaptive`): the waves run from `prompts` to scored.jsonl, then
+    candidates.jsonl (scored.jsonl without scores) and selected.jsonl follow from it. The
+    selection's report carries `mean_n`, the mean candidates drawn per record, and `n`."""
+    generate_options, score_options, select_options = stage_options
+    adaptive.check(generate_options, score_options, select_options)
+    if files.ray is not None or files.concurrent:
+        raise ConfigError("`adaptive` runs its waves in this process: drop --ray and --concurrent")
+    if turns.is_multiturn(prompts):
+        raise ConfigError("`adaptive` samples single-turn prompts: drop it for `turns` records")
+    candidates, scored, selected = (out_dir / name for name in RUN_FILES)
+    engine = _shared_engine(generate_options, score_options)
+    try:
+        build = partial(adaptive.adaptive_stage, *stage_options, engine)
+        reports = [_run_file(build, prompts, scored, files)]
+    finally:
+        if engine is not None:
+            engine.close()
+    later = dataclasses.replace(files, on_error="fail", shard=None)
+    build = partial(adaptive.candidates_stage, score_options)
+    reports.append(_run_file(build, scored, candidates, later))
+    select_build = _run_builders(*stage_options)[2]
+    reports.append(_run_file(select_build, scored, selected, later))
+    mean = adaptive.mean_n([r for _, r in read_lines(selected) if isinstance(r, dict)])
+    reports[-1].extra.update(mean_n=mean, n=generate_options.n)
+    return reports
 
 
 def _run_three(
@@ -662,11 +699,20 @@ def run_records(
     )
     _check_run_by(score_options, select_options)
     stage_options = (generate_options, score_options, select_options)
+    if select_options.adaptive:
+        adaptive.check(generate_options, score_options, select_options)
     if items and isinstance(items[0], dict) and "turns" in items[0]:
+        if select_options.adaptive:
+            raise ConfigError("`adaptive` samples single-turn prompts: drop it for `turns` records")
         return _run_turns_records(items, stage_options)
     engine = _shared_engine(generate_options, score_options)
     try:
-        for stage in _run_stages(*stage_options, engine):
+        if select_options.adaptive:
+            select_stage = _run_builders(*stage_options)[2]()
+            chosen = [adaptive.adaptive_stage(*stage_options, engine), select_stage]
+        else:
+            chosen = _run_stages(*stage_options, engine)
+        for stage in chosen:
             items = runner.run_records(stage, items)
     finally:
         if engine is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
@@ -188,6 +189,15 @@ class Generator:
                 batch, outputs, bases, seeds, spent, strict=True
             )
         ]
+
+    def wave(self, first: int, count: int) -> Generator:
+        """A generator sharing this one's engine (left open by its `close`) that draws samples
+        `first` .. `first + count - 1` of each record: a wave of adaptive best-of-N
+        (`bon.adaptive`)."""
+        out = Generator(self.options, self.engine)
+        out._sampling = dataclasses.replace(self._sampling, n=count, first_sample=first)
+        out.progress = self.progress
+        return out
 
     def close(self) -> None:
         if self._engine is not None and self._owns_engine:

@@ -107,7 +107,7 @@ class RerankerKeywords(TypedDict, total=False):
 
 
 class SelectKeywords(TypedDict, total=False):
-    """`SelectOptions` (bon.select)."""
+    """`SelectOptions` (bon.select), less those only `run` reads."""
 
     by: str | None
     keep_all: bool
@@ -216,9 +216,13 @@ class RerankRecordsArgs(ScoreKeywords, SelectKeywords, total=False):
     """The keywords of `bon.rerank_records`."""
 
 
-class RunArgs(GenerateKeywords, RerankerKeywords, SelectKeywords, total=False):
+class RunArgs(GenerateKeywords, RerankerKeywords, total=False):
     """The keywords of `bon.run`."""
 
+    by: str | None
+    keep_all: bool
+    adaptive: bool
+    settle: float
     on_error: str
     overwrite: bool
     quiet: bool
@@ -230,8 +234,13 @@ class RunArgs(GenerateKeywords, RerankerKeywords, SelectKeywords, total=False):
     concurrent: bool
 
 
-class RunRecordsArgs(GenerateKeywords, RerankerKeywords, SelectKeywords, total=False):
+class RunRecordsArgs(GenerateKeywords, RerankerKeywords, total=False):
     """The keywords of `bon.run_records`."""
+
+    by: str | None
+    keep_all: bool
+    adaptive: bool
+    settle: float
 
 
 class ExportArgs(ExportKeywords, total=False):

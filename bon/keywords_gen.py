@@ -20,7 +20,6 @@ from bon.export import ExportOptions
 from bon.fitting import FitOptions
 from bon.generator import GenerateOptions
 from bon.scorers import ScoreOptions
-from bon.select import SelectOptions
 
 COMMAND = "python -m bon.keywords_gen"
 TARGET = Path(__file__).with_name("keywords.py")
@@ -52,7 +51,11 @@ GROUPS = [
         "`ScoreOptions` as `run` takes them: `reranker_` before the generator's names; `device`"
         "\n    and `dtype` come from `GenerateKeywords`.",
     ),
-    Named("SelectKeywords", api.Group(SelectOptions), "`SelectOptions` (bon.select)."),
+    Named(
+        "SelectKeywords",
+        api.SELECT_GROUP,
+        "`SelectOptions` (bon.select), less those only `run` reads.",
+    ),
     Named("FileKeywords", api.Group(api.FileOptions), "`FileOptions` (bon.api)."),
     Named("ExportKeywords", api.Group(ExportOptions), "`ExportOptions` (bon.export)."),
     Named("FitKeywords", api.Group(FitOptions), "`FitOptions` (bon.fitting)."),

@@ -265,6 +265,11 @@ class BestOfN:
         self.generate = generate or GenerateOptions()
         self.score = score or ScoreOptions()
         self.select = select or SelectOptions()
+        if self.select.adaptive:
+            raise ConfigError(
+                "`adaptive` is for `bon run` (and bon.run), not for requests answered one "
+                "at a time (bon serve, lm-eval, rewards): drop it"
+            )
         if self.select.by is not None and self.select.by not in self.score.scorers:
             raise ConfigError(
                 f"`by` must name one of the scorers ({', '.join(self.score.scorers)}), "

@@ -31,6 +31,22 @@ class SelectOptions:
         constraint="a score name",
     )
     keep_all: bool = option(False, "Keep all candidates beside the selection.")
+    adaptive: bool = option(
+        False,
+        "bon run only: sample each prompt in waves (2, 4, 8, ... up to --n candidates) and stop "
+        "once its pick is settled: under vote when the leading answer's lead exceeds the "
+        "samples still to come; under another score when the best candidate's margin over the "
+        "second exceeds --settle standard deviations of the record's scores (bon.adaptive). "
+        "Needs the hf engine's seeded sampling; not for random or judge-pairwise/listwise.",
+    )
+    settle: float = option(
+        1.5,
+        "bon run --adaptive: the margin of the best score over the second, in standard "
+        "deviations of the record's current scores, that settles a record. Two candidates "
+        "always differ by 1.41, so below that every record stops at 2.",
+        check=lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        constraint="a number > 0",
+    )
 
     def __post_init__(self) -> None:
         validate(self)

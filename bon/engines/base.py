@@ -53,6 +53,10 @@ class SamplingOptions:
         record_logprobs: give each completion the model's own mean token log-probability
             (`Completion.logprob_mean`) and, where the engine sees the whole distribution
             (hf), its self-certainty (`Completion.self_certainty`).
+        first_sample: the index of the first of the `n` samples within its conversation: with
+            it, the hf engine's seeded sampling draws samples first_sample .. first_sample+n-1,
+            the same ones a call with `first_sample` 0 and a larger `n` draws there (the waves
+            of adaptive best-of-N, `bon.adaptive`). Engines that cannot honour it refuse it.
     """
 
     n: int = option(
@@ -81,6 +85,12 @@ class SamplingOptions:
         constraint="a JSON schema object (a dict) or None",
     )
     record_logprobs: bool = option(False, "record each completion's log-probabilities")
+    first_sample: int = option(
+        0,
+        "index of the first sample drawn in each conversation",
+        check=lambda v: non_negative(v) and isinstance(v, int),
+        constraint="an integer >= 0",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -102,6 +112,8 @@ class SamplingOptions:
             del out["json_schema"]
         if not self.record_logprobs:
             del out["record_logprobs"]
+        if not self.first_sample:
+            del out["first_sample"]
         return out
 
 

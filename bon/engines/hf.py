@@ -234,6 +234,11 @@ class HFEngine(Engine):
                 "continuous batching does not return raw logits): use sample_batching=seeded, "
                 "prompt or grouped"
             )
+        if sampling.first_sample and not sampling.greedy and mode != "seeded":
+            raise EngineError(
+                f"first_sample (samples drawn from index {sampling.first_sample} on) needs "
+                f"sample_batching=seeded, got {mode}: drop --engine-arg sample_batching"
+            )
         ids = [self._encode(self.render(c)) for c in conversations]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(ids)
         results: list[list[Completion]] = [[] for _ in ids]
@@ -471,7 +476,8 @@ class HFEngine(Engine):
         if not sampling.greedy and seeds is not None:
             # Greedy search returns one sequence per input row: the rows are copied here.
             inputs = {key: value.repeat_interleave(copies, dim=0) for key, value in inputs.items()}
-            streams = [row_seed(seed, j) for seed in seeds for j in range(copies)]
+            first = sampling.first_sample  # a later wave of adaptive best-of-N starts there
+            streams = [row_seed(seed, first + j) for seed in seeds for j in range(copies)]
             sampler = RowSampler(torch, streams, width, sampling, self.device)
             kwargs.update(do_sample=False, logits_processor=LogitsProcessorList([sampler]))
             copies = 1

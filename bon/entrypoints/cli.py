@@ -277,6 +277,9 @@ def _summarise(report: Report) -> None:
     if report.errors:
         parts.append(f"{report.errors} bad records skipped (see {report.error_file})")
     click.echo("; ".join(parts), err=True)
+    if report.extra.get("mean_n") is not None:
+        mean, most = report.extra["mean_n"], report.extra.get("n")
+        click.echo(f"adaptive: mean N used {mean:.2f} of {most}", err=True)
     for scorer, counts in report.extra.get("parse", {}).items():
         total = sum(counts.values())
         rates = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(counts.items()))
