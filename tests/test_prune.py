@@ -211,3 +211,24 @@ def test_the_cli_takes_the_pruning_flags(tiny_model, tmp_path):
     assert sum("pruned_at" in c for c in record["candidates"]) == 3
     help_text = CliRunner().invoke(main, ["generate", "--help"]).output
     assert "--prune-at" in help_text and "--keep" in help_text and "--prune-by" in help_text
+
+
+def test_a_killed_pruned_run_resumes_record_by_record_and_refuses_other_settings(
+    tiny_model, tmp_path
+):
+    from tests.conftest import without_seconds, write_jsonl
+
+    source = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    out = tmp_path / "c.jsonl"
+    settings = dict(
+        model=tiny_model, dtype="float32", device="cpu", n=4, max_new_tokens=12,
+        prune_at=(4,), keep=0.5, prune_by="relevance",
+    )  # fmt: skip
+    bon.generate(source, out, **settings)
+    whole = without_seconds(out)
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:1]) + lines[1][:40])  # killed while writing record 2
+    bon.generate(source, out, **settings)
+    assert without_seconds(out) == whole
+    with pytest.raises(ConfigError, match="keep"):
+        bon.generate(source, out, **{**settings, "keep": 0.75})
