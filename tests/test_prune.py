@@ -232,3 +232,11 @@ def test_a_killed_pruned_run_resumes_record_by_record_and_refuses_other_settings
     assert without_seconds(out) == whole
     with pytest.raises(ConfigError, match="keep"):
         bon.generate(source, out, **{**settings, "keep": 0.75})
+
+
+def test_serving_refuses_pruning_when_it_starts():
+    from bon.online import BestOfN
+
+    options = GenerateOptions(model="/no/such/model", max_new_tokens=16, prune_at=(4,))
+    with pytest.raises(ConfigError, match="not available when serving"):
+        BestOfN(options)
