@@ -118,6 +118,11 @@ def check(
             "`adaptive` with vote needs unweighted votes (a weighted vote's weights change "
             "with every new candidate, so no lead is safe): drop --weight-by or --adaptive"
         )
+    if generate.prune_at:
+        raise ConfigError(
+            "`adaptive` and `prune_at` do not go together (a wave would prune among its own "
+            "candidates only): choose one"
+        )
     mode = (generate.engine_args or {}).get("sample_batching", "seeded")
     if generate.temperature > 0 and (generate.engine != "hf" or mode != "seeded"):
         raise ConfigError(

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bon import adaptive, records, runner, stages, turns
+from bon import adaptive, prune, records, runner, stages, turns
 from bon.codec import STDIO, read_lines
 from bon.engines import Engine, SharedEngine, same_engine
 from bon.errors import BonError, ConfigError, InputError
@@ -831,8 +831,9 @@ def _run_builders(
     """Functions that build `run`'s three stages (picklable without `engine`, for Ray actors and
     child processes); `engine`, when given, serves generation and scoring."""
     scoring_engine = None if engine is None else engine.with_batch_size(score_options.batch_size)
+    prune.score_options(generate_options, score_options)  # a pruning error before any model loads
     return [
-        partial(stages.generate_stage, generate_options, engine),
+        partial(stages.generate_stage, generate_options, engine, score_options, scoring_engine),
         partial(stages.score_stage, score_options, scoring_engine),
         partial(stages.select_stage, _first_scorer(select_options, score_options)),
     ]

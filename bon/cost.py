@@ -54,6 +54,9 @@ from bon.records import COST
 
 GENERATE, SCORE, TOTAL = "generate", "score", "total"
 """The parts of `cost`: the generator's, the scorers' and the selector's sum of both."""
+PRUNE = "prune"
+"""The part a pruned generate stage adds (`bon.prune`): its scorer's `read_tokens`,
+`generated_tokens` and `seconds`, and the `prefill_tokens` its continuations re-read."""
 DIGITS = 6
 """Seconds are rounded to microseconds."""
 
@@ -180,7 +183,8 @@ def with_part(record: dict, part: str, value: Any) -> dict:
 
 def total(record: dict) -> dict[str, Any] | None:
     """The sum of a record's generation and scoring costs, `{"tokens", "seconds"}`: the
-    generator's prompt and completion tokens and every scorer's read and generated tokens; None
+    generator's prompt and completion tokens, what pruning spent (`PRUNE`: its scorer's tokens,
+    the tokens re-read by continuations) and every scorer's read and generated tokens; None
     when the record carries neither part."""
     cost = record.get(COST)
     if not isinstance(cost, dict) or not (GENERATE in cost or SCORE in cost):
@@ -190,6 +194,11 @@ def total(record: dict) -> dict[str, Any] | None:
     if isinstance(generate, dict):
         tokens += _int(generate.get("prompt_tokens")) + _int(generate.get("completion_tokens"))
         spent.append(_float(generate.get("seconds")))
+    pruning = cost.get(PRUNE)
+    if isinstance(pruning, dict):
+        tokens += sum(_int(pruning.get(k)) for k in ("read_tokens", "generated_tokens"))
+        tokens += _int(pruning.get("prefill_tokens"))
+        spent.append(_float(pruning.get("seconds")))
     scores = cost.get(SCORE)
     for part in scores.values() if isinstance(scores, dict) else ():
         if isinstance(part, dict):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bon import cost, records
+from bon import cost, prune, records
+from bon.chat import Message
 from bon.engines import Completion, Engine, EngineOptions, SamplingOptions, load_engine
 from bon.engines.base import RecordedArgs
+from bon.errors import ConfigError
 from bon.options import checked_as, option, positive
 from bon.records import COST, RecordProblem
 
@@ -56,9 +59,70 @@ class GenerateOptions(EngineOptions):
         "which the confidence scorer reads.",
     )
 
+    prune_at: tuple[int, ...] = option(
+        (),
+        "Pruned best-of-N: token counts at which to score the partial candidates with "
+        "--prune-by and keep only the best --keep share of them (at least one), e.g. "
+        "--prune-at 32,64; survivors decode on to --max-new-tokens. Each must be below "
+        "--max-new-tokens, in increasing order. Needs the hf engine's seeded sampling (or "
+        "temperature 0).",
+        check=lambda v: isinstance(v, tuple) and all(positive(t) for t in v),
+        constraint="token counts >= 1",
+    )
+    keep: float = option(
+        0.5,
+        "With --prune-at: the share of the candidates still standing kept at each checkpoint "
+        "(rounded up, at least one).",
+        check=lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+        constraint="a number in (0, 1]",
+    )
+    prune_by: str | None = option(
+        None,
+        "With --prune-at: the scorer that scores the partial candidates; it must read prefixes "
+        "(flip-tokens, flip-likelihood, rm, relevance). Unset: bon run's first --scorer; "
+        "required in bon generate.",
+        check=lambda v: v is None or (isinstance(v, str) and bool(v)),
+        constraint="a scorer name",
+    )
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_at", _checkpoints(self.prune_at))
         super().__post_init__()
         self.sampling()
+        if self.prune_at:
+            self._check_pruning()
+
+    def _check_pruning(self) -> None:
+        """Pruning's options against each other, the engine and the scorer, before any model
+        loads (`bon.prune`)."""
+        from bon.engines import engines
+        from bon.scorers import scorers
+
+        at = self.prune_at
+        if any(b <= a for a, b in itertools.pairwise(at)):
+            raise ConfigError(f"`prune_at` must be increasing token counts, got {list(at)}")
+        if at[-1] >= self.max_new_tokens:
+            raise ConfigError(
+                f"`prune_at` must be below `max_new_tokens` ({self.max_new_tokens}), got "
+                f"{list(at)}: prune earlier or raise --max-new-tokens"
+            )
+        if self.record_logprobs:
+            raise ConfigError(
+                "`record_logprobs` cannot be combined with `prune_at` yet: the log-probabilities "
+                "of a pruned run's segments are not joined; drop one of them"
+            )
+        if self.temperature > 0 and not engines.get(self.engine).resumes(self.engine_args or {}):
+            raise ConfigError(
+                f"`prune_at` needs an engine that continues partial candidates exactly: the "
+                f"{self.engine} engine with these engine args does not; use --engine hf with "
+                "its default --engine-arg sample_batching=seeded"
+            )
+        if self.prune_by is not None:
+            prune.check_scorer(self.prune_by, scorers.names())
+
+    def pruning(self) -> bool:
+        """Whether candidates are pruned while they decode (`prune_at` is set)."""
+        return bool(self.prune_at)
 
     def samples_alone(self) -> bool:
         """Whether the engine samples each prompt in a call of its own: batching records would
@@ -79,6 +143,27 @@ class GenerateOptions(EngineOptions):
         )
 
 
+def _checkpoints(value: Any) -> Any:
+    """`prune_at` as a tuple of ints: the command line gives "32,64" (or the flag repeated),
+    a recipe a list; anything else is left for the option's check to refuse."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                out.extend(int(part) for part in item.split(",") if part.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"`prune_at` must be token counts >= 1, got {item!r}: give e.g. 32,64"
+                ) from None
+        else:
+            out.append(item)
+    return tuple(out)
+
+
 def _with_candidates(
     record: dict,
     completions: list[Completion],
@@ -92,6 +177,21 @@ def _with_candidates(
     candidates = [{**c.to_record(), COST: s} for c, s in zip(completions, shares, strict=True)]
     out = {**record, "candidates": candidates, "generator": meta}
     return cost.with_part(out, cost.GENERATE, part)
+
+
+def _with_pruning(done: list[dict | RecordProblem], decoded: prune.Decoded) -> list:
+    """Each record with its candidates' pruning fields and its `cost.prune` part, or the
+    problem its pruning scorer met."""
+    out: list[dict | RecordProblem] = []
+    for record, fields, part, problem in zip(
+        done, decoded.fields, decoded.prune_costs, decoded.problems, strict=True
+    ):
+        if problem is not None or isinstance(record, RecordProblem):
+            out.append(problem or record)
+            continue
+        candidates = [{**c, **f} for c, f in zip(record["candidates"], fields, strict=True)]
+        out.append(cost.with_part({**record, "candidates": candidates}, cost.PRUNE, part))
+    return out
 
 
 def request_seed(seed: int, record_id: str) -> int:
@@ -113,10 +213,23 @@ def seed_key(record: dict) -> str:
 class Generator:
     """Adds `candidates` and `generator` to prompt records; loads its engine on first use."""
 
-    def __init__(self, options: GenerateOptions, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        options: GenerateOptions,
+        engine: Engine | None = None,
+        pruner: prune.Pruner | None = None,
+    ) -> None:
         """`engine`, when given, is used instead of loading one and is left open by `close`
-        (a server shares one engine among generators of different sampling options)."""
+        (a server shares one engine among generators of different sampling options);
+        `pruner` scores partial candidates when `options.prune_at` is set (`bon.prune`), and
+        is closed by `close`."""
+        if options.pruning() and pruner is None:
+            raise ConfigError(
+                "`prune_at` needs a scorer to prune by: give `prune_by` (bon run prunes by its "
+                "first scorer); this front end cannot prune"
+            )
         self.options = options
+        self.pruner = pruner if options.pruning() else None
         self._sampling = options.sampling()
         self._engine: Engine | None = engine
         self._owns_engine = engine is None
@@ -156,7 +269,14 @@ class Generator:
         identity.pop("engine_args", None)
         if engine_args:
             identity["engine_args"] = dict(sorted(engine_args.items()))
-        return {"stage": "generate", **identity, **self._sampling.to_dict()}
+        out = {"stage": "generate", **identity, **self._sampling.to_dict()}
+        if self.pruner is not None:
+            out["prune"] = {
+                "at": list(self.options.prune_at),
+                "keep": self.options.keep,
+                "by": self.pruner.describe(),
+            }
+        return out
 
     def process(
         self, batch: list[dict], base_seeds: Sequence[int] | None = None
@@ -175,20 +295,54 @@ class Generator:
         if progress:
             progress.clock()
         started = time.perf_counter()
+        decoded = None
         with watching:
-            outputs = engine.generate(conversations, self._sampling, seeds)
-        elapsed = time.perf_counter() - started
+            if self.pruner is None:
+                outputs = engine.generate(conversations, self._sampling, seeds)
+            else:
+                decoded = self._decode_pruned(self.pruner, batch, engine, conversations, seeds)
+                outputs = decoded.completions
+        elapsed = time.perf_counter() - started if decoded is None else decoded.seconds
         if progress:
             progress.spent(sum(c.tokens for row in outputs for c in row))
         meta = {**engine.describe(), **self._sampling.to_dict()}
         meta["batch_size"] = self.options.batch_size
+        if self.pruner is not None:
+            meta["prune"] = {
+                "at": list(self.options.prune_at),
+                "keep": self.options.keep,
+                "by": self.pruner.name,
+            }
         spent = cost.generation_costs(prompts, outputs, elapsed)
-        return [
+        done = [
             _with_candidates(record, completions, {**meta, "seed": base, "request_seed": seed}, one)
             for record, completions, base, seed, one in zip(
                 batch, outputs, bases, seeds, spent, strict=True
             )
         ]
+        return done if decoded is None else _with_pruning(done, decoded)
+
+    def _decode_pruned(
+        self,
+        pruner: prune.Pruner,
+        batch: list[dict],
+        engine: Engine,
+        conversations: list[list[Message]],
+        seeds: list[int],
+    ) -> prune.Decoded:
+        def score(indices: list[int], texts: list[list[str]]) -> Any:
+            return pruner.score([batch[i] for i in indices], texts)
+
+        return prune.decode(
+            engine,
+            conversations,
+            self._sampling,
+            seeds,
+            self.options.prune_at,
+            self.options.keep,
+            score,
+            pruner.higher_is_better,
+        )
 
     def wave(self, first: int, count: int) -> Generator:
         """A generator sharing this one's engine (left open by its `close`) that draws samples
@@ -200,6 +354,8 @@ class Generator:
         return out
 
     def close(self) -> None:
+        if self.pruner is not None:
+            self.pruner.close()
         if self._engine is not None and self._owns_engine:
             self._engine.close()
         self._engine = None

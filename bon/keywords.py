@@ -27,6 +27,9 @@ class GenerateKeywords(TypedDict, total=False):
     max_new_tokens: int
     seed: int
     record_logprobs: bool
+    prune_at: Sequence[int]
+    keep: float
+    prune_by: str | None
 
 
 class ScoreKeywords(TypedDict, total=False):

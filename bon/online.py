@@ -263,6 +263,11 @@ class BestOfN:
         select: SelectOptions | None = None,
     ) -> None:
         self.generate = generate or GenerateOptions()
+        if self.generate.pruning():
+            raise ConfigError(
+                "`prune_at` is not available when serving (pruned best-of-N runs in bon "
+                "generate and bon run): drop --prune-at"
+            )
         self.score = score or ScoreOptions()
         self.select = select or SelectOptions()
         if self.select.adaptive:

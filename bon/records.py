@@ -171,6 +171,12 @@ def candidates(record: dict) -> list[dict]:
     return [{"text": text} for text in record["responses"]]
 
 
+def is_pruned(candidate: Any) -> bool:
+    """Whether a candidate was pruned while it decoded (it carries `pruned_at`, `bon.prune`):
+    the score stage gives it null scores and the selector never picks it."""
+    return isinstance(candidate, dict) and candidate.get("pruned_at") is not None
+
+
 def content_id(record: dict) -> str:
     """A stable id from the record's whole content (all fields, canonical JSON)."""
     return fingerprint(record)

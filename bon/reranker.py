@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bon import cost, records
 from bon.cache import CachedScorer, ScoreCache
 from bon.engines import Engine, load_engine
-from bon.records import COST, RecordProblem
+from bon.records import COST, RecordProblem, is_pruned
 from bon.scorers import Query, ScoreOptions, Scorer, scorers
 from bon.scorers.base import refused
 
@@ -73,9 +73,11 @@ class Reranker:
         """Each record with its scores, or a `RecordProblem` when the engine refused one of its
         candidates. Each scorer sees the scores of those before it (`Query.scores`)."""
         out = [{**r, "candidates": [dict(c) for c in records.candidates(r)]} for r in batch]
-        sizes = [len(r["candidates"]) for r in out]
+        # Candidates pruned while they decoded (bon.prune) get null scores, unscored.
+        views = [{**r, "candidates": [c for c in r["candidates"] if not is_pruned(c)]} for r in out]
+        sizes = [len(r["candidates"]) for r in views]
         for scorer in self._scoring:
-            queries = [_query(r) for r in out]
+            queries = [_query(r) for r in views]
             self.meter.take()
             started = time.perf_counter()
             results = scorer.score(queries)
@@ -92,10 +94,13 @@ class Reranker:
                 self.progress.advance(sum(sizes))
                 self.progress.spent(reading.read + reading.generated)
             description = scorer.describe()
-            for record, scored, part in zip(out, results, spent, strict=True):
+            for record, view, scored, part in zip(out, views, results, spent, strict=True):
                 record["scoring"] = {**record.get("scoring", {}), scorer.name: description}
                 _add_cost(record, scorer.name, part)
-                for candidate, item in zip(record["candidates"], scored, strict=True):
+                for candidate in record["candidates"]:
+                    if is_pruned(candidate):
+                        candidate["scores"] = {**candidate.get("scores", {}), scorer.name: None}
+                for candidate, item in zip(view["candidates"], scored, strict=True):
                     candidate["scores"] = {**candidate.get("scores", {}), scorer.name: item.value}
                     if item.evidence:
                         candidate[scorer.name] = item.evidence

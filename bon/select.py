@@ -2,7 +2,8 @@
 
 Tie rule: among equal best scores the lowest candidate index wins, so a selection never depends
 on anything but the scores and their order. A NaN (or null) score never wins while another
-score exists; a record with no other score is selected as null.
+score exists; a record with no other score is selected as null. A candidate pruned while it
+decoded (it carries `pruned_at`, see `bon.prune`) counts as NaN whatever its scores.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from bon import cost
 from bon.options import option, validate
+from bon.records import is_pruned
 from bon.scorers import ScoreOptions, higher_is_better
 
 DEFAULT_SCORE = ScoreOptions().scorers[0]
@@ -106,7 +108,8 @@ def select_record(record: dict, options: SelectOptions) -> dict:
     """
     name = options.score_for(record)
     candidates = record["candidates"]
-    values = [_as_float(c["scores"][name]) for c in candidates]
+    # A candidate pruned while it decoded (`pruned_at`, bon.prune) is never selected.
+    values = [math.nan if is_pruned(c) else _as_float(c["scores"][name]) for c in candidates]
     index = None if all(map(_missing, values)) else best_index(values, higher_is_better(name))
     out = dict(record)
     if not options.keep_all:

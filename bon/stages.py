@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bon import records
-from bon.cost import GENERATE, SCORE, TOTAL
+from bon import prune, records
+from bon.cost import GENERATE, PRUNE, SCORE, TOTAL
 from bon.generator import GenerateOptions, Generator
 from bon.records import RecordProblem
 from bon.reranker import Reranker
@@ -57,9 +57,19 @@ class Stage:
     config_advice: Sequence[tuple[dict[str, Any], str]] = ()
 
 
-def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> Stage:
-    """The generate stage; `engine`, when given, is shared instead of loaded (and left open)."""
-    generator = Generator(options, engine)
+def generate_stage(
+    options: GenerateOptions,
+    engine: Engine | None = None,
+    scoring: ScoreOptions | None = None,
+    scoring_engine: Engine | None = None,
+) -> Stage:
+    """The generate stage; `engine`, when given, is shared instead of loaded (and left open).
+    With `options.prune_at`, candidates are pruned as they decode (`bon.prune`) by `prune_by`,
+    else by the first scorer of `scoring` (the score stage's options, whose model and options
+    the prune scorer takes), on `scoring_engine` when given."""
+    pruning = prune.score_options(options, scoring)
+    pruner = None if pruning is None else prune.Pruner(pruning, scoring_engine)
+    generator = Generator(options, engine, pruner)
 
     def watch(progress: Progress | None) -> None:
         generator.progress = progress
@@ -73,7 +83,7 @@ def generate_stage(options: GenerateOptions, engine: Engine | None = None) -> St
         budget=options.n if options.samples_alone() else options.batch_size,
         close=generator.close,
         watch=watch,
-        cost_parts=(GENERATE,),
+        cost_parts=(GENERATE, PRUNE) if pruner is not None else (GENERATE,),
         older_configs=generator.older_configs(),
         config_advice=generator.config_advice(),
     )

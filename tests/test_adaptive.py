@@ -93,6 +93,7 @@ def test_costs_add_field_by_field():
             "unweighted votes",
         ),
         ({"concurrent": True}, "drop --ray and --concurrent"),
+        ({"scorers": ["flip-tokens"], "prune_at": (4,)}, "`adaptive` and `prune_at` do not go"),
     ],
 )
 def test_bad_adaptive_options_are_refused(tmp_path, options, match):

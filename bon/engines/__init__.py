@@ -57,6 +57,15 @@ class EngineProxy(Engine):
     ) -> list[list[float]]:
         return self.inner.continuation_logprobs(conversations, continuations)
 
+    def resume(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None,
+        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+    ) -> list[list[Completion]]:
+        return self.inner.resume(conversations, sampling, seeds, partials)
+
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return self.inner.token_pieces(texts)
 

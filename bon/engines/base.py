@@ -276,11 +276,15 @@ class Completion:
     error: str | None = None
     logprob_mean: float | None = None
     self_certainty: float | None = None
+    token_ids: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The completion's token ids (stop token included), from engines that can continue a
+    completion (`Engine.resume`); never written into records."""
 
     def to_record(self) -> dict[str, Any]:
         """The candidate as stored in records (`error`, `logprob_mean` and `self_certainty`
         only when there are some)."""
         record = dataclasses.asdict(self)
+        del record["token_ids"]
         for name in OPTIONAL_FIELDS:
             if record[name] is None:
                 del record[name]
@@ -428,6 +432,31 @@ class Engine(ABC):
         """Tokens of `conversation` as this engine formats it for a reply (its chat template);
         0 for engines that do not see the template and the tokenizer (a server's)."""
         return 0
+
+    @classmethod
+    def resumes(cls, engine_args: Mapping[str, Any]) -> bool:
+        """Whether `resume` continues a completion exactly as an uninterrupted `generate` call
+        would have (same seed, same tokens), as pruned best-of-N needs (`bon.prune`); known
+        before the engine loads."""
+        return False
+
+    def resume(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None,
+        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+    ) -> list[list[Completion]]:
+        """Continue partial completions made by `generate` with the same `sampling` (but a
+        smaller `max_new_tokens`): `partials[i]` holds (sample index j, its token ids so far)
+        for conversation i, and each comes back, in that order, as the whole completion it
+        would have been had `generate` run to `sampling.max_new_tokens` (counted from the
+        completion's start, its first tokens included). Engines that cannot (`resumes`) raise
+        `EngineError`."""
+        raise EngineError(
+            f"the {self.name} engine cannot continue partial candidates (pruned best-of-N, "
+            "--prune-at): use the hf engine with its default sample_batching=seeded"
+        )
 
     @classmethod
     def model_head(cls, model: str) -> str | None:

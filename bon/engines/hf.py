@@ -118,6 +118,13 @@ class HFEngine(Engine):
         return _mode(engine_args) == "prompt"
 
     @classmethod
+    def resumes(cls, engine_args: Mapping[str, Any]) -> bool:
+        """`seeded` sampling continues a partial completion exactly (`resume`); the other
+        modes draw from streams shared by the rows of a call, which no later call can
+        resume."""
+        return _mode(engine_args) == "seeded"
+
+    @classmethod
     def recorded_args(cls, engine_args: Mapping[str, Any], sampled: bool) -> RecordedArgs:
         """Sampled runs record the mode they sample with, `prompt` excepted: outputs made while
         `prompt` was the default (and not given) record none, so a run in `prompt` mode
@@ -522,7 +529,88 @@ class HFEngine(Engine):
             tokens=tokens,
             logprob_mean=logprob_mean,
             self_certainty=self_certainty,
+            token_ids=tuple(token_ids[:tokens]),
         )
+
+    # Pruned best-of-N (bon.prune): continuing partial completions.
+    def resume(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None,
+        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+    ) -> list[list[Completion]]:
+        """Continue partial completions (see `Engine.resume`) by re-reading each prompt and
+        its partial token ids in a new `generate` call (no KV cache is kept between calls).
+        Sampled, sample j of a conversation seeded s draws from the stream of `row_seed(s, j)`
+        advanced past the steps its first tokens drew (`RowSampler`'s `skip`), so it goes on
+        with the very draws an uninterrupted `seeded` call would have made. Rows are grouped
+        by how many tokens they hold and how much room the context leaves them, and batched
+        by `batch_size` sequences, longest prompts first."""
+        self._need_lm("generate")
+        if not sampling.greedy and (seeds is None or not self.resumes(self.engine_args)):
+            raise EngineError(
+                "the hf engine continues partial candidates only with sample_batching=seeded "
+                "and per-conversation seeds"
+            )
+        if sampling.greedy:
+            seeds = None
+        prompts = [self._encode(self.render(c)) for c in conversations]
+        results: list[list[Completion | None]] = [[None] * len(p) for p in partials]
+        groups: dict[tuple[int, int], list[tuple[int, int, int, list[int]]]] = {}
+        for i, rows in enumerate(partials):
+            for k, (j, ids) in enumerate(rows):
+                room = self._room(prompts[i], sampling)
+                if room - len(ids) <= 0:  # nothing left to decode
+                    results[i][k] = self._completion(list(ids))
+                    continue
+                groups.setdefault((len(ids), room), []).append((i, k, j, list(ids)))
+        for (done, room), group in groups.items():
+            group.sort(key=lambda row: len(prompts[row[0]]), reverse=True)
+            size = max(1, self.options.batch_size)
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                streams = None if seeds is None else [row_seed(seeds[i], j) for i, _, j, _ in chunk]
+                news = self._continue_batch(
+                    [prompts[i] + ids for i, _, _, ids in chunk],
+                    sampling,
+                    room - done,
+                    streams,
+                    done,
+                )
+                for (i, k, _, ids), new in zip(chunk, news, strict=True):
+                    results[i][k] = self._completion(ids + new)
+        return [[c for c in row if c is not None] for row in results]
+
+    def _continue_batch(
+        self,
+        batch: list[list[int]],
+        sampling: SamplingOptions,
+        max_new_tokens: int,
+        streams: list[int] | None,
+        skip: int,
+    ) -> list[list[int]]:
+        """One left-padded greedy `generate` call over `batch` (prompts with their partial
+        completions), each row sampled from its stream advanced by `skip` steps when `streams`
+        are given; the new token ids of each row."""
+        from transformers import LogitsProcessorList
+
+        torch = self._torch
+        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
+        width = padded["input_ids"].shape[1]
+        kwargs: dict[str, Any] = {"do_sample": False}
+        if streams is not None:
+            sampler = RowSampler(torch, streams, width, sampling, self.device, skip=skip)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
+        with torch.inference_mode():
+            out = self.model.generate(
+                **dict(padded),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self._stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
+            )
+        return cast(list[list[int]], out[:, width:].tolist())
 
     def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
         """The head's logits at each conversation's last token, in length-sorted micro-batches
@@ -715,9 +803,12 @@ class RowSampler:
         prompt_width: int,
         sampling: SamplingOptions,
         device: Any,
+        skip: int = 0,
     ) -> None:
         """`seeds`: each row's stream seed (`row_seed`), in row order; `prompt_width`: the
-        padded prompt's length, from which the steps are counted."""
+        padded prompt's length, from which the steps are counted; `skip`: steps each stream
+        has already drawn (a row continuing a partial completion of that many tokens): before
+        the first step, each stream draws and drops that many steps' noise."""
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         self._torch = torch
@@ -726,6 +817,7 @@ class RowSampler:
             torch.Generator(device=self._device).manual_seed(seed) for seed in seeds
         ]
         self._step = prompt_width
+        self._skip = skip
         self._noise: Any = None
         self._warpers: list[Any] = []
         if sampling.temperature != 1.0:
@@ -746,6 +838,9 @@ class RowSampler:
             scores = warper(input_ids, scores)
         if self._noise is None:
             self._noise = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)
+            for row, generator in enumerate(self._generators):
+                for _ in range(self._skip):  # the same draws, one step at a time, as decoding
+                    self._noise[row].uniform_(generator=generator)
         noise = self._noise
         for row, generator in enumerate(self._generators):
             noise[row].uniform_(generator=generator)

@@ -352,6 +352,11 @@ class Scorer(ABC):
     higher_is_better: ClassVar[bool] = True
     uses_model: ClassVar[bool] = True
     """False for scorers that run no model (the controls): the reranker does not cache them."""
+    reads_prefix: ClassVar[bool] = False
+    """True when the scorer can score a partial response (the first tokens of a candidate still
+    being decoded) by reading it, as pruned best-of-N does between decoding segments
+    (`bon.prune`); scorers that decode from the response (flip, flip-k, the judges) or compare
+    candidates cannot."""
     version: ClassVar[str] = "1"
     """Bumped whenever the scorer's computation changes (prompt, parsing, aggregation), so
     cached scores of an older version are never reused."""

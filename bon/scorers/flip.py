@@ -344,6 +344,7 @@ class FlipLikelihoodScorer(_FlipBase):
     prompt (always the "short" prompt, whose reply is the bare instruction)."""
 
     name = "flip-likelihood"
+    reads_prefix = True
     prompt_variant = "short"
     uses_similarity = False
     default_echo_penalty = 10.0

@@ -22,6 +22,7 @@ class RelevanceScorer(Scorer):
     """Embedding cosine of instruction and response; higher is better."""
 
     name = "relevance"
+    reads_prefix = True
     uses_model = False
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:

@@ -58,6 +58,7 @@ class RewardModelScorer(Scorer):
     """`rm`: the reward model's raw score of each whole conversation."""
 
     name = "rm"
+    reads_prefix = True
     Options = RewardModelOptions
 
     def __init__(self, options: ScoreOptions, engine: Callable[[], Engine]) -> None:

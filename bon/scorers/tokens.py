@@ -176,6 +176,7 @@ class FlipTokensScorer(FlipLikelihoodScorer):
     """Teacher-forced FLIP aggregated per instruction token across a record's candidates."""
 
     name = "flip-tokens"
+    reads_prefix = True
     Options = FlipTokensOptions
     version = "1"
     independent = False
