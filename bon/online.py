@@ -28,11 +28,9 @@ from typing import Any, TypedDict
 
 from bon import records
 from bon.chat import Message
+from bon.cost import Meter
 from bon.engines import (
-    Completion,
     Engine,
-    EngineProxy,
-    SamplingOptions,
     load_engine,
     same_engine,
 )
@@ -165,51 +163,6 @@ class Usage:
         }
 
 
-class _Meter(EngineProxy):
-    """The reranker's engine, counting the tokens its scorers send through it."""
-
-    name = "metered"
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine.options)
-        self._metered = engine
-        self.read = 0
-        self.written = 0
-
-    @property
-    def inner(self) -> Engine:
-        return self._metered
-
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        sampling: SamplingOptions,
-        seeds: Sequence[int] | None = None,
-    ) -> list[list[Completion]]:
-        out = self.inner.generate(conversations, sampling, seeds)
-        self.read += sum(self.inner.prompt_tokens(c) for c in conversations)
-        self.written += sum(c.tokens for row in out for c in row)
-        return out
-
-    def continuation_logprobs(
-        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
-    ) -> list[list[float]]:
-        rows = self.inner.continuation_logprobs(conversations, continuations)
-        # An empty continuation is never run through the model.
-        self.read += sum(
-            self.inner.prompt_tokens(c) + len(row)
-            for c, row in zip(conversations, rows, strict=True)
-            if row
-        )
-        return rows
-
-    def take(self) -> tuple[int, int]:
-        """Tokens read and written since the last call."""
-        counts = (self.read, self.written)
-        self.read = self.written = 0
-        return counts
-
-
 @dataclass(frozen=True)
 class Job:
     """One prompt to answer: its chat turns, the generator's options (N and sampling), the
@@ -281,7 +234,7 @@ class BestOfN:
                 f"got {self.select.by!r}"
             )
         self._generator_engine: Engine | None = None
-        self._scoring_engine: _Meter | None = None
+        self._scoring_engine: Meter | None = None
         self._one_engine = same_engine(self.generate, self.score)
         self._rerankers: dict[tuple[str, ...], Reranker] = {}
 
@@ -348,7 +301,7 @@ class BestOfN:
             reranker.close()
         self._rerankers.clear()
         if self._scoring_engine is not None and not self._one_engine:
-            self._scoring_engine.close()
+            self._scoring_engine.inner.close()  # a Meter leaves its engine open
         if self._generator_engine is not None:
             self._generator_engine.close()
         self._generator_engine = self._scoring_engine = None
@@ -358,13 +311,13 @@ class BestOfN:
             self._generator_engine = load_engine(self.generate)
         return self._generator_engine
 
-    def _meter(self) -> _Meter:
+    def _meter(self) -> Meter:
         if self._scoring_engine is None:
             if self._one_engine:
                 engine = self._generator().with_batch_size(self.score.batch_size)
             else:
                 engine = load_engine(self.score)
-            self._scoring_engine = _Meter(engine)
+            self._scoring_engine = Meter(lambda: engine, engine.options)
         return self._scoring_engine
 
     def _reranker(self, names: tuple[str, ...]) -> Reranker:
@@ -390,7 +343,8 @@ class BestOfN:
             meter.take()
         (scored,) = settle(reranker.process, [record])
         if meter is not None:
-            usage.reranker_prompt, usage.reranker_completion = meter.take()
+            reading = meter.take()
+            usage.reranker_prompt, usage.reranker_completion = reading.read, reading.generated
         if isinstance(scored, Exception):
             return scored
         chosen = select_record(scored, SelectOptions(by=job.by, keep_all=True))["selected"]
