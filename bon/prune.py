@@ -1,16 +1,18 @@
 """Pruned best-of-N (speculative rejection): stop decoding the candidates that score worst early.
 
 With `prune_at` = (T1, T2, ...) and `keep` = F, the generate stage decodes all N candidates of
-a record to T1 tokens, scores the partial texts with one scorer that can read prefixes
-(`Scorer.reads_prefix`: flip-tokens, flip-likelihood, rm, relevance), keeps the best
-ceil(F x standing) of the candidates still standing (at least one; ties to the lower index, a
+a record to T1 tokens, scores the partial texts of the candidates still decoding with one
+scorer that can read prefixes (`Scorer.reads_prefix`: flip-tokens, flip-likelihood, rm,
+relevance), keeps the best ceil(F x decoding) of them (at least one; ties to the lower index, a
 NaN score ranks last) and decodes only those on to T2, and so on; the survivors finish at
-`max_new_tokens`. Every candidate stays in the record: a pruned one holds its partial text,
-`pruned_at` (the checkpoint it was dropped at) and `partial_scores` ({"T": score} at each
-checkpoint it was scored at); a survivor holds `partial_scores` and no `pruned_at`. The score
-stage gives pruned candidates null scores without scoring them, and the selector never picks a
-candidate with `pruned_at` (`bon.select`). A checkpoint where nothing can be pruned (no more
-candidates standing than would be kept, so always with keep = 1) scores nothing.
+`max_new_tokens`. A candidate that ended before a checkpoint is never pruned or scored there:
+keeping it costs nothing, and it may be the pick. Every candidate stays in the record: a
+pruned one holds its partial text, `pruned_at` (the checkpoint it was dropped at) and
+`partial_scores` ({"T": score} at each checkpoint it was scored at); a survivor holds
+`partial_scores` and no `pruned_at`. The score stage gives pruned candidates null scores
+without scoring them, and the selector never picks a candidate with `pruned_at`
+(`bon.select`). A checkpoint where nothing can be pruned (no more
+candidates decoding than would be kept, so always with keep = 1) scores nothing.
 
 Continuation (`Engine.resume`, hf only): survivors are re-read (prompt and partial token ids)
 in a new `generate` call, no KV cache kept; their sampling resumes each candidate's own random
@@ -189,16 +191,21 @@ def _prune(
     score: ScoreFn,
     higher_is_better: bool,
 ) -> None:
-    """Score the candidates standing at checkpoint `at` where some would be pruned, and drop
-    all but the best `kept_count` of them (in `standing`, in place)."""
+    """Score the candidates still decoding at checkpoint `at` where some would be pruned, and
+    drop all but the best `kept_count` of them (in `standing`, in place); candidates that
+    already ended stay, unscored: they cost nothing more and may be the pick."""
+    decoding = [
+        [j for j in live if out.completions[i][j].finish_reason == "length"]
+        for i, live in enumerate(standing)
+    ]
     rows = [
         i
-        for i, live in enumerate(standing)
+        for i, live in enumerate(decoding)
         if kept_count(len(live), keep) < len(live) and out.problems[i] is None
     ]
     if not rows:
         return
-    texts = [[out.completions[i][j].text for j in standing[i]] for i in rows]
+    texts = [[out.completions[i][j].text for j in decoding[i]] for i in rows]
     values, parts = score(rows, texts)
     sign = 1.0 if higher_is_better else -1.0
     for i, scored, part in zip(rows, values, parts, strict=True):
@@ -210,7 +217,7 @@ def _prune(
             out.problems[i] = scored
             standing[i] = []
             continue
-        live = standing[i]
+        live = decoding[i]
         for j, value in zip(live, scored, strict=True):
             fields = out.fields[i][j]
             fields.setdefault(PARTIAL_SCORES, {})[str(at)] = None if math.isnan(value) else value
@@ -220,10 +227,10 @@ def _prune(
             return (False, 0.0, -k) if math.isnan(value) else (True, sign * value, -k)
 
         best = sorted(range(len(live)), key=rank, reverse=True)[: kept_count(len(live), keep)]
-        for k, j in enumerate(live):
-            if k not in best:
-                out.fields[i][j][PRUNED_AT] = at
-        standing[i] = [live[k] for k in sorted(best)]
+        dropped = {j for k, j in enumerate(live) if k not in best}
+        for j in dropped:
+            out.fields[i][j][PRUNED_AT] = at
+        standing[i] = [j for j in standing[i] if j not in dropped]
 
 
 def check_scorer(name: str, known: Sequence[str]) -> None:

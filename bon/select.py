@@ -37,15 +37,17 @@ class SelectOptions:
         False,
         "bon run only: sample each prompt in waves (2, 4, 8, ... up to --n candidates) and stop "
         "once its pick is settled: under vote when the leading answer's lead exceeds the "
-        "samples still to come; under another score when the best candidate's margin over the "
-        "second exceeds --settle standard deviations of the record's scores (bon.adaptive). "
+        "samples still to come; under another score when the best of the samples to come is "
+        "expected to beat the best so far by less than --settle standard deviations of the "
+        "record's scores (bon.adaptive). "
         "Needs the hf engine's seeded sampling; not for random or judge-pairwise/listwise.",
     )
     settle: float = option(
-        1.5,
-        "bon run --adaptive: the margin of the best score over the second, in standard "
-        "deviations of the record's current scores, that settles a record. Two candidates "
-        "always differ by 1.41, so below that every record stops at 2.",
+        0.3,
+        "bon run --adaptive: a record settles once the best of its samples still to come is "
+        "expected to beat its best score so far by less than this many standard deviations of "
+        "its current scores (the expected improvement under a normal fit; smaller spends more "
+        "samples).",
         check=lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
         constraint="a number > 0",
     )

@@ -51,12 +51,36 @@ def test_waves_double_up_to_n():
     assert adaptive.wave_ends(12) == [2, 4, 8, 12]
 
 
-def test_the_margin_is_in_sample_standard_deviations_in_the_scores_direction():
-    assert adaptive.margin([1.0, 0.0]) == pytest.approx(math.sqrt(2))  # always, for two
-    assert adaptive.margin([1.0, 0.0, 0.0, 0.0]) == pytest.approx(2.0)
-    assert adaptive.margin([0.0, 1.0, 1.0, 1.0], higher=False) == pytest.approx(2.0)
-    assert adaptive.margin([1.0, 1.0, 1.0]) is None  # no spread: never settled
-    assert adaptive.margin([1.0, math.nan]) is None  # one finite score
+def improvement(z: float) -> float:
+    """E[max(0, X - z)] for X standard normal: the closed form of one draw's expected gain."""
+    density = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return density - z * 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_the_expected_gain_of_one_more_sample_is_the_closed_form():
+    # Values with mean 0 and sample sd 1 whose best has standard score z.
+    for values in ([1.0, -1.0], [2.0, 0.0, -1.0, -1.0], [0.5, 0.5, -0.5, -0.5]):
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        z = (max(values) - mean) / sd
+        assert adaptive.expected_gain(values, 1) == pytest.approx(improvement(z), abs=1e-6)
+
+
+def test_the_expected_gain_grows_with_the_samples_to_come_and_shrinks_with_an_outlier():
+    spread = [0.3, 0.1, 0.2, 0.4]
+    gains = [adaptive.expected_gain(spread, r) for r in (1, 4, 12)]
+    assert gains[0] < gains[1] < gains[2]
+    outlier = [5.0, 0.1, 0.2, 0.0, 0.1, 0.2, 0.0, 0.1]
+    even = [0.1 * i for i in range(8)]
+    assert adaptive.expected_gain(outlier, 8) < 0.05 < 0.2 < adaptive.expected_gain(even, 8)
+    # In the score's direction: the lowest value is the best when lower is better.
+    assert adaptive.expected_gain([-v for v in outlier], 8, higher=False) == pytest.approx(
+        adaptive.expected_gain(outlier, 8)
+    )
+    assert adaptive.expected_gain([1.0, 1.0, 1.0], 4) is None  # no spread: never settled
+    assert adaptive.expected_gain([1.0, math.nan], 4) is None  # one finite score
+    # Scale and shift leave it alone: it is in the record's own standard deviations.
+    assert adaptive.expected_gain([10 * v + 3 for v in spread], 12) == pytest.approx(gains[2])
 
 
 def test_the_vote_lead_counts_answers_and_ignores_none():
@@ -143,10 +167,10 @@ def test_a_wave_draws_the_full_runs_later_samples(tiny_model):
         ]
 
 
-def test_a_huge_settle_is_full_best_of_n(tmp_path, tiny_model):
+def test_a_tiny_settle_is_full_best_of_n(tmp_path, tiny_model):
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     bon.run(prompts, tmp_path / "full", **_options(tiny_model))
-    reports = bon.run(prompts, tmp_path / "ad", **_options(tiny_model, adaptive=True, settle=1e9))
+    reports = bon.run(prompts, tmp_path / "ad", **_options(tiny_model, adaptive=True, settle=1e-9))
     full_scored = read_jsonl(tmp_path / "full" / "scored.jsonl")
     ad_scored = read_jsonl(tmp_path / "ad" / "scored.jsonl")
     assert _texts(ad_scored) == _texts(full_scored)
@@ -158,7 +182,7 @@ def test_a_huge_settle_is_full_best_of_n(tmp_path, tiny_model):
         assert row["adaptive"]["n_used"] == 4
         assert row["adaptive"]["waves"] == [2, 4]
         assert row["adaptive"]["settled"] is False
-        assert row["adaptive"]["rule"] == "margin"
+        assert row["adaptive"]["rule"] == "gain"
     assert reports[-1].extra == {"mean_n": 4.0, "n": 4}
     # The cost sums the waves: every candidate's tokens once, the prompt once per wave.
     full_cost = {r["id"]: r["cost"] for r in full_scored}
@@ -179,15 +203,16 @@ def test_a_huge_settle_is_full_best_of_n(tmp_path, tiny_model):
         assert all("scores" not in c for c in row["candidates"])
 
 
-def test_a_tiny_settle_stops_every_record_at_the_first_wave(tmp_path, tiny_model):
+def test_a_huge_settle_stops_every_record_at_the_first_wave(tmp_path, tiny_model):
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     bon.run(prompts, tmp_path / "full", **_options(tiny_model))
-    reports = bon.run(prompts, tmp_path / "ad", **_options(tiny_model, adaptive=True, settle=1e-6))
+    reports = bon.run(prompts, tmp_path / "ad", **_options(tiny_model, adaptive=True, settle=1e9))
     full = _texts(read_jsonl(tmp_path / "full" / "scored.jsonl"))
     rows = read_jsonl(tmp_path / "ad" / "scored.jsonl")
     for row in rows:
         assert row["adaptive"]["n_used"] == 2 and row["adaptive"]["settled"] is True
-        assert row["adaptive"]["margin"] == pytest.approx(math.sqrt(2))
+        # Two scores: the best's standard score is 1/sqrt(2) whatever they are; 2 samples to come.
+        assert row["adaptive"]["gain"] == pytest.approx(adaptive.expected_gain([1.0, 0.0], 2))
         assert _texts([row])[row["id"]] == full[row["id"]][:2]  # the full run's first two
         assert row["generator"]["n"] == 2
     assert reports[-1].extra["mean_n"] == 2.0
@@ -218,7 +243,7 @@ def test_a_vote_with_no_answers_never_settles(tmp_path, tiny_model):
 
 def test_an_interrupted_run_resumes_to_the_same_files(tmp_path, tiny_model):
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
-    options = _options(tiny_model, adaptive=True, settle=2.0, n=8)
+    options = _options(tiny_model, adaptive=True, settle=0.4, n=8)
     bon.run(prompts, tmp_path / "whole", **options)
     out = tmp_path / "cut"
     bon.run(prompts, out, **options)
@@ -242,7 +267,7 @@ def test_an_interrupted_run_resumes_to_the_same_files(tmp_path, tiny_model):
 
 
 def test_run_records_samples_adaptively_too(tiny_model):
-    options = _options(tiny_model, adaptive=True, settle=1e-6)
+    options = _options(tiny_model, adaptive=True, settle=1e9)
     options.pop("quiet")
     rows = bon.run_records(PROMPTS, **options)
     assert [r["adaptive"]["n_used"] for r in rows] == [2] * len(PROMPTS)
@@ -255,7 +280,7 @@ def test_old_candidates_scores_are_reused_even_without_the_cache(tmp_path, tiny_
     options = _options(
         tiny_model, scorers=["flip-likelihood"], no_cache=True, record_logprobs=False
     )
-    bon.run(prompts, tmp_path / "ad", **options, adaptive=True, settle=1e9)
+    bon.run(prompts, tmp_path / "ad", **options, adaptive=True, settle=1e-9)
     bon.run(prompts, tmp_path / "full", **options)
     full = {
         r["id"]: r["cost"]["score"]["flip-likelihood"]

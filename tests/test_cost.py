@@ -273,6 +273,55 @@ def test_curve_against_tokens_needs_recorded_costs(tmp_path):
     assert result.exit_code != 0 and "one label per file" in result.output
 
 
+def spent(generate: int, score: int, prune: dict | None = None) -> dict:
+    """A record's `cost` with `generate` completion tokens (prompt 10) and `score` read."""
+    out = {
+        "generate": {"prompt_tokens": 10, "completion_tokens": generate, "seconds": 1.0},
+        "score": {"longest": {"read_tokens": score, "generated_tokens": 0, "seconds": 0.5}},
+    }
+    return out | ({"prune": prune} if prune else {})
+
+
+def test_a_pruned_or_adaptive_run_is_one_point_at_all_it_spent(tmp_path):
+    """Its candidates were not drawn alike (pruned ones stopped early, an adaptive record's
+    count is the rule's), so no subset is a best-of-N' run: the curve is the run's own pick
+    among the finished candidates, at everything the record cost, pruning included."""
+    prune = {"read_tokens": 7, "generated_tokens": 0, "prefill_tokens": 3, "seconds": 0.25}
+    pruned = [
+        {"id": "a", "cost": spent(40, 5, prune), "candidates": [
+            {"text": "best but cut", "m": 1, "pruned_at": 8, "scores": {"longest": None}},
+            {"text": "kept", "m": 0, "scores": {"longest": 4.0}},
+            {"text": "kept, and good", "m": 1, "scores": {"longest": 3.0}}]},
+        {"id": "b", "cost": spent(20, 1, prune), "candidates": [
+            {"text": "x", "m": 1, "scores": {"longest": 1.0}},
+            {"text": "cut", "m": 0, "pruned_at": 8, "scores": {"longest": None}}]},
+    ]  # fmt: skip
+    adaptive = [
+        {"id": "a", "adaptive": {"n_used": 2}, "cost": spent(30, 2), "candidates": [
+            {"text": "y", "m": 0, "scores": {"longest": 2.0}},
+            {"text": "z", "m": 1, "scores": {"longest": 1.0}}]},
+    ]  # fmt: skip
+    paths = [write_jsonl(tmp_path / f"{n}.jsonl", rows) for n, rows in
+             (("pruned", pruned), ("adaptive", adaptive))]  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["curve", *map(str, paths), "--metric", "m", "--x", "tokens", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    cut, waves = json.loads(result.output)["curves"]
+    assert cut["sizes"] == [3] and cut["lines"]["longest"] == [0.5]  # a: "kept"; b: "x"
+    assert cut["lines"]["oracle"] == [1.0] and cut["lines"]["random"] == [0.75]
+    per_record = [10 + 40 + 10 + 5, 10 + 20 + 10 + 1]
+    assert cut["costs"]["longest"] == [sum(per_record) / 2]
+    assert cut["costs"]["oracle"] == [sum(per_record) / 2 - 3]
+    assert waves["sizes"] == [2] and waves["lines"]["longest"] == [0.0]
+    assert waves["costs"]["longest"] == [10 + 30 + 2]
+    assert "one point per line" in cut["notes"][0]
+    seconds = CliRunner().invoke(
+        main, ["curve", str(paths[0]), "--metric", "m", "--x", "seconds", "--json"]
+    )
+    assert json.loads(seconds.output)["costs"]["longest"] == [1.0 + 0.25 + 0.5]
+
+
 def test_curve_json_for_one_file_keeps_its_shape(tmp_path):
     old = [{"id": "a", "candidates": [{"text": "x", "m": 1, "scores": {"longest": 1}}]}]
     path = write_jsonl(tmp_path / "old.jsonl", old)

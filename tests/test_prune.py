@@ -240,3 +240,29 @@ def test_serving_refuses_pruning_when_it_starts():
     options = GenerateOptions(model="/no/such/model", max_new_tokens=16, prune_at=(4,))
     with pytest.raises(ConfigError, match="not available when serving"):
         BestOfN(options)
+
+
+def test_a_candidate_that_ended_before_a_checkpoint_is_neither_scored_nor_pruned():
+    """Keeping a finished candidate costs nothing and it may be the pick: only the candidates
+    still decoding are ranked, and `keep` is a share of them."""
+    from bon.engines import Completion
+    from bon.prune import PARTIAL_SCORES, PRUNED_AT, Decoded, _prune
+
+    ended = Completion("short and done", "stop", 3, token_ids=(1, 2, 3))
+    going = [Completion(f"still going {k}", "length", 8, token_ids=(1,) * 8) for k in range(4)]
+    out = Decoded([[going[0], ended, *going[1:]]], [[{} for _ in range(5)]], 0.0,
+                  [{"read_tokens": 0, "generated_tokens": 0, "seconds": 0.0,
+                    "prefill_tokens": 0}], [None])  # fmt: skip
+    seen: list[list[str]] = []
+
+    def score(rows, texts):
+        seen.extend(texts)
+        return [[0.1, 0.9, 0.5, 0.3]], [{"read_tokens": 40, "seconds": 0.5}]
+
+    standing = [[0, 1, 2, 3, 4]]
+    _prune(out, standing, 8, 0.5, score, higher_is_better=True)
+    assert seen == [["still going 0", "still going 1", "still going 2", "still going 3"]]
+    assert standing == [[1, 2, 3]]  # the ended one, and the best 2 of the 4 still decoding
+    assert [PRUNED_AT in f for f in out.fields[0]] == [True, False, False, False, True]
+    assert PARTIAL_SCORES not in out.fields[0][1]
+    assert out.prune_costs[0]["read_tokens"] == 40

@@ -19,6 +19,13 @@ Scorers that compare candidates (pairwise and listwise judges) cost more than li
 their points are that linear share. The oracle and random lines spend no scorer compute. A
 record's cost is what making and scoring all of its candidates took, so a file whose candidate
 lists were cut afterwards overstates its points' compute.
+
+A pruned run (candidates with `pruned_at`, `bon.prune`) or an adaptive one (records with
+`adaptive`, `bon.adaptive`) did not spend alike on its candidates, so its subsets are not
+best-of-N' runs: such a file is one point per line at its largest N, the run's own pick (the
+best-scored candidate that finished) at all the run spent on the record (generator, pruning
+and the line's scorer). Its oracle and random lines are the best and the mean of the finished
+candidates, at the generator's and pruning's spend.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 from bon.codec import read_lines
 from bon.errors import ConfigError, InputError
 from bon.evals.report import fmt, markdown_table
+from bon.records import is_pruned
 from bon.scorers import higher_is_better
 
 log = logging.getLogger(__name__)
@@ -150,7 +158,8 @@ class Curves:
 def plot_curves(curves: Sequence[Curve], path: str | Path) -> Path:
     """Write `curves` as one PNG at `path`: N' on a log2 axis, or the compute spent on a log
     axis, each scorer line's points marked with their N'; reference lines dashed. With several
-    curves each line is named after its curve's label (alone for a curve's only scorer line)."""
+    curves (runs of the same prompts) each line is named after its curve's label (alone for a
+    curve's only scorer line), and only the first curve's reference lines are drawn."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -163,10 +172,12 @@ def plot_curves(curves: Sequence[Curve], path: str | Path) -> Path:
     figure = Figure(figsize=(6.4, 4.2), dpi=120)
     axes = figure.add_subplot()
     several = len(curves) > 1
-    for curve in curves:
+    for number, curve in enumerate(curves):
         scorers = [n for n in curve.lines if n not in (ORACLE, RANDOM)]
         for name, values in curve.lines.items():
             reference = name in (ORACLE, RANDOM)
+            if reference and number > 0:
+                continue
             label = name
             if several:
                 alone = not reference and len(scorers) == 1
@@ -338,6 +349,8 @@ def _curve(
     for source, line, record in entries:
         _check_candidates(source, line, record)
     names = list(by) if by is not None else _score_names(entries)
+    if any(_spent_unevenly(r) for _, _, r in entries):
+        return _run_point(entries, metric, names, x)
     counts = [len(r["candidates"]) for _, _, r in entries]
     sizes = sizes_up_to(min(counts))
     notes = []
@@ -374,12 +387,74 @@ def _curve(
                     spent[keys[name]][j] += fixed + part * (generating + scoring[name])
     lines = {key: [t / len(entries) for t in values] for key, values in totals.items()}
     costs = {key: [t / len(entries) for t in values] for key, values in spent.items()}
-    for name, count in cached.items():
-        notes.append(
-            f"{count} candidate scores of {name} came from the score cache and cost nothing in "
-            "this run; rescore with no_cache (--no-cache) to count what computing them costs"
-        )
+    notes += _cached_notes(cached)
     return Curve(metric, sizes, lines, len(entries), notes, x=x, costs=costs)
+
+
+def _cached_notes(cached: dict[str, int]) -> list[str]:
+    return [
+        f"{count} candidate scores of {name} came from the score cache and cost nothing in "
+        "this run; rescore with no_cache (--no-cache) to count what computing them costs"
+        for name, count in cached.items()
+    ]
+
+
+def _spent_unevenly(record: dict) -> bool:
+    """Whether a record comes from a pruned or an adaptive run (module docstring)."""
+    return "adaptive" in record or any(is_pruned(c) for c in record["candidates"])
+
+
+def _run_point(
+    entries: list[tuple[str, int, Any]], metric: str, names: Sequence[str], x: str
+) -> Curve:
+    """The one point per line of a pruned or adaptive run (module docstring)."""
+    keys = _line_keys(names)
+    totals = dict.fromkeys([ORACLE, RANDOM, *keys.values()], 0.0)
+    spent = dict.fromkeys(totals, 0.0)
+    cached: dict[str, int] = {}
+    for source, line, record in entries:
+        finished = [i for i, c in enumerate(record["candidates"]) if not is_pruned(c)]
+        values = [_metric(source, line, record, i, metric) for i in finished]
+        totals[ORACLE] += max(values)
+        totals[RANDOM] += math.fsum(values) / len(values)
+        for name in names:
+            scores = _scores(source, line, record, name)
+            order = selection_order([scores[i] for i in finished], higher_is_better(name))
+            totals[keys[name]] += values[order[0]]
+        if x != "n":
+            fixed, generating, scoring = _record_cost(source, line, record, x, names, cached)
+            base = fixed + generating + _prune_cost(source, line, record, x)
+            spent[ORACLE] += base
+            spent[RANDOM] += base
+            for name in names:
+                spent[keys[name]] += base + scoring[name]
+    count = len(entries)
+    size = max(len(r["candidates"]) for _, _, r in entries)
+    notes = [
+        "a pruned or adaptive run: one point per line, the run's own pick at N = "
+        f"{size} and all it spent",
+        *_cached_notes(cached),
+    ]
+    return Curve(
+        metric,
+        [size],
+        {key: [total / count] for key, total in totals.items()},
+        count,
+        notes,
+        x=x,
+        costs={key: [total / count] for key, total in spent.items()} if x != "n" else {},
+    )
+
+
+def _prune_cost(source: str, line: int, record: dict, x: str) -> float:
+    """What pruning spent on a record beside decoding (`cost.prune`), 0 when not pruned."""
+    part = record["cost"].get("prune")
+    if not isinstance(part, dict):
+        return 0.0
+    if x == "seconds":
+        return _number(source, line, record, part, "prune", "seconds")
+    keys = ("read_tokens", "generated_tokens", "prefill_tokens")
+    return math.fsum(_number(source, line, record, part, "prune", key) for key in keys)
 
 
 def _record_cost(
