@@ -67,6 +67,7 @@ def parse() -> argparse.Namespace:
         help="folder for the runs; a run finished there is read back, not run again",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/efficient"), help="stem")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report")
     return parser.parse_args()
 
 
@@ -177,6 +178,12 @@ def compare(runs: dict, n: int, scorer: str) -> dict:
             r["candidates"][i]["scores"][scorer] for r, i in zip(rows, picks[kind], strict=True)
         )
 
+    survivors = [
+        (whole["text"], kept["text"])
+        for a, b in zip(full, cut, strict=True)
+        for whole, kept in zip(a["candidates"], b["candidates"], strict=True)
+        if "pruned_at" not in kept
+    ]
     same_pruned = statistics.fmean(
         a == b for a, b in zip(text(full, "full"), text(cut, "pruned"), strict=True)
     )
@@ -194,6 +201,7 @@ def compare(runs: dict, n: int, scorer: str) -> dict:
         "pruned": {
             "same_pick": round(same_pruned, 4),
             "mean_selected_score": round(score(cut, "pruned"), 5),
+            "survivors_as_full": f"{sum(a == b for a, b in survivors)}/{len(survivors)}",
             "completion_tokens": tokens(cut, "completion_tokens"),
             "full_completion_tokens": decoded,
             "token_share": round(tokens(cut, "completion_tokens") / decoded, 4),
@@ -273,7 +281,8 @@ def main() -> None:
         "machine": machine(),
         "load": load_average(),
         "versions": versions(("torch", "transformers")),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "note")},
+        "notes": args.note,
         "results": [compare(runs, n, args.scorer) for n in sizes(args)],
         "every_setting": every_setting(runs, args),
     }
@@ -328,7 +337,8 @@ def report(facts: dict) -> str:
         within = low <= adapt["prompt_strict"] <= high
         adaptive_met = adapt["relative_gap"] <= 0.01 and within and adapt["token_share"] <= 0.6
         lines += [
-            f"- N = {row['n']}, pruned: same pick {cut['same_pick']:.1%} (>= 90%) at "
+            f"- N = {row['n']}, pruned: survivors whose text is the full run's candidate's: "
+            f"{cut['survivors_as_full']}; same pick {cut['same_pick']:.1%} (>= 90%) at "
             f"{cut['token_share']:.1%} of the decoded tokens (<= 50%): "
             f"{met(cut['same_pick'] >= 0.9 and cut['token_share'] <= 0.5)}.",
             f"- N = {row['n']}, adaptive: mean selected score within {adapt['relative_gap']:.2%} "
@@ -354,6 +364,7 @@ def report(facts: dict) -> str:
             shown = [f"{r['settle']}: gap {r['relative_gap']:.2%} at {r['token_share']:.1%}"
                      for r in rows if r["rule"] == "gain"]  # fmt: skip
             lines.append(f"- {key}, settle: {'; '.join(shown)}")
+    lines += ["", *(f"Note: {note}" for note in facts["notes"])] if facts["notes"] else []
     lines += [
         "",
         "Curves: `efficient_curve.png` and `efficient_curve.json` (`bon curve --x tokens` of "

@@ -286,17 +286,29 @@ def report(facts: dict) -> str:
         f"{s['seed']}; full run {facts['full_run_seconds']} s. Revision {facts['revision']}; "
         f"{facts['machine']}; load {facts['load']}; {facts['versions']}.",
         "",
-        "Same pick: the full run's pick survives every checkpoint. Token share: generator "
-        "tokens decoded, as a share of the full run's.",
+        "Same pick: the full run's pick survives every checkpoint (a candidate that ended "
+        "before a checkpoint is kept, as `bon.prune` does). Token share: generator tokens "
+        "decoded, as a share of the full run's (adaptive: prompt tokens included, once per "
+        "wave). Adaptive rules: `gain`, bon's (stop once the expected gain of the samples to "
+        "come is below settle standard deviations); `margin`, the one it replaced (stop once "
+        "the best is settle standard deviations above the second). The adaptive rows are "
+        "exact for relevance, which scores each candidate alone; flip-tokens mixes each score "
+        "with the record's other candidates, so its rows reuse the full run's scores and only "
+        "approximate an adaptive run.",
     ]
     for key, rows in facts["pruning"].items():
-        good = [r for r in rows if r["same_pick"] >= 0.9]
-        lines += ["", f"## Pruning, {key} (schedules with same pick >= 0.9, cheapest first)", ""]
-        lines += ["| prune_at | keep | same pick | token share |", "|---|---|---|---|"]
-        for r in sorted(good, key=lambda r: r["token_share"])[:8]:
-            lines.append(
+        good = sorted((r for r in rows if r["same_pick"] >= 0.9), key=lambda r: r["token_share"])
+        cheap = sorted((r for r in rows if r["token_share"] <= 0.5), key=lambda r: -r["same_pick"])
+        for title, shown in (
+            ("same pick >= 0.9, cheapest first", good[:8]),
+            ("<= 0.5 of the tokens, best same pick first", cheap[:8]),
+        ):
+            lines += ["", f"## Pruning, {key}: {title}", ""]
+            lines += ["| prune_at | keep | same pick | token share |", "|---|---|---|---|"]
+            lines += [
                 f"| {r['prune_at']} | {r['keep']} | {r['same_pick']} | {r['token_share']} |"
-            )
+                for r in shown
+            ]
     for key, rows in facts["adaptive"].items():
         lines += ["", f"## Adaptive, {key}", ""]
         lines += [
