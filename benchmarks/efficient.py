@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from efficient_dev import adaptive_rows, dev_prompts, partial_scores, prune_rows  # noqa: E402
-from revisions import command_line, load_average, machine, revision, versions  # noqa: E402
+from revisions import provenance  # noqa: E402
 
 BOOTSTRAP = 2000
 
@@ -276,11 +276,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     draw(runs, args, out)
     facts = {
-        "command": command_line(),
-        "revision": revision(),
-        "machine": machine(),
-        "load": load_average(),
-        "versions": versions(("torch", "transformers")),
+        **provenance(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "note")},
         "notes": args.note,
         "results": [compare(runs, n, args.scorer) for n in sizes(args)],

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revisions import command_line, load_average, machine, revision, versions  # noqa: E402
+from revisions import provenance  # noqa: E402
 
 CHECKPOINTS = (16, 32, 48, 64)
 KEEPS = (0.125, 0.25, 0.375, 0.5)
@@ -94,11 +94,7 @@ def main() -> None:
         if partial_path:
             partial_path.write_text(json.dumps(partial))
     facts = {
-        "command": command_line(),
-        "revision": revision(),
-        "machine": machine(),
-        "load": load_average(),
-        "versions": versions(("torch", "transformers")),
+        **provenance(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)} | {"scorers": names},
         "full_run_seconds": seconds,
         "pruning": {},

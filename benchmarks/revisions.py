@@ -69,3 +69,15 @@ def machine() -> str:
 
 def load_average() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def provenance(packages: tuple[str, ...] = ("torch", "transformers")) -> dict[str, str]:
+    """What a results file records of how it was made: the command, revision, machine, load
+    average and versions (of Python and of `packages`)."""
+    return {
+        "command": command_line(),
+        "revision": revision(),
+        "machine": machine(),
+        "load": load_average(),
+        "versions": versions(packages),
+    }
