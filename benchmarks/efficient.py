@@ -23,7 +23,9 @@ It also draws `bon curve --x tokens` with IFEval prompt-level strict as the metr
 full run as best-of-N' curves, every pruned and adaptive run as one point) into
 efficient_curve.png and efficient_curve.json. Hours on a 2-core CPU at full size:
 
-    python benchmarks/efficient.py --prompts 32 --prune-at 32 --keep 0.25 --settle 0.3
+    python benchmarks/efficient.py --prompts 32 --n 8,16 --max-new-tokens 128 --work DIR
+
+(defaults: pruned at 16,48 keeping 0.5, settle 0.3, as chosen on dev).
 
 Writes benchmarks/results/efficient.md and .json (`--out` for another stem).
 """
@@ -56,9 +58,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--model", default="smollm2-135m", help="generator and scorer model")
     parser.add_argument("--scorer", default="relevance", help="selection and prune scorer")
-    parser.add_argument("--prune-at", default="32", help="checkpoints (default 32)")
-    parser.add_argument("--keep", type=float, default=0.25, help="share kept (default 0.25)")
-    parser.add_argument("--settle", type=float, required=True, help="adaptive settle")
+    parser.add_argument("--prune-at", default="16,48", help="checkpoints (default 16,48)")
+    parser.add_argument("--keep", type=float, default=0.5, help="share kept (default 0.5)")
+    parser.add_argument("--settle", type=float, default=0.3, help="adaptive settle (0.3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-seed", type=int, default=0)
     parser.add_argument(

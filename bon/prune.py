@@ -11,8 +11,8 @@ pruned one holds its partial text, `pruned_at` (the checkpoint it was dropped at
 `partial_scores` ({"T": score} at each checkpoint it was scored at); a survivor holds
 `partial_scores` and no `pruned_at`. The score stage gives pruned candidates null scores
 without scoring them, and the selector never picks a candidate with `pruned_at`
-(`bon.select`). A checkpoint where nothing can be pruned (no more
-candidates decoding than would be kept, so always with keep = 1) scores nothing.
+(`bon.select`). A checkpoint where nothing can be pruned (no more candidates decoding than
+would be kept, so always with keep = 1) scores nothing.
 
 Continuation (`Engine.resume`, hf only): survivors are re-read (prompt and partial token ids)
 in a new `generate` call, no KV cache kept; their sampling resumes each candidate's own random
