@@ -160,8 +160,9 @@ def tokens(records: list[dict], *keys: str) -> int:
 
 
 def prune_spent(records: list[dict]) -> int:
-    keys = ("read_tokens", "generated_tokens", "prefill_tokens")
-    return sum(int(r["cost"].get("prune", {}).get(k, 0)) for r in records for k in keys)
+    from bon.cost import PRUNE, PRUNE_TOKENS
+
+    return sum(int(r["cost"].get(PRUNE, {}).get(k, 0)) for r in records for k in PRUNE_TOKENS)
 
 
 def compare(runs: dict, n: int, scorer: str) -> dict:

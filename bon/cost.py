@@ -57,6 +57,8 @@ GENERATE, SCORE, TOTAL = "generate", "score", "total"
 PRUNE = "prune"
 """The part a pruned generate stage adds (`bon.prune`): its scorer's `read_tokens`,
 `generated_tokens` and `seconds`, and the `prefill_tokens` its continuations re-read."""
+PRUNE_TOKENS = ("read_tokens", "generated_tokens", "prefill_tokens")
+"""The token counts of a `PRUNE` part, all of which `total` adds."""
 DIGITS = 6
 """Seconds are rounded to microseconds."""
 
@@ -196,8 +198,7 @@ def total(record: dict) -> dict[str, Any] | None:
         spent.append(_float(generate.get("seconds")))
     pruning = cost.get(PRUNE)
     if isinstance(pruning, dict):
-        tokens += sum(_int(pruning.get(k)) for k in ("read_tokens", "generated_tokens"))
-        tokens += _int(pruning.get("prefill_tokens"))
+        tokens += sum(_int(pruning.get(k)) for k in PRUNE_TOKENS)
         spent.append(_float(pruning.get("seconds")))
     scores = cost.get(SCORE)
     for part in scores.values() if isinstance(scores, dict) else ():

@@ -271,12 +271,12 @@ class Generator:
             identity["engine_args"] = dict(sorted(engine_args.items()))
         out = {"stage": "generate", **identity, **self._sampling.to_dict()}
         if self.pruner is not None:
-            out["prune"] = {
-                "at": list(self.options.prune_at),
-                "keep": self.options.keep,
-                "by": self.pruner.describe(),
-            }
+            out["prune"] = self._pruning(self.pruner.describe())
         return out
+
+    def _pruning(self, by: Any) -> dict[str, Any]:
+        """How candidates are pruned, pruned `by` a scorer's name or configuration."""
+        return {"at": list(self.options.prune_at), "keep": self.options.keep, "by": by}
 
     def process(
         self, batch: list[dict], base_seeds: Sequence[int] | None = None
@@ -308,11 +308,7 @@ class Generator:
         meta = {**engine.describe(), **self._sampling.to_dict()}
         meta["batch_size"] = self.options.batch_size
         if self.pruner is not None:
-            meta["prune"] = {
-                "at": list(self.options.prune_at),
-                "keep": self.options.keep,
-                "by": self.pruner.name,
-            }
+            meta["prune"] = self._pruning(self.pruner.name)
         spent = cost.generation_costs(prompts, outputs, elapsed)
         done = [
             _with_candidates(record, completions, {**meta, "seed": base, "request_seed": seed}, one)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.codec import read_lines
+from bon.cost import PRUNE_TOKENS
 from bon.errors import ConfigError, InputError
 from bon.evals.report import fmt, markdown_table
 from bon.records import is_pruned
@@ -453,8 +454,7 @@ def _prune_cost(source: str, line: int, record: dict, x: str) -> float:
         return 0.0
     if x == "seconds":
         return _number(source, line, record, part, "prune", "seconds")
-    keys = ("read_tokens", "generated_tokens", "prefill_tokens")
-    return math.fsum(_number(source, line, record, part, "prune", key) for key in keys)
+    return math.fsum(_number(source, line, record, part, "prune", key) for key in PRUNE_TOKENS)
 
 
 def _record_cost(
