@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,8 +64,10 @@ class GenerateOptions(EngineOptions):
         "Pruned best-of-N: token counts at which to score the partial candidates with "
         "--prune-by and keep only the best --keep share of them (at least one), e.g. "
         "--prune-at 32,64; survivors decode on to --max-new-tokens. Each must be below "
-        "--max-new-tokens, in increasing order. Needs the hf engine's seeded sampling (or "
-        "temperature 0).",
+        "--max-new-tokens, in increasing order. The hf engine (with its default seeded "
+        "sampling) continues survivors from their KV cache, exactly as unpruned; vllm and "
+        "openai continue each as a new request on prompt and partial (openai: a server that "
+        "continues an open assistant turn, as vLLM's does).",
         check=lambda v: isinstance(v, tuple) and all(positive(t) for t in v),
         constraint="token counts >= 1",
     )
@@ -113,9 +115,9 @@ class GenerateOptions(EngineOptions):
             )
         if self.temperature > 0 and not engines.get(self.engine).resumes(self.engine_args or {}):
             raise ConfigError(
-                f"`prune_at` needs an engine that continues partial candidates exactly: the "
+                f"`prune_at` needs an engine that continues partial candidates: the "
                 f"{self.engine} engine with these engine args does not; use --engine hf with "
-                "its default --engine-arg sample_batching=seeded"
+                "its default --engine-arg sample_batching=seeded, vllm or openai"
             )
         if self.prune_by is not None:
             prune.check_scorer(self.prune_by, scorers.names())
@@ -279,12 +281,17 @@ class Generator:
         return {"at": list(self.options.prune_at), "keep": self.options.keep, "by": by}
 
     def process(
-        self, batch: list[dict], base_seeds: Sequence[int] | None = None
+        self,
+        batch: list[dict],
+        base_seeds: Sequence[int] | None = None,
+        follow: Callable[[int, str], None] | None = None,
     ) -> list[dict | RecordProblem]:
         """Each record with its candidates and what they cost (`bon.cost`), or a
         `RecordProblem` when the engine refused it. `base_seeds` gives each record a base seed
         of its own (a server batching requests of different seeds); by default every record's
-        is the options' `seed`."""
+        is the options' `seed`. When pruning, `follow(i, text)` is called as the answer of
+        record i grows once a single candidate of it stands and decodes on (`bon.prune.decode`):
+        a server streams it."""
         bases = list(base_seeds) if base_seeds is not None else [self.options.seed] * len(batch)
         seeds = [request_seed(base, seed_key(r)) for base, r in zip(bases, batch, strict=True)]
         conversations = [records.conversation(r) for r in batch]
@@ -300,7 +307,9 @@ class Generator:
             if self.pruner is None:
                 outputs = engine.generate(conversations, self._sampling, seeds)
             else:
-                decoded = self._decode_pruned(self.pruner, batch, engine, conversations, seeds)
+                decoded = self._decode_pruned(
+                    self.pruner, batch, engine, conversations, seeds, follow
+                )
                 outputs = decoded.completions
         elapsed = time.perf_counter() - started if decoded is None else decoded.seconds
         if progress:
@@ -325,6 +334,7 @@ class Generator:
         engine: Engine,
         conversations: list[list[Message]],
         seeds: list[int],
+        follow: Callable[[int, str], None] | None,
     ) -> prune.Decoded:
         def score(indices: list[int], texts: list[list[str]]) -> Any:
             return pruner.score([batch[i] for i in indices], texts)
@@ -338,6 +348,7 @@ class Generator:
             self.options.keep,
             score,
             pruner.higher_is_better,
+            follow,
         )
 
     def wave(self, first: int, count: int) -> Generator:

@@ -14,16 +14,22 @@ without scoring them, and the selector never picks a candidate with `pruned_at`
 (`bon.select`). A checkpoint where nothing can be pruned (no more candidates decoding than
 would be kept, so always with keep = 1) scores nothing.
 
-Continuation (`Engine.resume`, hf only): survivors are re-read (prompt and partial token ids)
-in a new `generate` call, no KV cache kept; their sampling resumes each candidate's own random
-stream (`bon.engines.hf.RowSampler`) at the step it stopped, so a survivor's tokens are those
-of an unpruned run with the same seed (at float32; at bfloat16 the batch shape changes the
-logits' rounding, as it does for `seeded` sampling itself).
+Continuation (`Engine.start`, `Engine.resume`): the hf engine keeps each call's KV cache and
+continues the survivors from it (reading nothing again; re-reading prompt and partial when the
+cache is gone), each resuming its own random stream (`bon.engines.hf.RowSampler`) at the step
+it stopped, so a survivor's tokens are those of an unpruned run with the same seed (at
+float32; at bfloat16 the batch shape changes the logits' rounding, as it does for `seeded`
+sampling itself). vllm and openai continue each survivor as a new request on prompt and
+partial, drawn from a seed of its own (`bon.engines.base.continuation_seed`): reproducible, but
+not the unpruned run's tokens; vLLM's prefix cache spares re-reading most of it. Once a
+record's single standing candidate decodes on, its text is its answer: `decode`'s `follow`
+passes it on as it grows (a server streams it).
 
 Accounting (`bon.cost`): `cost.generate` counts the tokens decoded (a pruned candidate's
 partial tokens, a survivor's all) and the decoding seconds; `cost.prune` holds what pruning
 spent beyond that: the prune scorer's `read_tokens`, `generated_tokens` and `seconds`, and
-`prefill_tokens`, the prompt and partial tokens re-read by each continuation. `cost.total`
+`prefill_tokens`, the prompt and partial tokens the engine read again to continue
+(`Completion.prefill_tokens`: none from a kept cache). `cost.total`
 adds them. Resume is per record, as for every stage: a killed run redoes the record in
 progress from its start.
 """
@@ -31,6 +37,7 @@ progress from its start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -130,13 +137,16 @@ def decode(
     keep: float,
     score: ScoreFn,
     higher_is_better: bool,
+    follow: Callable[[int, str], None] | None = None,
 ) -> Decoded:
     """Decode `sampling.n` candidates per conversation in segments ending at each of
-    `prune_at` and at `sampling.max_new_tokens`, pruning between segments (module docstring)."""
+    `prune_at` and at `sampling.max_new_tokens`, pruning between segments (module docstring).
+    `follow(i, text)` is called as conversation i's answer grows once a single candidate of
+    it stands and goes on decoding (its whole text so far each time)."""
     n = len(conversations)
     started = time.perf_counter()
     first = dataclasses.replace(sampling, max_new_tokens=prune_at[0])
-    current = [list(row) for row in engine.generate(conversations, first, seeds)]
+    current = [list(row) for row in engine.start(conversations, first, seeds)]
     out = Decoded(
         current,
         [[{} for _ in row] for row in current],
@@ -150,6 +160,7 @@ def decode(
     ]
     for step, at in enumerate(prune_at):
         _prune(out, standing, at, keep, score, higher_is_better)
+        _let_go(current, standing)
         end = prune_at[step + 1] if step + 1 < len(prune_at) else sampling.max_new_tokens
         going = [
             [j for j in standing[i] if current[i][j].finish_reason == "length"] for i in range(n)
@@ -157,22 +168,47 @@ def decode(
         rows = [i for i in range(n) if going[i]]
         if not rows:
             continue
-        partials = [[(j, current[i][j].token_ids or ()) for j in going[i]] for i in rows]
-        for i, row in zip(rows, partials, strict=True):
-            prompt = engine.prompt_tokens(conversations[i])
-            out.prune_costs[i]["prefill_tokens"] += sum(prompt + len(ids) for _, ids in row)
         started = time.perf_counter()
         resumed = engine.resume(
             [conversations[i] for i in rows],
             dataclasses.replace(sampling, max_new_tokens=end),
             [seeds[i] for i in rows],
-            partials,
+            [[(j, current[i][j]) for j in going[i]] for i in rows],
+            _followed(rows, going, standing, follow),
         )
         out.seconds += time.perf_counter() - started
-        for i, row, done in zip(rows, partials, resumed, strict=True):
-            for (j, _), completion in zip(row, done, strict=True):
+        for i, done in zip(rows, resumed, strict=True):
+            out.prune_costs[i]["prefill_tokens"] += sum(c.prefill_tokens for c in done)
+            for j, completion in zip(going[i], done, strict=True):
                 current[i][j] = completion
+    _let_go(current, [[] for _ in current])
     return out
+
+
+def _let_go(current: list[list[Completion]], standing: list[list[int]]) -> None:
+    """Drop what the engine kept (`Completion.state`, a KV cache) for candidates no longer
+    standing, so that it is freed while the others decode on."""
+    for row, live in zip(current, standing, strict=True):
+        for j, completion in enumerate(row):
+            if j not in live and completion.state is not None:
+                row[j] = dataclasses.replace(completion, state=None)
+
+
+def _followed(
+    rows: list[int],
+    going: list[list[int]],
+    standing: list[list[int]],
+    follow: Callable[[int, str], None] | None,
+) -> dict[tuple[int, int], Callable[[str], None]] | None:
+    """The `Engine.resume` watchers of the conversations (by their place in `rows`) whose one
+    candidate standing decodes on: its text is then the answer."""
+    if follow is None:
+        return None
+    return {
+        (place, 0): functools.partial(follow, i)
+        for place, i in enumerate(rows)
+        if len(standing[i]) == 1 and going[i] == standing[i]
+    }
 
 
 def _fine(row: Sequence[Completion]) -> bool:

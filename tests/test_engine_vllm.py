@@ -107,6 +107,38 @@ def test_continuation_logprobs_one_per_token(probe, smollm2_path):
     assert sum(probe["logprobs"][0]) / lengths[0] > -4
 
 
+def test_partial_candidates_go_on_as_new_requests_on_prompt_and_partial(probe):
+    """Pruned best-of-N on vllm: a survivor continues as a request on its prompt and partial
+    token ids. Greedy, it goes on as the uninterrupted greedy completion; sampled, it holds its
+    partial, comes out the same when continued again (its seed derives from the sample and
+    the partial), and prefix caching spares re-reading what earlier requests left."""
+    seen = probe["pruning"]
+    greedy = seen["greedy"]
+    for whole, part, done in zip(
+        seen["greedy_whole"], greedy["first"], greedy["resumed"], strict=True
+    ):  # at bfloat16 a prompt re-read in one pass may flip a near-tie later on
+        if not part:  # ended within the first segment
+            continue
+        a, b = whole[0]["text"], done[0]["text"]
+        shared = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+        assert shared > len(part[0]["text"]) + 1
+    sampled = seen["sampled"]
+    assert sum(len(row) for row in sampled["first"]) >= 6
+    for first, resumed, again in zip(
+        sampled["first"], sampled["resumed"], sampled["again"], strict=True
+    ):
+        for part, done, repeat in zip(first, resumed, again, strict=True):
+            assert part["tokens"] == 4 and done["text"].startswith(part["text"].rstrip())
+            assert 4 < done["tokens"] <= 12 and (
+                done["finish_reason"] == "stop" or done["tokens"] == 12
+            )
+            assert repeat["text"][:12] == done["text"][:12]
+    assert sampled["followed"] == [sampled["resumed"][0][0]["text"]]
+    cached = seen["cached"]  # the prompt's three whole KV blocks are not read again
+    assert cached["prompt_tokens"] > 3 * 128 and cached["prefill"]
+    assert all(0 < read < 128 for read in cached["prefill"]), cached
+
+
 def test_close_frees_the_engine_for_the_next_one(probe):
     # A second engine loads and decodes the same greedy start (alone, so bf16 may part it late).
     assert _starts(probe["after_close"]) == _starts(probe["greedy"][:1])

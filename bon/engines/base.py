@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -279,20 +280,35 @@ class Completion:
     token_ids: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)
     """The completion's token ids (stop token included), from engines that can continue a
     completion (`Engine.resume`); never written into records."""
+    state: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """What the engine kept to continue this completion without reading it again (hf: its
+    batch's KV cache), from `Engine.start`; never written into records."""
+    prefill_tokens: int = dataclasses.field(default=0, compare=False, repr=False)
+    """Prompt and partial tokens the engine read again to continue this completion
+    (`Engine.resume`: none from a kept `state` or a prefix cache); never written into records."""
 
     def to_record(self) -> dict[str, Any]:
         """The candidate as stored in records (`error`, `logprob_mean` and `self_certainty`
         only when there are some)."""
-        record = dataclasses.asdict(self)
-        del record["token_ids"]
+        record = {name: getattr(self, name) for name in RECORD_FIELDS}
         for name in OPTIONAL_FIELDS:
             if record[name] is None:
                 del record[name]
         return record
 
 
+RECORD_FIELDS = ("text", "finish_reason", "tokens", "error", "logprob_mean", "self_certainty")
+"""`Completion` fields written into records."""
 OPTIONAL_FIELDS = ("error", "logprob_mean", "self_certainty")
 """`Completion` fields written into records only when set."""
+
+
+def continuation_seed(seed: int, sample: int, done: int) -> int:
+    """The seed of a continuation request (`Engine.resume` on vllm and openai): a hash of the
+    conversation's seed, the sample index and the tokens the sample already holds, so that a
+    rerun draws the same continuation and no two continuations share a stream."""
+    digest = hashlib.sha256(f"bon-continue:{seed}:{sample}:{done}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def too_long(prompt_tokens: int, context: int) -> Completion:
@@ -435,27 +451,41 @@ class Engine(ABC):
 
     @classmethod
     def resumes(cls, engine_args: Mapping[str, Any]) -> bool:
-        """Whether `resume` continues a completion exactly as an uninterrupted `generate` call
-        would have (same seed, same tokens), as pruned best-of-N needs (`bon.prune`); known
-        before the engine loads."""
+        """Whether `resume` can continue partial completions of sampled runs, as pruned
+        best-of-N needs (`bon.prune`); known before the engine loads."""
         return False
+
+    def start(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """`generate` for completions that `resume` will continue: an engine that can keep what
+        it read (hf: the KV cache) holds it in each completion's `state`."""
+        return self.generate(conversations, sampling, seeds)
 
     def resume(
         self,
         conversations: Sequence[list[Message]],
         sampling: SamplingOptions,
         seeds: Sequence[int] | None,
-        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+        partials: Sequence[Sequence[tuple[int, Completion]]],
+        follow: Mapping[tuple[int, int], Callable[[str], None]] | None = None,
     ) -> list[list[Completion]]:
-        """Continue partial completions made by `generate` with the same `sampling` (but a
-        smaller `max_new_tokens`): `partials[i]` holds (sample index j, its token ids so far)
-        for conversation i, and each comes back, in that order, as the whole completion it
-        would have been had `generate` run to `sampling.max_new_tokens` (counted from the
-        completion's start, its first tokens included). Engines that cannot (`resumes`) raise
-        `EngineError`."""
+        """Continue partial completions made by `start` or `resume` with the same `sampling`
+        but a smaller `max_new_tokens`: `partials[i]` holds (sample index j, the completion so
+        far) for conversation i, and each comes back, in that order, as the whole completion
+        (its first tokens included) up to `sampling.max_new_tokens`, with `prefill_tokens`
+        saying what the engine read again. How the continuation is drawn is the engine's: the
+        hf engine's `seeded` sampling goes on with the draws an uninterrupted `generate` would
+        have made; vllm and openai draw it from `continuation_seed`. `follow[(i, k)]`, for the
+        k-th partial of conversation i, is called with that completion's whole text each time
+        it grows (engines that cannot stream call it once, at the end). Engines that cannot
+        continue (`resumes`) raise `EngineError`."""
         raise EngineError(
             f"the {self.name} engine cannot continue partial candidates (pruned best-of-N, "
-            "--prune-at): use the hf engine with its default sample_batching=seeded"
+            "--prune-at): use the hf engine with its default sample_batching=seeded, or vllm"
         )
 
     @classmethod

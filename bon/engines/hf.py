@@ -233,6 +233,24 @@ class HFEngine(Engine):
         seeded stream, so that a conversation's samples do not depend on the others in the
         call; greedy ones are batched. A prompt with no room left in the context gets error
         completions."""
+        return self._generate(conversations, sampling, seeds)
+
+    def start(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """`generate`, each completion holding its batch's KV cache (`_Kept`) for `resume`."""
+        return self._generate(conversations, sampling, seeds, keep=True)
+
+    def _generate(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None = None,
+        keep: bool = False,
+    ) -> list[list[Completion]]:
         self._need_lm("generate")
         mode = self.engine_args["sample_batching"]
         if sampling.record_logprobs and mode == "continuous" and not sampling.greedy:
@@ -256,10 +274,10 @@ class HFEngine(Engine):
             else:
                 fitting.append(i)
         if sampling.greedy:
-            self._generate_grouped(ids, fitting, sampling, results)
+            self._generate_grouped(ids, fitting, sampling, results, keep=keep)
             return results
         if mode == "seeded":
-            self._generate_grouped(ids, fitting, sampling, results, seeds)
+            self._generate_grouped(ids, fitting, sampling, results, seeds, keep)
             return results
         if mode != "prompt" and fitting:
             with _seeded(self._torch, self.device, seeds[fitting[0]]):
@@ -280,16 +298,18 @@ class HFEngine(Engine):
         sampling: SamplingOptions,
         results: list[list[Completion]],
         seeds: list[int] | None = None,
+        keep: bool = False,
     ) -> None:
         """Rows in length-sorted micro-batches of `batch_size` sequences; a row whose completion
         would overrun the context runs alone with a capped length, so no row is capped by its
         neighbours. With `seeds` (one per conversation), each sample draws from its own stream
-        (`RowSampler`); without, sampling draws from torch's global RNG."""
+        (`RowSampler`); without, sampling draws from torch's global RNG. `keep`: each
+        completion holds its batch's KV cache (`_Kept`)."""
         batched = []
         for i in fitting:
             if self._room(ids[i], sampling) < sampling.max_new_tokens:
                 results[i] = self._generate_one(
-                    ids[i], sampling, None if seeds is None else seeds[i]
+                    ids[i], sampling, None if seeds is None else seeds[i], keep
                 )
             else:
                 batched.append(i)
@@ -302,6 +322,7 @@ class HFEngine(Engine):
                 sampling,
                 sampling.max_new_tokens,
                 None if seeds is None else [seeds[i] for i in chunk],
+                keep,
             )
             for i, completions in zip(chunk, outputs, strict=True):
                 results[i] = completions
@@ -362,10 +383,15 @@ class HFEngine(Engine):
                 results[i] = outputs[k * sampling.n : (k + 1) * sampling.n]
 
     def _generate_one(
-        self, prompt: list[int], sampling: SamplingOptions, seed: int | None = None
+        self,
+        prompt: list[int],
+        sampling: SamplingOptions,
+        seed: int | None = None,
+        keep: bool = False,
     ) -> list[Completion]:
         seeds = None if seed is None else [seed]
-        return self._generate_batch([prompt], sampling, self._room(prompt, sampling), seeds)[0]
+        room = self._room(prompt, sampling)
+        return self._generate_batch([prompt], sampling, room, seeds, keep)[0]
 
     def _room(self, prompt: list[int], sampling: SamplingOptions) -> int:
         """`max_new_tokens`, capped so that the prompt and its completion fit the context."""
@@ -467,11 +493,13 @@ class HFEngine(Engine):
         sampling: SamplingOptions,
         max_new_tokens: int,
         seeds: list[int] | None = None,
+        keep: bool = False,
     ) -> list[list[Completion]]:
         """One left-padded `generate` call over `batch`, `sampling.n` rows per prompt. Sampled
         with `seeds` (one per prompt): greedy decoding over the one-hot choices of a
         `RowSampler` whose row k*n + j draws from the stream of (seeds[k], j); without: the
-        sampling of `generate` itself, from torch's global RNG."""
+        sampling of `generate` itself, from torch's global RNG. `keep`: each completion holds
+        the call's KV cache and its row (`_Kept`)."""
         from transformers import LogitsProcessorList
 
         torch = self._torch
@@ -491,7 +519,7 @@ class HFEngine(Engine):
         elif not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         if sampling.record_logprobs:
-            kwargs.update(return_dict_in_generate=True, output_logits=True)
+            kwargs.update(output_logits=True)
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -499,23 +527,34 @@ class HFEngine(Engine):
                 num_return_sequences=copies,
                 eos_token_id=self._stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
                 **kwargs,
             )
-            sequences = out.sequences if sampling.record_logprobs else out
-            new_ids = sequences[:, width:]
+            new_ids = out.sequences[:, width:]
             stats = _step_stats(torch, out.logits, new_ids) if sampling.record_logprobs else None
         new = new_ids.tolist()
+        mask = inputs["attention_mask"].repeat_interleave(copies, 0)
+        kept = _Kept.of(torch, out, mask) if keep else None
         completions = [
-            self._completion(row, None if stats is None else (stats[0][i], stats[1][i]))
+            self._completion(
+                row,
+                None if stats is None else (stats[0][i], stats[1][i]),
+                None if kept is None else (kept, i),
+            )
             for i, row in enumerate(new)
         ]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
 
     def _completion(
-        self, token_ids: list[int], stats: tuple[list[float], list[float]] | None = None
+        self,
+        token_ids: list[int],
+        stats: tuple[list[float], list[float]] | None = None,
+        state: tuple[_Kept, int] | None = None,
+        prefill_tokens: int = 0,
     ) -> Completion:
         """The completion of one row of new tokens; `stats`, when given, holds each step's
-        log-probability of its token and its self-certainty (`_step_stats`)."""
+        log-probability of its token and its self-certainty (`_step_stats`); `state`, the KV
+        cache of its call and its row there, is kept when it can go on (it ended by length)."""
         end = next((i for i, t in enumerate(token_ids) if t in self._stop_ids), None)
         kept = len(token_ids) if end is None else end
         text = cast(str, self.tokenizer.decode(token_ids[:kept], skip_special_tokens=True))
@@ -530,6 +569,8 @@ class HFEngine(Engine):
             logprob_mean=logprob_mean,
             self_certainty=self_certainty,
             token_ids=tuple(token_ids[:tokens]),
+            state=state if end is None else None,
+            prefill_tokens=prefill_tokens,
         )
 
     # Pruned best-of-N (bon.prune): continuing partial completions.
@@ -538,79 +579,113 @@ class HFEngine(Engine):
         conversations: Sequence[list[Message]],
         sampling: SamplingOptions,
         seeds: Sequence[int] | None,
-        partials: Sequence[Sequence[tuple[int, Sequence[int]]]],
+        partials: Sequence[Sequence[tuple[int, Completion]]],
+        follow: Mapping[tuple[int, int], Callable[[str], None]] | None = None,
     ) -> list[list[Completion]]:
-        """Continue partial completions (see `Engine.resume`) by re-reading each prompt and
-        its partial token ids in a new `generate` call (no KV cache is kept between calls).
-        Sampled, sample j of a conversation seeded s draws from the stream of `row_seed(s, j)`
-        advanced past the steps its first tokens drew (`RowSampler`'s `skip`), so it goes on
-        with the very draws an uninterrupted `seeded` call would have made. Rows are grouped
-        by how many tokens they hold and how much room the context leaves them, and batched
-        by `batch_size` sequences, longest prompts first."""
+        """Continue partial completions (see `Engine.resume`). Those from `start` or `resume`
+        whose call's KV cache is still there (`_Kept`) go on from it, reading nothing again;
+        the others are re-read (prompt and partial token ids) in a new `generate` call, grouped
+        by how many tokens they hold and how much room the context leaves them, and batched by
+        `batch_size` sequences, longest prompts first. Sampled, sample j of a conversation
+        seeded s draws from the stream of `row_seed(s, j)` advanced past the steps its first
+        tokens drew (`RowSampler`'s `skip`), so it goes on with the very draws an
+        uninterrupted `seeded` call would have made. A followed row's text is passed on at
+        every step (`_Follower`)."""
         self._need_lm("generate")
         if not sampling.greedy and (seeds is None or not self.resumes(self.engine_args)):
             raise EngineError(
                 "the hf engine continues partial candidates only with sample_batching=seeded "
                 "and per-conversation seeds"
             )
-        if sampling.greedy:
-            seeds = None
+        streams_of = None if sampling.greedy else seeds
+        follow = follow or {}
         prompts = [self._encode(self.render(c)) for c in conversations]
         results: list[list[Completion | None]] = [[None] * len(p) for p in partials]
-        groups: dict[tuple[int, int], list[tuple[int, int, int, list[int]]]] = {}
+        kept: dict[tuple[int, int], list[_Row]] = {}
+        groups: dict[tuple[int, int], list[_Row]] = {}
         for i, rows in enumerate(partials):
-            for k, (j, ids) in enumerate(rows):
-                room = self._room(prompts[i], sampling)
+            room = self._room(prompts[i], sampling)
+            for k, (j, partial) in enumerate(rows):
+                ids = list(partial.token_ids or ())
                 if room - len(ids) <= 0:  # nothing left to decode
-                    results[i][k] = self._completion(list(ids))
+                    results[i][k] = self._completion(ids)
                     continue
-                groups.setdefault((len(ids), room), []).append((i, k, j, list(ids)))
+                source, place = partial.state or (None, 0)
+                row = _Row(i, k, j, ids, follow.get((i, k)), source, place)
+                if source is not None and source.cache is not None:
+                    kept.setdefault((id(source), room), []).append(row)
+                else:
+                    groups.setdefault((len(ids), room), []).append(row)
+        for (_, room), group in kept.items():
+            source = group[0].source
+            if source is None or source.cache is None:  # taken by a group of another room
+                groups.setdefault((len(group[0].ids), room), []).extend(group)
+                continue
+            inputs, cache = source.take([row.place for row in group])
+            done = len(group[0].ids)
+            self._continue(group, inputs, cache, sampling, room - done, streams_of, results, 0)
         for (done, room), group in groups.items():
-            group.sort(key=lambda row: len(prompts[row[0]]), reverse=True)
+            group.sort(key=lambda row: len(prompts[row.i]), reverse=True)
             size = max(1, self.options.batch_size)
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
-                streams = None if seeds is None else [row_seed(seeds[i], j) for i, _, j, _ in chunk]
-                news = self._continue_batch(
-                    [prompts[i] + ids for i, _, _, ids in chunk],
-                    sampling,
-                    room - done,
-                    streams,
-                    done,
+                sequences = [prompts[row.i] + row.ids for row in chunk]
+                inputs = dict(self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt"))
+                read = [len(seq) for seq in sequences]
+                self._continue(
+                    chunk, inputs, None, sampling, room - done, streams_of, results, read
                 )
-                for (i, k, _, ids), new in zip(chunk, news, strict=True):
-                    results[i][k] = self._completion(ids + new)
         return [[c for c in row if c is not None] for row in results]
 
-    def _continue_batch(
+    def _continue(
         self,
-        batch: list[list[int]],
+        rows: list[_Row],
+        inputs: dict[str, Any],
+        cache: Any,
         sampling: SamplingOptions,
         max_new_tokens: int,
-        streams: list[int] | None,
-        skip: int,
-    ) -> list[list[int]]:
-        """One left-padded greedy `generate` call over `batch` (prompts with their partial
-        completions), each row sampled from its stream advanced by `skip` steps when `streams`
-        are given; the new token ids of each row."""
-        from transformers import LogitsProcessorList
+        seeds: Sequence[int] | None,
+        results: list[list[Completion | None]],
+        read: int | list[int],
+    ) -> None:
+        """One greedy `generate` call over left-padded `inputs` (prompts with the partial
+        completions of `rows`), from `cache` when given; each row sampled from its stream
+        advanced past its partial when `seeds` are given. Fills `results`, each completion
+        holding this call's cache for the next segment and `read` (per row) as its
+        `prefill_tokens`."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         torch = self._torch
-        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
-        width = padded["input_ids"].shape[1]
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        width = inputs["input_ids"].shape[1]
         kwargs: dict[str, Any] = {"do_sample": False}
-        if streams is not None:
+        if seeds is not None:
+            streams = [row_seed(seeds[row.i], row.j) for row in rows]
+            skip = len(rows[0].ids)
             sampler = RowSampler(torch, streams, width, sampling, self.device, skip=skip)
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
+        watched = {r: row for r, row in enumerate(rows) if row.follow is not None}
+        if watched:
+            follower = _Follower(self, width, watched)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([follower])
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         with torch.inference_mode():
             out = self.model.generate(
-                **dict(padded),
+                **inputs,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self._stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
                 **kwargs,
             )
-        return cast(list[list[int]], out[:, width:].tolist())
+        kept = _Kept.of(torch, out, inputs["attention_mask"])
+        for r, (row, new) in enumerate(zip(rows, out.sequences[:, width:].tolist(), strict=True)):
+            prefill = read if isinstance(read, int) else read[r]
+            done = self._completion(row.ids + new, state=(kept, r), prefill_tokens=prefill)
+            results[row.i][row.k] = done
+            if row.follow is not None:
+                row.follow(done.text)
 
     def sequence_scores(self, conversations: Sequence[list[Message]]) -> list[list[float]]:
         """The head's logits at each conversation's last token, in length-sorted micro-batches
@@ -847,6 +922,69 @@ class RowSampler:
         noise.log_().neg_().log_().neg_()  # Gumbel(0, 1); u = 0 gives -inf, never picked
         chosen = (scores.to(torch.float64) + noise).argmax(dim=-1, keepdim=True)
         return torch.full_like(scores, -math.inf).scatter_(1, chosen, 0.0)
+
+
+@dataclass
+class _Kept:
+    """The KV cache of one `generate` call with its sequences and attention mask, for
+    continuing rows of it (`HFEngine.resume`). The cache is taken once: `take` selects the
+    continuing rows from it in place."""
+
+    cache: Any
+    sequences: Any
+    mask: Any
+
+    @classmethod
+    def of(cls, torch: Any, out: Any, prompt_mask: Any) -> _Kept:
+        """What `generate`'s output `out` keeps; `prompt_mask` is its input's attention mask
+        (finished rows are padded with the mask at 1, as `generate` extends it)."""
+        grown = out.sequences.shape[1] - prompt_mask.shape[1]
+        ones = prompt_mask.new_ones((prompt_mask.shape[0], grown))
+        return cls(out.past_key_values, out.sequences, torch.cat([prompt_mask, ones], dim=-1))
+
+    def take(self, rows: list[int]) -> tuple[dict[str, Any], Any]:
+        """The inputs and cache of `rows` (in that order); the cache is gone afterwards."""
+        index = self.sequences.new_tensor(rows)
+        cache, self.cache = self.cache, None
+        cache.batch_select_indices(index)
+        inputs = {"input_ids": self.sequences[index], "attention_mask": self.mask[index]}
+        return inputs, cache
+
+
+@dataclass
+class _Row:
+    """A partial completion to continue: conversation i, its k-th partial, sample j, its
+    token ids, who follows its text, and the call whose cache it can go on from (`source`,
+    None when there is none) with its row there (`place`)."""
+
+    i: int
+    k: int
+    j: int
+    ids: list[int]
+    follow: Callable[[str], None] | None
+    source: _Kept | None
+    place: int
+
+
+class _Follower:
+    """A stopping criterion that stops nothing: at each step it passes each watched row's
+    text so far (its partial and its new tokens up to a stop token) to the row's `follow`
+    when it grew by whole characters."""
+
+    def __init__(self, engine: HFEngine, width: int, rows: dict[int, _Row]) -> None:
+        self._engine = engine
+        self._width = width
+        self._rows = rows
+        self._sent = {r: "" for r in rows}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        for r, row in self._rows.items():
+            text = self._engine._completion(row.ids + input_ids[r, self._width :].tolist()).text
+            if len(text) > len(self._sent[r]) and not text.endswith("\ufffd"):
+                self._sent[r] = text
+                assert row.follow is not None
+                row.follow(text)
+        return input_ids.new_zeros(input_ids.shape[0], dtype=self._engine._torch.bool)
 
 
 PAD_SHARE = 0.2

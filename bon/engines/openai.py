@@ -36,6 +36,7 @@ not part of the text left out); servers give no whole distribution, so no `self_
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -51,7 +52,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 from bon.chat import Message
-from bon.engines.base import Completion, Engine, EngineArgs, EngineOptions, SamplingOptions
+from bon.engines.base import (
+    Completion,
+    Engine,
+    EngineArgs,
+    EngineOptions,
+    SamplingOptions,
+    continuation_seed,
+)
 from bon.errors import ConfigError, EngineError, RecordError
 from bon.options import non_negative, option, positive
 
@@ -76,6 +84,9 @@ CONTEXT_OVERFLOW = re.compile(
     r"context length|context window|maximum context|prompt is too long", re.IGNORECASE
 )
 FIRST_ROWS = 3
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
+"""Request fields that make a server continue the conversation's last (assistant) message
+instead of answering it: vLLM's and SGLang's chat extension (pruned best-of-N, `resume`)."""
 LOGPROBS_SERVER = (
     "continuation log-probabilities need a vLLM server; use the hf or vllm engine for "
     "likelihood scoring"
@@ -185,6 +196,46 @@ class OpenAIEngine(Engine):
         self._check_call([row[0].error for row in results])
         return results
 
+    @classmethod
+    def resumes(cls, engine_args: Mapping[str, Any]) -> bool:
+        return True
+
+    def resume(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None,
+        partials: Sequence[Sequence[tuple[int, Completion]]],
+        follow: Mapping[tuple[int, int], Callable[[str], None]] | None = None,
+    ) -> list[list[Completion]]:
+        """Continue each partial completion as a chat request of its own (n=1) that ends with
+        the partial answer as an open assistant turn (`CONTINUE`), seeded by
+        `continuation_seed`; `prefill_tokens` is the prompt the server read, less what it says
+        it found cached. `follow` is called once, with the final text."""
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
+        results = [[so_far for _, so_far in row] for row in partials]
+        places: list[tuple[int, int]] = []
+        jobs: list[Callable[[], list[Completion]]] = []
+        first = self._claim_rows(sum(len(row) for row in partials))
+        for i, row in enumerate(partials):
+            for k, (j, so_far) in enumerate(row):
+                left = sampling.max_new_tokens - so_far.tokens
+                if left <= 0:
+                    continue
+                one = dataclasses.replace(sampling, n=1, max_new_tokens=left)
+                seed = continuation_seed(seeds[i], j, so_far.tokens)
+                places.append((i, k))
+                jobs.append(
+                    partial(self._chat_row, first + len(jobs), conversations[i], one, seed, so_far)
+                )
+        done = self._run_all(jobs)
+        self._check_call([row[0].error for row in done])
+        for (i, k), (more,) in zip(places, done, strict=True):
+            results[i][k] = more
+        for (i, k), call in (follow or {}).items():
+            call(results[i][k].text)
+        return results
+
     def continuation_logprobs(
         self, conversations: Sequence[list[Message]], continuations: Sequence[str]
     ) -> list[list[float]]:
@@ -203,10 +254,15 @@ class OpenAIEngine(Engine):
         return results  # type: ignore[return-value]
 
     def _chat_row(
-        self, row: int, conversation: list[Message], sampling: SamplingOptions, seed: int
+        self,
+        row: int,
+        conversation: list[Message],
+        sampling: SamplingOptions,
+        seed: int,
+        so_far: Completion | None = None,
     ) -> list[Completion]:
         try:
-            completions = self._chat(conversation, sampling, seed)
+            completions = self._chat(conversation, sampling, seed, so_far)
         except RowError as exc:
             self._note(row, str(exc))
             log.warning("a request failed and its row is marked as an error: %s", exc)
@@ -275,10 +331,19 @@ class OpenAIEngine(Engine):
                 raise
 
     def _chat(
-        self, conversation: list[Message], sampling: SamplingOptions, seed: int
+        self,
+        conversation: list[Message],
+        sampling: SamplingOptions,
+        seed: int,
+        so_far: Completion | None = None,
     ) -> list[Completion]:
+        """The request's completions; with `so_far`, the one continuation of that partial
+        completion, joined to it."""
         while True:
             kwargs = self._chat_request(conversation, sampling, seed)
+            if so_far is not None:
+                kwargs["messages"] = [*conversation, {"role": "assistant", "content": so_far.text}]
+                kwargs["extra_body"] = CONTINUE
             try:
                 response = self._retrying(partial(self.client.chat.completions.create, **kwargs))
             except RowError as exc:
@@ -288,7 +353,8 @@ class OpenAIEngine(Engine):
             choices = sorted(response.choices, key=lambda c: c.index)
             usage = response.usage.completion_tokens if response.usage else 0
             record = sampling.record_logprobs
-            return [_completion(c, usage if len(choices) == 1 else None, record) for c in choices]
+            out = [_completion(c, usage if len(choices) == 1 else None, record) for c in choices]
+            return out if so_far is None else [_joined(so_far, out[0], response.usage)]
 
     def _chat_request(
         self, conversation: list[Message], sampling: SamplingOptions, seed: int
@@ -460,6 +526,20 @@ class OpenAIEngine(Engine):
         return (
             f"{self.base_url} refused the request: HTTP {status}: {_message(exc)}; {fixes[status]}"
         )
+
+
+def _joined(so_far: Completion, more: Completion, usage: Any) -> Completion:
+    """A partial completion and its continuation as one; the server's prompt tokens, less
+    those it reports cached, as what it read again."""
+    read = getattr(usage, "prompt_tokens", 0) or 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", 0) or 0
+    return Completion(
+        text=so_far.text + more.text,
+        finish_reason=more.finish_reason,
+        tokens=so_far.tokens + more.tokens,
+        prefill_tokens=max(0, read - cached),
+    )
 
 
 def _base_url(given: str) -> str:

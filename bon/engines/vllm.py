@@ -26,10 +26,11 @@ down and frees its memory, so `bon run` can load the reranker after the generato
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from bon.engines.base import (
     SamplingOptions,
     check_fits,
     check_lengths,
+    continuation_seed,
     decode_each,
     require_classifier,
     too_long,
@@ -281,9 +283,58 @@ class VLLMEngine(Engine):
                     finish_reason=_finish(o.finish_reason),
                     tokens=len(o.token_ids),
                     logprob_mean=_logprob_mean(o) if sampling.record_logprobs else None,
+                    token_ids=tuple(o.token_ids),
                 )
                 for o in sorted(output.outputs, key=lambda o: o.index)
             ]
+        return results
+
+    @classmethod
+    def resumes(cls, engine_args: Mapping[str, Any]) -> bool:
+        return True
+
+    def resume(
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingOptions,
+        seeds: Sequence[int] | None,
+        partials: Sequence[Sequence[tuple[int, Completion]]],
+        follow: Mapping[tuple[int, int], Callable[[str], None]] | None = None,
+    ) -> list[list[Completion]]:
+        """Continue each partial completion as a request of its own (n=1) on its prompt and
+        partial token ids, seeded by `continuation_seed`: the KV blocks of the prompt and the
+        partial that earlier requests left are found by prefix caching, and `prefill_tokens`
+        counts the tokens it did not find. `follow` is called once, with the final text."""
+        from vllm import TokensPrompt
+
+        self._need_lm("generate")
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
+        prompts = [self._encode(self.render(c)) for c in conversations]
+        results = [[so_far for _, so_far in row] for row in partials]
+        places, requests, params = [], [], []
+        for i, row in enumerate(partials):
+            for k, (j, so_far) in enumerate(row):
+                ids = list(so_far.token_ids or ())
+                held = prompts[i] + ids
+                left = min(sampling.max_new_tokens - len(ids), self.context_length - len(held))
+                if left <= 0:
+                    continue
+                places.append((i, k, ids))
+                requests.append(TokensPrompt(prompt_token_ids=held))
+                one = dataclasses.replace(sampling, n=1, max_new_tokens=left)
+                params.append(self._params(one, continuation_seed(seeds[i], j, len(ids)), left))
+        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        for (i, k, ids), output in zip(places, outputs, strict=True):
+            whole = ids + list(output.outputs[0].token_ids)
+            results[i][k] = Completion(
+                text=self.tokenizer.decode(whole, skip_special_tokens=True),
+                finish_reason=_finish(output.outputs[0].finish_reason),
+                tokens=len(whole),
+                token_ids=tuple(whole),
+                prefill_tokens=len(output.prompt_token_ids) - (output.num_cached_tokens or 0),
+            )
+        for (i, k), call in (follow or {}).items():
+            call(results[i][k].text)
         return results
 
     def render(self, conversation: list[Message]) -> str:
