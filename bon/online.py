@@ -12,6 +12,11 @@ is the one list of them, naming each option's declaration; a job's options are t
 instance's rebuilt with `dataclasses.replace`, so a bad value gets the declaration's own
 message, the one `bon run` gives.
 
+With `prune_at`, candidates are pruned as they decode (`bon.prune`) by `prune_by`, else the
+instance's first scorer (whatever scorers a job names), on the reranker's engine. Once a
+single candidate of a job is left decoding, its text is the answer so far: `answer` passes it
+on as it grows (`follow`), so that a server can stream it before selection ends.
+
 Not thread-safe: use one `BestOfN` from one thread (the score cache is a SQLite connection).
 """
 
@@ -26,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from bon import records
+from bon import cost, prune, records
 from bon.chat import Message
 from bon.cost import Meter
 from bon.engines import (
@@ -37,7 +42,7 @@ from bon.engines import (
 from bon.errors import BonError, ConfigError, RecordError
 from bon.generator import GenerateOptions, Generator
 from bon.options import fields, option, refuse_unknown, types_of, validate
-from bon.records import RecordProblem
+from bon.records import COST, RecordProblem
 from bon.reranker import Reranker
 from bon.scorers import ScoreOptions, scorers
 from bon.select import SelectOptions, select_record
@@ -133,21 +138,25 @@ class Overrides(TypedDict, total=False):
 
 @dataclass
 class Usage:
-    """Tokens one job cost: the generator's prompt (once) and its N completions, and what the
-    reranker read (its prompts and teacher-forced continuations) and wrote."""
+    """Tokens one job cost: the generator's prompt (once) and its N completions, what the
+    reranker read (its prompts and teacher-forced continuations) and wrote, and what pruning
+    spent beyond decoding (`cost.prune`, 0 without pruning): its scorer's tokens read and
+    written, and the prompt and partial tokens read again to continue the survivors."""
 
     generator_prompt: int = 0
     generator_completion: int = 0
     reranker_prompt: int = 0
     reranker_completion: int = 0
+    pruner_prompt: int = 0
+    pruner_completion: int = 0
 
     @property
     def prompt_tokens(self) -> int:
-        return self.generator_prompt + self.reranker_prompt
+        return self.generator_prompt + self.reranker_prompt + self.pruner_prompt
 
     @property
     def completion_tokens(self) -> int:
-        return self.generator_completion + self.reranker_completion
+        return self.generator_completion + self.reranker_completion + self.pruner_completion
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         """The breakdown by stage."""
@@ -159,6 +168,10 @@ class Usage:
             "reranker": {
                 "prompt_tokens": self.reranker_prompt,
                 "completion_tokens": self.reranker_completion,
+            },
+            "pruner": {
+                "prompt_tokens": self.pruner_prompt,
+                "completion_tokens": self.pruner_completion,
             },
         }
 
@@ -206,7 +219,9 @@ class BestOfN:
 
     `generate`, `score` and `select` are the stages' option objects (as `bon run` takes
     them); a job may override the sampling options and the scorers (`job`). One engine serves
-    both stages when they name the same model and engine settings (`same_engine`).
+    both stages when they name the same model and engine settings (`same_engine`). With
+    `generate.prune_at`, candidates are pruned as they decode by `prune_by`, else the first
+    of `score.scorers`, on the reranker's engine (module docstring).
     """
 
     def __init__(
@@ -216,11 +231,6 @@ class BestOfN:
         select: SelectOptions | None = None,
     ) -> None:
         self.generate = generate or GenerateOptions()
-        if self.generate.pruning():
-            raise ConfigError(
-                "`prune_at` is not available when serving (pruned best-of-N runs in bon "
-                "generate and bon run): drop --prune-at"
-            )
         self.score = score or ScoreOptions()
         self.select = select or SelectOptions()
         if self.select.adaptive:
@@ -233,15 +243,19 @@ class BestOfN:
                 f"`by` must name one of the scorers ({', '.join(self.score.scorers)}), "
                 f"got {self.select.by!r}"
             )
+        self._pruning = prune.score_options(self.generate, self.score)
         self._generator_engine: Engine | None = None
         self._scoring_engine: Meter | None = None
         self._one_engine = same_engine(self.generate, self.score)
         self._rerankers: dict[tuple[str, ...], Reranker] = {}
+        self._pruning_scorer: prune.Pruner | None = None
 
     def load(self) -> None:
-        """Load the generator and, when a default scorer runs a model, the reranker."""
+        """Load the generator and, when a default scorer or the pruning one runs a model, the
+        reranker."""
         self._generator()
-        if _uses_model(self.score.scorers):
+        pruning = self._pruning.scorers if self._pruning is not None else ()
+        if _uses_model((*self.score.scorers, *pruning)):
             self._meter()
 
     def job(self, messages: list[Message], **overrides: Unpack[Overrides]) -> Job:
@@ -273,20 +287,29 @@ class BestOfN:
         by = self.select.by if self.select.by in names else names[0]
         return Job([dict(m) for m in messages], generate, names, by, job.stop)
 
-    def answer(self, jobs: Sequence[Job]) -> list[Answer | BonError | Exception]:
+    def answer(
+        self, jobs: Sequence[Job], follow: Callable[[int, str], None] | None = None
+    ) -> list[Answer | BonError | Exception]:
         """An `Answer` per job, in order, or the error of a job that failed alone:
         `RecordError` for a prompt the models cannot take, another exception for a failure.
-        An engine or configuration failure of the whole call raises."""
+        An engine or configuration failure of the whole call raises.
+
+        When pruning, `follow(k, text)` is called from this thread with job k's answer so far
+        each time it grows (maybe unchanged), once a single candidate of it is left decoding
+        (`bon.prune.decode`); `text` stops short of the job's stop strings, so the selected
+        answer starts with it unless selection picks another candidate (none got a finite
+        score)."""
         out: list[Answer | BonError | Exception] = [RecordError("not run")] * len(jobs)
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(_sampling_key(job.generate), []).append(i)
         for members in groups.values():
-            generator = Generator(jobs[members[0]].generate, engine=self._generator())
+            generator = Generator(jobs[members[0]].generate, self._generator(), self._pruner())
             generated = _sampled(
                 generator,
                 [jobs[i].record() for i in members],
                 [jobs[i].generate.seed for i in members],
+                _following(follow, jobs, members),
             )
             for i, outcome in zip(members, generated, strict=True):
                 if isinstance(outcome, Exception):
@@ -300,6 +323,9 @@ class BestOfN:
         for reranker in self._rerankers.values():
             reranker.close()
         self._rerankers.clear()
+        if self._pruning_scorer is not None:
+            self._pruning_scorer.close()
+            self._pruning_scorer = None
         if self._scoring_engine is not None and not self._one_engine:
             self._scoring_engine.inner.close()  # a Meter leaves its engine open
         if self._generator_engine is not None:
@@ -327,11 +353,24 @@ class BestOfN:
             self._rerankers[names] = Reranker(options, engine=engine)
         return self._rerankers[names]
 
+    def _pruner(self) -> prune.Pruner | None:
+        """The pruning scorer, made on first use (in the thread that uses it: the score cache
+        is a SQLite connection), on the reranker's engine; None without pruning."""
+        if self._pruning is None:
+            return None
+        if self._pruning_scorer is None:
+            engine = self._meter() if _uses_model(self._pruning.scorers) else None
+            self._pruning_scorer = prune.Pruner(self._pruning, engine)
+        return self._pruning_scorer
+
     def _finish(self, job: Job, record: dict) -> Answer | Exception:
         record["candidates"] = [_cut(c, job.stop) for c in record["candidates"]]
+        pruning = record.get(COST, {}).get(cost.PRUNE, {})
         usage = Usage(
             generator_prompt=self._generator().prompt_tokens(job.messages),
             generator_completion=sum(c["tokens"] for c in record["candidates"]),
+            pruner_prompt=pruning.get("read_tokens", 0) + pruning.get("prefill_tokens", 0),
+            pruner_completion=pruning.get("generated_tokens", 0),
         )
         reranker = self._reranker(job.scorers)
         try:
@@ -367,11 +406,38 @@ def _uses_model(names: Sequence[str]) -> bool:
     return any(scorers.get(name).uses_model for name in names)
 
 
-def _sampled(generator: Generator, batch: list[dict], seeds: list[int]) -> list[Outcome]:
+def _sampled(
+    generator: Generator,
+    batch: list[dict],
+    seeds: list[int],
+    follow: Callable[[int, str], None] | None = None,
+) -> list[Outcome]:
     """`batch` through the generator in one call (`settle`), each record sampled from its own
-    job's seed: jobs that differ in seed alone share the call."""
-    seed_of = {id(record): seed for record, seed in zip(batch, seeds, strict=True)}
-    return settle(lambda part: generator.process(part, [seed_of[id(r)] for r in part]), batch)
+    job's seed: jobs that differ in seed alone share the call. `follow(k, text)` follows
+    record k of `batch`, whichever part of it a call holds (`Generator.process`)."""
+    place = {id(record): k for k, record in enumerate(batch)}
+
+    def process(part: list[dict]) -> list:
+        places = [place[id(record)] for record in part]
+        watch = None if follow is None else lambda i, text: follow(places[i], text)
+        return generator.process(part, [seeds[k] for k in places], watch)
+
+    return settle(process, batch)
+
+
+def _following(
+    follow: Callable[[int, str], None] | None, jobs: Sequence[Job], members: list[int]
+) -> Callable[[int, str], None] | None:
+    """`follow` (by job) as a group's generator calls it (by the job's place in `members`),
+    the text stopped short of the job's stop strings (`_shown`)."""
+    if follow is None:
+        return None
+
+    def watch(k: int, text: str) -> None:
+        job = members[k]
+        follow(job, _shown(text, jobs[job].stop))
+
+    return watch
 
 
 def _sampling_key(options: GenerateOptions) -> str:
@@ -379,13 +445,27 @@ def _sampling_key(options: GenerateOptions) -> str:
     return repr(sorted(dataclasses.replace(options.sampling(), seed=0).to_dict().items()))
 
 
+def _stop_at(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where the first stop string in `text` begins, None when it holds none."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=None)
+
+
 def _cut(candidate: dict, stop: tuple[str, ...]) -> dict:
     """The candidate ended before the first stop string it contains (finish reason "stop")."""
-    text = candidate["text"]
-    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
-    if not ends:
+    end = _stop_at(candidate["text"], stop)
+    if end is None:
         return candidate
-    return {**candidate, "text": text[: min(ends)], "finish_reason": "stop"}
+    return {**candidate, "text": candidate["text"][:end], "finish_reason": "stop"}
+
+
+def _shown(text: str, stop: tuple[str, ...]) -> str:
+    """The part of a growing `text` that `_cut` keeps whatever follows it: the text before its
+    first stop string, else short of an end that may begin one."""
+    end = _stop_at(text, stop)
+    if end is not None:
+        return text[:end]
+    held = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return text[: len(text) - held]
 
 
 def settle(process: Callable[[list[dict]], list], batch: list[dict]) -> list[Outcome]:

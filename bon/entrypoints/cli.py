@@ -561,8 +561,9 @@ def serve(**options: Any) -> None:
     /v1/models): every request samples N candidates, scores them and answers with the selected
     one. Requests may override N (`best_of`), `scorer`, `temperature`, `top_p`, `max_tokens`,
     `seed` and `stop` in their body; one without `seed` gets a fresh one (returned in `bon.seed`).
-    Listens on 127.0.0.1 unless --host says otherwise; Ctrl-C stops it. Needs the serve extra:
-    pip install "bon[serve]".
+    With --prune-at, candidates are pruned as they decode, and a `stream: true` request streams
+    its answer's tokens once a single candidate is left. Listens on 127.0.0.1 unless --host
+    says otherwise; Ctrl-C stops it. Needs the serve extra: pip install "bon[serve]".
 
     Example: bon serve --n 4 --port 8000, then
     curl 127.0.0.1:8000/v1/chat/completions -d '{"model": "bon", "messages": [{"role": "user",

@@ -249,7 +249,8 @@ def request_fields(endpoint: str, bon: BestOfN, served: str) -> list[RequestFiel
             "stream",
             bool,
             False,
-            "Send the selected answer as server-sent events (chunks), after selection.",
+            "Send the answer as server-sent events (chunks): after selection, or with pruning "
+            "as it decodes once one candidate is left.",
             _bool("stream"),
         ),
         RequestField(

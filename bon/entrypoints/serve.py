@@ -14,14 +14,21 @@ message `bon run` gives for the same bad value, OpenAI's fields that cannot chan
 are accepted at their no-op values (`NO_OPS`), and unknown fields are refused. A request
 without `seed` takes the next seed of a generator seeded with the server's `seed` option, so
 repeated requests sample afresh; the seed used is returned, and sending it back reproduces the
-answer. `usage` counts the generator's prompt and all N completions plus the reranker's tokens;
+answer. `usage` counts the generator's prompt and all N completions, the reranker's tokens
+and, with pruning (`--prune-at`, `--keep`, `--prune-by`), what pruning spent (`cost.prune`);
 the body's `bon` field holds the breakdown, the selected index, the scores, the seed and the
-batch size. Errors come in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+batch size (with `keep_all`, each candidate and where it was pruned). A request whose
+`max_tokens` is not above the last `prune_at` checkpoint is refused. Errors come in OpenAI's
+shape, `{"error": {"message", "type", "param", "code"}}`.
 
-`stream: true` sends the selected answer as server-sent events in OpenAI's chunk format, once
-selection is done (best-of-N cannot know the answer before): a failure before that is a plain
-error response with its status; one while streaming is an error event that ends the stream.
-Streaming the survivors' tokens while candidates are pruned is not built.
+`stream: true` sends the answer as server-sent events in OpenAI's chunk format. Best-of-N
+cannot know the answer before selection, so it is sent once selection is done; but with
+pruning (`--prune-at`), once a single candidate of a request is left decoding its text is the
+answer, and it is sent as it grows (`BestOfN.answer`'s `follow`, called in the worker thread
+and handed to the event loop through a queue per request), then what selection adds. Should
+selection pick another candidate (none got a finite score), the stream ends with an error
+event rather than a wrong answer. A failure before the first chunk is a plain error response
+with its status; one while streaming is an error event that ends the stream.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -50,6 +57,7 @@ from bon.generator import GenerateOptions
 from bon.keywords import RunRecordsArgs
 from bon.online import Answer, BestOfN, Job, finite
 from bon.options import fields, non_negative, option, positive, refuse_unknown, validate
+from bon.prune import PRUNED_AT
 from bon.scorers import ScoreOptions
 from bon.select import SelectOptions
 
@@ -137,6 +145,7 @@ def _extra(answer: Answer, job: Job, batch: int, keep_all: bool) -> dict[str, An
             {
                 "text": c["text"],
                 "finish_reason": c["finish_reason"],
+                "pruned_at": c.get(PRUNED_AT),
                 "score": s,
                 "scores": {k: finite(v) for k, v in (c.get("scores") or {}).items()},
             }
@@ -242,12 +251,18 @@ class Chunks:
             delta["content"] = text
         return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
 
-    def all(self, answer: Answer, extra: dict[str, Any]) -> Iterator[dict]:
-        """Every chunk of `answer`; `extra` (the `bon` field) rides on the last."""
+    def opening(self) -> Iterator[dict]:
+        """The chunk before the text (chat: the role), if any."""
         if self.chat:
             yield self.chunk([self.choice("", None, role=True)])
-        for piece in pieces(answer.text):
-            yield self.chunk([self.choice(piece, None)])
+
+    def text(self, piece: str) -> dict:
+        """A chunk of the answer's text."""
+        return self.chunk([self.choice(piece, None)])
+
+    def closing(self, answer: Answer, extra: dict[str, Any]) -> Iterator[dict]:
+        """The chunks after the text: the finish reason, then `usage` when asked for; `extra`
+        (the `bon` field) rides on the last."""
         last = self.choice(None if self.chat else "", answer.finish_reason)
         if not self.include_usage:
             yield self.chunk([last], bon=extra)
@@ -261,22 +276,86 @@ def _event(data: dict | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-async def _events(chunks: Chunks, answer: Answer, extra: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The server-sent events of a streamed answer, `data: [DONE]` last; a failure while
-    streaming (the status, 200, is sent) becomes an error event that ends the stream."""
+Selected = tuple[Answer, dict[str, Any]]
+"""An answer and its `bon` field."""
+
+
+class Growing:
+    """The text of a streamed answer as the worker thread passes it on (`put`, thread-safe),
+    then None once the answer is there (`end`, a done callback of the task answering)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.texts: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def put(self, text: str) -> None:
+        self.loop.call_soon_threadsafe(self.texts.put_nowait, text)
+
+    def end(self, answered: object) -> None:
+        self.texts.put_nowait(None)
+
+    async def get(self) -> str | None:
+        return await self.texts.get()
+
+
+async def _events(
+    chunks: Chunks, first: str | None, growing: Growing, answered: asyncio.Future[Selected]
+) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed answer, `data: [DONE]` last: its text as it grows,
+    from `first` (None: no text came before the answer), then what the selected answer adds.
+    A failure while streaming (the status, 200, is sent) becomes an error event that ends the
+    stream, and so does a selected answer that does not start with the text sent."""
+    sent = ""
     try:
-        for chunk in chunks.all(answer, extra):
+        for chunk in chunks.opening():
+            yield _event(chunk)
+        text = first
+        while text is not None:
+            if text.startswith(sent) and len(text) > len(sent):  # else wait: it may settle
+                yield _event(chunks.text(text[len(sent) :]))
+                sent = text
+            text = await growing.get()
+        answer, extra = answered.result()
+        if not answer.text.startswith(sent):
+            log.warning(
+                "the selected answer (candidate %s) does not start with the %d characters "
+                "streamed; ending the stream with an error",
+                answer.index,
+                len(sent),
+            )
+            yield _event(_mismatch().body())
+            return
+        for piece in pieces(answer.text[len(sent) :]):
+            yield _event(chunks.text(piece))
+        for chunk in chunks.closing(answer, extra):
             yield _event(chunk)
     except Exception as exc:
         log.exception("streaming an answer failed")
         yield _event(_failure(exc).body())
         return
+    finally:
+        answered.cancel()  # a client gone: dropped if its batch has not started
     yield _event("[DONE]")
+
+
+def _mismatch() -> ApiError:
+    return ApiError(
+        500,
+        "selection picked a candidate other than the one streamed (no candidate got a finite "
+        "score); send the request again without `stream` to get the selected answer",
+    )
 
 
 # --- Batching -------------------------------------------------------------------------------
 
-Waiting = tuple[Job, "asyncio.Future[tuple[Answer, int]]"]
+
+@dataclass(frozen=True)
+class Waiting:
+    """A job waiting for its batch: where its answer goes and who follows its text."""
+
+    job: Job
+    future: asyncio.Future[tuple[Answer, int]]
+    follow: Callable[[str], None] | None
 
 
 class Batcher:
@@ -298,12 +377,16 @@ class Batcher:
         """Start gathering (from within the server's event loop)."""
         self._task = asyncio.create_task(self._loop())
 
-    async def submit(self, job: Job) -> tuple[Answer, int]:
-        """The job's answer and the number of jobs in its batch; raises the job's error."""
+    async def submit(
+        self, job: Job, follow: Callable[[str], None] | None = None
+    ) -> tuple[Answer, int]:
+        """The job's answer and the number of jobs in its batch; raises the job's error.
+        `follow(text)` is called from the worker thread as the answer grows, when it is known
+        before selection (`BestOfN.answer`)."""
         if self._task is None:
             raise EngineError("the server is not started")
         future: asyncio.Future[tuple[Answer, int]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((job, future))
+        await self._queue.put(Waiting(job, future, follow))
         return await future
 
     async def stop(self) -> None:
@@ -313,14 +396,13 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            future.cancel()
+            self._queue.get_nowait().future.cancel()
         await asyncio.get_running_loop().run_in_executor(self.worker, self.bon.close)
         self.worker.shutdown()
 
     async def _gather(self) -> list[Waiting]:
         batch = [await self._queue.get()]
-        cost = batch[0][0].generate.n
+        cost = batch[0].job.generate.n
         deadline = time.monotonic() + self.wait
         while cost < self.budget:
             left = deadline - time.monotonic()
@@ -333,30 +415,45 @@ class Batcher:
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
             batch.append(item)
-            cost += item[0].generate.n
+            cost += item.job.generate.n
         return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            live = [(job, future) for job, future in batch if not future.done()]
+            live = [waiting for waiting in batch if not waiting.future.done()]
             if not live:
                 continue
+            jobs = [waiting.job for waiting in live]
             try:
                 answers = await loop.run_in_executor(
-                    self.worker, self.bon.answer, [job for job, _ in live]
+                    self.worker, self.bon.answer, jobs, _follow(live)
                 )
             except Exception as exc:  # the whole batch failed: every request hears why
                 log.exception("a batch of %d requests failed", len(live))
                 answers = [exc] * len(live)
-            for (_, future), answer in zip(live, answers, strict=True):
-                if future.done():
+            for waiting, answer in zip(live, answers, strict=True):
+                if waiting.future.done():
                     continue
                 if isinstance(answer, Answer):
-                    future.set_result((answer, len(live)))
+                    waiting.future.set_result((answer, len(live)))
                 else:
-                    future.set_exception(answer)
+                    waiting.future.set_exception(answer)
+
+
+def _follow(batch: list[Waiting]) -> Callable[[int, str], None] | None:
+    """`BestOfN.answer`'s `follow` for a batch: job k's text to its own follower."""
+    follows = [waiting.follow for waiting in batch]
+    if not any(follows):
+        return None
+
+    def follow(k: int, text: str) -> None:
+        mine = follows[k]
+        if mine is not None:
+            mine(text)
+
+    return follow
 
 
 def _failure(exc: BaseException) -> ApiError:
@@ -422,16 +519,19 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
         error = ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code))
         return JSONResponse(error.body(), status_code=exc.status_code)
 
+    async def selected(job: Job, follow: Callable[[str], None] | None = None) -> Selected:
+        answer, batch = await batcher.submit(job, follow)
+        return answer, _extra(answer, job, batch, keep_all)
+
     async def run(request: Any, endpoint: str) -> Any:
         body = await _read_json(request, options.max_request_bytes)
         parsed = parse(requests[endpoint], body, bon, name, seeds)
+        if parsed.stream:
+            return await _stream(parsed, selected, endpoint == "chat", name)
         try:
-            answer, batch = await batcher.submit(parsed.job)
+            answer, extra = await selected(parsed.job)
         except Exception as exc:
             raise _failure(exc) from None
-        extra = _extra(answer, parsed.job, batch, keep_all)
-        if parsed.stream:
-            return _stream(parsed, answer, extra, endpoint == "chat", name)
         respond = chat_response if endpoint == "chat" else completion_response
         return JSONResponse(respond(answer, name, extra))
 
@@ -458,15 +558,32 @@ def create_app(bon: BestOfN, options: ServeOptions) -> Any:
     return app
 
 
-def _stream(parsed: Parsed, answer: Answer, extra: dict[str, Any], chat: bool, name: str) -> Any:
-    """The streamed response of a selected answer."""
+async def _stream(
+    parsed: Parsed,
+    selected: Callable[[Job, Callable[[str], None]], Awaitable[Selected]],
+    chat: bool,
+    name: str,
+) -> Any:
+    """The streamed response of a request, once its first text or its answer is there (a
+    failure before that raises its `ApiError`, sent with its status)."""
     from starlette.responses import StreamingResponse
 
+    growing = Growing()
+    answered = asyncio.ensure_future(selected(parsed.job, growing.put))
+    answered.add_done_callback(growing.end)
+    try:
+        first = await growing.get()
+    except BaseException:
+        answered.cancel()
+        raise
+    failed = answered.exception() if first is None else None
+    if failed is not None:
+        raise _failure(failed) from None
     prefix = "chatcmpl" if chat else "cmpl"
     identifier = f"{prefix}-{uuid.uuid4().hex}"
     chunks = Chunks(chat, identifier, int(time.time()), name, parsed.include_usage)
     return StreamingResponse(
-        _events(chunks, answer, extra),
+        _events(chunks, first, growing, answered),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
