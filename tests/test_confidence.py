@@ -61,9 +61,9 @@ def test_recorded_values_equal_a_teacher_forced_pass_over_the_same_tokens(
     seen: list[list[int]] = []
     real = HFEngine._completion
 
-    def spy(self, token_ids, stats=None):
+    def spy(self, token_ids, *rest, **named):
         seen.append(list(token_ids))
-        return real(self, token_ids, stats)
+        return real(self, token_ids, *rest, **named)
 
     monkeypatch.setattr(HFEngine, "_completion", spy)
     recorded = dataclass_replace(sampling, record_logprobs=True)

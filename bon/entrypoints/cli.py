@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -571,10 +572,11 @@ def serve(**options: Any) -> None:
     """
     from bon.entrypoints.serve import serve as run_server
 
-    try:
+    # uvicorn returns once a signal stopped it, then raises the signal again; asyncio's own
+    # SIGINT handler may swallow that second one, so returning is a normal end too.
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: the normal end
         run_server(**options)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal end of a server
-        click.echo("bon serve: stopped", err=True)
+    click.echo("bon serve: stopped", err=True)
 
 
 @main.command(
