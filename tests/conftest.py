@@ -46,6 +46,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> s
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
 
 
+@pytest.fixture(scope="module")
+def client(server):
+    """The official `openai` client of the module's `bon serve` (its `server` fixture)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """Write rows (dicts, or raw strings written as they are) one per line."""
     with open(path, "w", encoding="utf-8") as handle:

@@ -56,11 +56,6 @@ def server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-
-
 def _chat(client: openai.OpenAI, content: str = "Name a colour.", **extra):
     return client.chat.completions.create(
         model=NAME, messages=[{"role": "user", "content": content}], **extra

@@ -50,11 +50,6 @@ def server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-
-
 def _chat(client: openai.OpenAI, content: str = PROMPT, **extra):
     return client.chat.completions.create(
         model=NAME, messages=[{"role": "user", "content": content}], **extra
