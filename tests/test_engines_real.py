@@ -10,6 +10,7 @@ them in the second environment made by .ci/vllm-env: `pytest -m vllm`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -169,7 +170,7 @@ def test_openai_on_vllm_structured_output_and_logprobs(served):
 def test_openai_on_vllm_continues_partial_candidates(served):
     """Pruned best-of-N on an OpenAI-compatible server: the partial answer is sent as an open
     assistant turn the server continues (greedy: the uninterrupted completion), its tokens
-    counted with the partial's."""
+    counted with the partial's; a followed continuation streams."""
     import dataclasses
 
     from bon.engines import SamplingOptions
@@ -182,7 +183,16 @@ def test_openai_on_vllm_continues_partial_candidates(served):
         partials = [
             [(j, c) for j, c in enumerate(row) if c.finish_reason == "length"] for row in first
         ]
-        resumed = served.resume(CONVERSATIONS, sampling, [1, 2], partials)
+        watched = next(i for i, row in enumerate(partials) if row)
+        seen: list[str] = []
+        resumed = served.resume(
+            CONVERSATIONS, sampling, [1, 2], partials, {(watched, 0): seen.append}
+        )
+        # streamed as it grows: from the partial to the whole text
+        part, final = partials[watched][0][1], resumed[watched][0]
+        assert seen[0].startswith(part.text) and seen[-1] == final.text
+        assert len(seen) > 1 or final.tokens - part.tokens <= 2
+        assert all(b.startswith(a) for a, b in itertools.pairwise(seen))
         for row, done in zip(partials, resumed, strict=True):
             for (_, part), c in zip(row, done, strict=True):
                 assert c.text.startswith(part.text) and 4 < c.tokens <= 12

@@ -211,7 +211,7 @@ class OpenAIEngine(Engine):
         """Continue each partial completion as a chat request of its own (n=1) that ends with
         the partial answer as an open assistant turn (`CONTINUE`), seeded by
         `continuation_seed`; `prefill_tokens` is the prompt the server read, less what it says
-        it found cached. `follow` is called once, with the final text."""
+        it found cached. A followed continuation is streamed, `follow` called as it grows."""
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
         results = [[so_far for _, so_far in row] for row in partials]
         places: list[tuple[int, int]] = []
@@ -225,15 +225,15 @@ class OpenAIEngine(Engine):
                 one = dataclasses.replace(sampling, n=1, max_new_tokens=left)
                 seed = continuation_seed(seeds[i], j, so_far.tokens)
                 places.append((i, k))
+                watch = (follow or {}).get((i, k))
+                row_number = first + len(jobs)
                 jobs.append(
-                    partial(self._chat_row, first + len(jobs), conversations[i], one, seed, so_far)
+                    partial(self._chat_row, row_number, conversations[i], one, seed, so_far, watch)
                 )
         done = self._run_all(jobs)
         self._check_call([row[0].error for row in done])
         for (i, k), (more,) in zip(places, done, strict=True):
             results[i][k] = more
-        for (i, k), call in (follow or {}).items():
-            call(results[i][k].text)
         return results
 
     def continuation_logprobs(
@@ -260,9 +260,10 @@ class OpenAIEngine(Engine):
         sampling: SamplingOptions,
         seed: int,
         so_far: Completion | None = None,
+        follow: Callable[[str], None] | None = None,
     ) -> list[Completion]:
         try:
-            completions = self._chat(conversation, sampling, seed, so_far)
+            completions = self._chat(conversation, sampling, seed, so_far, follow)
         except RowError as exc:
             self._note(row, str(exc))
             log.warning("a request failed and its row is marked as an error: %s", exc)
@@ -336,20 +337,26 @@ class OpenAIEngine(Engine):
         sampling: SamplingOptions,
         seed: int,
         so_far: Completion | None = None,
+        follow: Callable[[str], None] | None = None,
     ) -> list[Completion]:
         """The request's completions; with `so_far`, the one continuation of that partial
-        completion, joined to it."""
+        completion, joined to it (streamed when followed: `follow` gets the whole text each
+        time it grows)."""
         while True:
             kwargs = self._chat_request(conversation, sampling, seed)
             if so_far is not None:
                 kwargs["messages"] = [*conversation, {"role": "assistant", "content": so_far.text}]
                 kwargs["extra_body"] = CONTINUE
+            if so_far is not None and follow is not None:
+                kwargs.update(stream=True, stream_options={"include_usage": True})
             try:
                 response = self._retrying(partial(self.client.chat.completions.create, **kwargs))
             except RowError as exc:
                 if not self._drop_named(exc, kwargs):
                     raise
                 continue
+            if so_far is not None and follow is not None:
+                return [_joined(so_far, *_streamed(response, so_far.text, follow))]
             choices = sorted(response.choices, key=lambda c: c.index)
             usage = response.usage.completion_tokens if response.usage else 0
             record = sampling.record_logprobs
@@ -526,6 +533,22 @@ class OpenAIEngine(Engine):
         return (
             f"{self.base_url} refused the request: HTTP {status}: {_message(exc)}; {fixes[status]}"
         )
+
+
+def _streamed(stream: Any, before: str, follow: Callable[[str], None]) -> tuple[Completion, Any]:
+    """The one choice of a streamed response and its usage (the last chunk's, asked for with
+    `include_usage`), `follow(before + text so far)` called as its text grows."""
+    text, reason, usage = "", None, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                text += choice.delta.content
+                follow(before + text)
+            reason = choice.finish_reason or reason
+    tokens = usage.completion_tokens if usage is not None else 0
+    ended = "length" if reason == "length" else "stop"
+    return Completion(text=text, finish_reason=ended, tokens=tokens), usage
 
 
 def _joined(so_far: Completion, more: Completion, usage: Any) -> Completion:
