@@ -133,7 +133,9 @@ def test_partial_candidates_go_on_as_new_requests_on_prompt_and_partial(probe):
                 done["finish_reason"] == "stop" or done["tokens"] == 12
             )
             assert repeat["text"][:12] == done["text"][:12]
-    assert sampled["followed"] == [sampled["resumed"][0][0]["text"]]
+    followed, final = sampled["followed"], sampled["resumed"][0][0]
+    # passed on at each engine step, one new token each: from the partial to the whole text
+    assert followed[-1] == final["text"] and len(followed) == final["tokens"] - 4, followed
     cached = seen["cached"]  # the prompt's three whole KV blocks are not read again
     assert cached["prompt_tokens"] > 3 * 128 and cached["prefill"]
     assert all(0 < read < 128 for read in cached["prefill"]), cached

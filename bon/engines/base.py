@@ -481,8 +481,7 @@ class Engine(ABC):
         hf engine's `seeded` sampling goes on with the draws an uninterrupted `generate` would
         have made; vllm and openai draw it from `continuation_seed`. `follow[(i, k)]`, for the
         k-th partial of conversation i, is called with that completion's whole text each time
-        it grows (engines that cannot stream call it once, at the end). Engines that cannot
-        continue (`resumes`) raise `EngineError`."""
+        it grows. Engines that cannot continue (`resumes`) raise `EngineError`."""
         raise EngineError(
             f"the {self.name} engine cannot continue partial candidates (pruned best-of-N, "
             "--prune-at): use the hf engine with its default sample_batching=seeded, or vllm"

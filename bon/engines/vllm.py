@@ -30,6 +30,7 @@ import dataclasses
 import gc
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -304,14 +305,18 @@ class VLLMEngine(Engine):
         """Continue each partial completion as a request of its own (n=1) on its prompt and
         partial token ids, seeded by `continuation_seed`: the KV blocks of the prompt and the
         partial that earlier requests left are found by prefix caching, and `prefill_tokens`
-        counts the tokens it did not find. `follow` is called once, with the final text."""
+        counts the tokens it did not find. A followed continuation's text is passed on at every
+        engine step (`_stepped`)."""
         from vllm import TokensPrompt
 
         self._need_lm("generate")
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(conversations)
         prompts = [self._encode(self.render(c)) for c in conversations]
         results = [[so_far for _, so_far in row] for row in partials]
-        places, requests, params = [], [], []
+        places: list[tuple[int, int, list[int]]] = []
+        requests: list[Any] = []
+        params: list[Any] = []
+        watch: dict[int, Callable[[list[int]], None]] = {}
         for i, row in enumerate(partials):
             for k, (j, so_far) in enumerate(row):
                 ids = list(so_far.token_ids or ())
@@ -319,11 +324,17 @@ class VLLMEngine(Engine):
                 left = min(sampling.max_new_tokens - len(ids), self.context_length - len(held))
                 if left <= 0:
                     continue
+                call = (follow or {}).get((i, k))
+                if call is not None:
+                    watch[len(places)] = self._follower(ids, call)
                 places.append((i, k, ids))
                 requests.append(TokensPrompt(prompt_token_ids=held))
                 one = dataclasses.replace(sampling, n=1, max_new_tokens=left)
                 params.append(self._params(one, continuation_seed(seeds[i], j, len(ids)), left))
-        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        if watch:
+            outputs = self._stepped(requests, params, watch)
+        else:
+            outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
         for (i, k, ids), output in zip(places, outputs, strict=True):
             whole = ids + list(output.outputs[0].token_ids)
             results[i][k] = Completion(
@@ -333,9 +344,46 @@ class VLLMEngine(Engine):
                 token_ids=tuple(whole),
                 prefill_tokens=len(output.prompt_token_ids) - (output.num_cached_tokens or 0),
             )
-        for (i, k), call in (follow or {}).items():
-            call(results[i][k].text)
         return results
+
+    def _follower(
+        self, ids: list[int], follow: Callable[[str], None]
+    ) -> Callable[[list[int]], None]:
+        """`follow` of the text of a partial's `ids` and the new token ids given."""
+
+        def watch(new: list[int]) -> None:
+            follow(self.tokenizer.decode(ids + new, skip_special_tokens=True))
+
+        return watch
+
+    def _stepped(
+        self, requests: list[Any], params: list[Any], watch: dict[int, Callable[[list[int]], None]]
+    ) -> list[Any]:
+        """`llm.generate` run step by step on the engine (`LLM.generate` only returns finished
+        requests): `watch[r]` gets request r's new token ids after each step."""
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        names = [f"bon-resume-{uuid.uuid4().hex}" for _ in requests]
+        for r, (name, request, param) in enumerate(zip(names, requests, params, strict=True)):
+            param.output_kind = (
+                RequestOutputKind.CUMULATIVE if r in watch else RequestOutputKind.FINAL_ONLY
+            )
+            engine.add_request(name, request, param)
+        place = {name: r for r, name in enumerate(names)}
+        done: dict[int, Any] = {}
+        try:
+            while len(done) < len(requests):
+                for output in engine.step():
+                    r = place[output.request_id]
+                    if output.finished:
+                        done[r] = output
+                    if r in watch:
+                        watch[r](list(output.outputs[0].token_ids))
+        except BaseException:
+            engine.abort_request([n for r, n in enumerate(names) if r not in done])
+            raise
+        return [done[r] for r in range(len(requests))]
 
     def render(self, conversation: list[Message]) -> str:
         """The conversation as the model's chat template formats it, ready for the reply."""
