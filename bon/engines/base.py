@@ -311,6 +311,11 @@ def continuation_seed(seed: int, sample: int, done: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def ended_by(reason: str | None) -> str:
+    """A server's or vLLM's finish reason in bon's terms: "length" when capped, else "stop"."""
+    return "length" if reason == "length" else "stop"
+
+
 def too_long(prompt_tokens: int, context: int) -> Completion:
     """The error completion of a prompt that leaves no room for a reply in the context."""
     return Completion(

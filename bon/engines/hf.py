@@ -622,8 +622,9 @@ class HFEngine(Engine):
                 groups.setdefault((len(group[0].ids), room), []).extend(group)
                 continue
             inputs, cache = source.take([row.place for row in group])
-            done = len(group[0].ids)
-            self._continue(group, inputs, cache, sampling, room - done, streams_of, results, 0)
+            left = room - len(group[0].ids)
+            read = [0] * len(group)  # all of it is in the cache
+            self._continue(group, inputs, cache, sampling, left, streams_of, results, read)
         for (done, room), group in groups.items():
             group.sort(key=lambda row: len(prompts[row.i]), reverse=True)
             size = max(1, self.options.batch_size)
@@ -646,7 +647,7 @@ class HFEngine(Engine):
         max_new_tokens: int,
         seeds: Sequence[int] | None,
         results: list[list[Completion | None]],
-        read: int | list[int],
+        read: list[int],
     ) -> None:
         """One greedy `generate` call over left-padded `inputs` (prompts with the partial
         completions of `rows`), from `cache` when given; each row sampled from its stream
@@ -681,8 +682,7 @@ class HFEngine(Engine):
             )
         kept = _Kept.of(torch, out, inputs["attention_mask"])
         for r, (row, new) in enumerate(zip(rows, out.sequences[:, width:].tolist(), strict=True)):
-            prefill = read if isinstance(read, int) else read[r]
-            done = self._completion(row.ids + new, state=(kept, r), prefill_tokens=prefill)
+            done = self._completion(row.ids + new, state=(kept, r), prefill_tokens=read[r])
             results[row.i][row.k] = done
             if row.follow is not None:
                 row.follow(done.text)

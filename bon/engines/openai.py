@@ -59,6 +59,7 @@ from bon.engines.base import (
     EngineOptions,
     SamplingOptions,
     continuation_seed,
+    ended_by,
 )
 from bon.errors import ConfigError, EngineError, RecordError
 from bon.options import non_negative, option, positive
@@ -547,8 +548,7 @@ def _streamed(stream: Any, before: str, follow: Callable[[str], None]) -> tuple[
                 follow(before + text)
             reason = choice.finish_reason or reason
     tokens = usage.completion_tokens if usage is not None else 0
-    ended = "length" if reason == "length" else "stop"
-    return Completion(text=text, finish_reason=ended, tokens=tokens), usage
+    return Completion(text=text, finish_reason=ended_by(reason), tokens=tokens), usage
 
 
 def _joined(so_far: Completion, more: Completion, usage: Any) -> Completion:
@@ -572,7 +572,7 @@ def _base_url(given: str) -> str:
 
 def _completion(choice: Any, usage: int | None, record_logprobs: bool = False) -> Completion:
     text = choice.message.content or ""
-    reason = "length" if choice.finish_reason == "length" else "stop"
+    reason = ended_by(choice.finish_reason)
     content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
     tokens = len(content) if content is not None else (usage or 0)
     mean = _logprob_mean(content, text, reason) if record_logprobs and content else None

@@ -48,6 +48,7 @@ from bon.engines.base import (
     check_lengths,
     continuation_seed,
     decode_each,
+    ended_by,
     require_classifier,
     too_long,
 )
@@ -281,7 +282,7 @@ class VLLMEngine(Engine):
             results[i] = [
                 Completion(
                     text=o.text,
-                    finish_reason=_finish(o.finish_reason),
+                    finish_reason=ended_by(o.finish_reason),
                     tokens=len(o.token_ids),
                     logprob_mean=_logprob_mean(o) if sampling.record_logprobs else None,
                     token_ids=tuple(o.token_ids),
@@ -338,8 +339,8 @@ class VLLMEngine(Engine):
         for (i, k, ids), output in zip(places, outputs, strict=True):
             whole = ids + list(output.outputs[0].token_ids)
             results[i][k] = Completion(
-                text=self.tokenizer.decode(whole, skip_special_tokens=True),
-                finish_reason=_finish(output.outputs[0].finish_reason),
+                text=self._text(whole),
+                finish_reason=ended_by(output.outputs[0].finish_reason),
                 tokens=len(whole),
                 token_ids=tuple(whole),
                 prefill_tokens=len(output.prompt_token_ids) - (output.num_cached_tokens or 0),
@@ -352,9 +353,12 @@ class VLLMEngine(Engine):
         """`follow` of the text of a partial's `ids` and the new token ids given."""
 
         def watch(new: list[int]) -> None:
-            follow(self.tokenizer.decode(ids + new, skip_special_tokens=True))
+            follow(self._text(ids + new))
 
         return watch
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _stepped(
         self, requests: list[Any], params: list[Any], watch: dict[int, Callable[[list[int]], None]]
@@ -541,8 +545,3 @@ def _logprob_mean(output: Any) -> float | None:
         pairs = pairs[:-1]
     values = [float(entry[token].logprob) for token, entry in pairs]
     return sum(values) / len(values) if values else None
-
-
-def _finish(reason: str | None) -> str:
-    """vLLM's finish reason in bon's terms: "length" when capped, else "stop"."""
-    return "length" if reason == "length" else "stop"
